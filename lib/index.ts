@@ -1,0 +1,19 @@
+export { Token } from './entities/token.entity.js';
+export { CreateTokensTable1763900000000, createTokensTableMigration } from './migrations/create-tokens-table.migration.js';
+export * from './interfaces/token-resource-options.interface.js';
+export {
+  EXPUNGE_JOB_NAME,
+  LOG_OUT_EVERYWHERE_PURPOSE,
+  REVOCATION_PURPOSE,
+  TOKEN_REPOSITORY,
+  TOKEN_RESOURCE_OPTIONS,
+} from './token-resource.constants.js';
+export * from './token-resource.exceptions.js';
+export { TokenResourceModule } from './token-resource.module.js';
+export type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
+export { TokenCodec, type TokenClaimsPayload } from './jwt/token-codec.js';
+export * from './token.service.js';
+export { TokenStore } from './token.store.js';
+export { ExpungerService, type ExpungeRunResult } from './expunger/expunger.service.js';
+export { LogOutEverywhereService, type LogOutEverywhereOptions } from './log-out-everywhere/log-out-everywhere.service.js';
+export { RevokedTokenGuard } from './guard/revoked-token.guard.js';

@@ -1,0 +1,113 @@
+import type { ModuleMetadata, Type } from '@nestjs/common';
+import type { JWK } from 'jose';
+import type { EntityTarget, ObjectLiteral } from 'typeorm';
+import type { Token } from '../entities/token.entity.js';
+
+/** How JWTs are verified and issued. Exactly one of `secret`, `publicKey`, `jwksUri` is required. */
+export interface TokenResourceJwtOptions {
+  /** HMAC key for HS256/384/512, used both to verify and to issue. */
+  secret?: string | Uint8Array;
+  /** PEM (SPKI) public key or public JWK used to verify RS*, PS*, ES* or EdDSA tokens. */
+  publicKey?: string | JWK;
+  /** PEM (PKCS#8) private key or private JWK used by `issueToken` with an asymmetric algorithm. */
+  privateKey?: string | JWK;
+  /** URL of a remote JWKS used to verify; keys are fetched and cached by `jose`. */
+  jwksUri?: string;
+  /**
+   * Accepted algorithms; the first one is used by `issueToken`.
+   * Default: every algorithm of the key's family (HS* for a secret, RS* and PS* for RSA, the
+   * curve's ES* for EC, EdDSA for Ed25519, every asymmetric one for a JWKS). `none` is never accepted.
+   */
+  algorithms?: string[];
+  /** Expected `iss`; checked when set and written by `issueToken`. Default: unchecked. */
+  issuer?: string;
+  /** Expected `aud`; checked when set and written by `issueToken`. Default: unchecked. */
+  audience?: string | string[];
+  /** Leeway in seconds for `exp`/`nbf`, and the minimum grace before the expunger deletes a row. Default `0`. */
+  clockToleranceSeconds?: number;
+}
+
+/** Options of the expired-row expunger. */
+export interface TokenResourceExpungeOptions {
+  /** Schedule the expunger with `@nestjs/schedule`. Default `true`. */
+  enabled?: boolean;
+  /** Hours between runs; fractions allowed. Default `12`. */
+  intervalHours?: number;
+  /** Rows deleted per statement, so that no statement holds locks for long. Default `1000`. */
+  batchSize?: number;
+}
+
+/** Options of log-out-everywhere. */
+export interface TokenResourceLogOutEverywhereOptions {
+  /** Only tokens of these purposes are revoked. Default: every purpose. */
+  includePurposes?: string[];
+  /** Tokens of these purposes are never revoked. Default `['revocation']`. */
+  excludePurposes?: string[];
+  /** Revoke a user's tokens when `passwordField` of `userEntity` changes through TypeORM. Default `false`. */
+  applyOnPasswordChange?: boolean;
+  /** The user entity watched for password changes; required with `applyOnPasswordChange`. */
+  userEntity?: EntityTarget<ObjectLiteral>;
+  /** The password property of `userEntity`. Default `'hashedPassword'`. */
+  passwordField?: string;
+  /** The JWT `sub` of a user. Default `u => String(u.id)`. */
+  subjectOf?: (user: any) => string;
+  /**
+   * How long a subject's log-out moment is remembered, as seconds or a duration string.
+   * Unstored tokens issued before the log-out stay revoked for this long, so it must be at
+   * least the longest lifetime of any token you accept. Default `'365d'`.
+   */
+  markerLifetime?: string | number;
+}
+
+/** Options of `TokenResourceModule.forRoot`. */
+export interface TokenResourceModuleOptions {
+  /** Name of the TypeORM data source. Default `'default'`. */
+  dataSource?: string;
+  /** Entity class with the columns of {@link Token} (for example a subclass with another table). Default `Token`. */
+  entity?: Type<Token>;
+  /** JWT verification and issuing. */
+  jwt: TokenResourceJwtOptions;
+  /** `issueToken` stores every token it issues. Default `false`. */
+  storeAllTokens?: boolean;
+  /** The guard admits only stored, unexpired tokens of `authenticationPurpose`; needs `storeAllTokens`. Default `false`. */
+  requireTokenPresenceForAuthentication?: boolean;
+  /** Purpose of authentication tokens. Default `'user'`. */
+  authenticationPurpose?: string;
+  /**
+   * Milliseconds a store check of the guard may take before the store counts as
+   * unavailable (the request gets `503`). Default `2000`.
+   */
+  storeTimeoutMs?: number;
+  /** Expunger options. */
+  expunge?: TokenResourceExpungeOptions;
+  /** Log-out-everywhere options. */
+  logOutEverywhere?: TokenResourceLogOutEverywhereOptions;
+  /** Register the module globally. Default `false`. */
+  isGlobal?: boolean;
+}
+
+/** A class that creates the module options, for `forRootAsync({ useClass })`. */
+export interface TokenResourceOptionsFactory {
+  createTokenResourceOptions(): Promise<TokenResourceModuleOptions> | TokenResourceModuleOptions;
+}
+
+/** Options of `TokenResourceModule.forRootAsync`. */
+export interface TokenResourceModuleAsyncOptions extends Pick<ModuleMetadata, 'imports'> {
+  /** Providers injected into `useFactory`. */
+  inject?: any[];
+  /** Returns the options. */
+  useFactory?: (...args: any[]) => Promise<TokenResourceModuleOptions> | TokenResourceModuleOptions;
+  /** A class implementing {@link TokenResourceOptionsFactory}, instantiated by the module. */
+  useClass?: Type<TokenResourceOptionsFactory>;
+  /** An existing provider implementing {@link TokenResourceOptionsFactory}. */
+  useExisting?: Type<TokenResourceOptionsFactory>;
+  /**
+   * Name of the TypeORM data source. Needed here, outside the factory, because the
+   * repository provider is wired before the factory runs. Default `'default'`.
+   */
+  dataSource?: string;
+  /** Custom entity class; see {@link TokenResourceModuleOptions.entity}. Default `Token`. */
+  entity?: Type<Token>;
+  /** Register the module globally. Default `false`. */
+  isGlobal?: boolean;
+}

@@ -1,0 +1,179 @@
+import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
+import {
+  createRemoteJWKSet,
+  errors as joseErrors,
+  jwtVerify,
+  SignJWT,
+  type JWK,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+} from 'jose';
+import type { TokenResourceJwtOptions } from '../interfaces/token-resource-options.interface.js';
+import {
+  InvalidTokenError,
+  TokenResourceConfigError,
+  TokenResourceUnavailableError,
+} from '../token-resource.exceptions.js';
+
+const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'];
+const RSA_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
+const EC_ALGORITHMS: Record<string, string> = { 'prime256v1': 'ES256', 'secp384r1': 'ES384', 'secp521r1': 'ES512' };
+const EDDSA_ALGORITHMS = ['EdDSA', 'Ed25519'];
+const ASYMMETRIC_ALGORITHMS = [...RSA_ALGORITHMS, ...Object.values(EC_ALGORITHMS), ...EDDSA_ALGORITHMS];
+
+/** The verified claims of a JWT. */
+export type TokenClaimsPayload = JWTPayload & Record<string, unknown>;
+
+function fail(message: string): never {
+  throw new TokenResourceConfigError(`nestjs-token-resource: ${message}`);
+}
+
+function algorithmsOfKey(key: KeyObject, option: string): string[] {
+  switch (key.asymmetricKeyType) {
+    case 'rsa':
+      return RSA_ALGORITHMS;
+    case 'rsa-pss':
+      return RSA_ALGORITHMS.filter((alg) => alg.startsWith('PS'));
+    case 'ec': {
+      const alg = EC_ALGORITHMS[key.asymmetricKeyDetails?.namedCurve ?? ''];
+      return alg ? [alg] : fail(`${option} uses an unsupported EC curve; use P-256, P-384 or P-521.`);
+    }
+    case 'ed25519':
+      return EDDSA_ALGORITHMS;
+    default:
+      return fail(`${option} is a ${key.asymmetricKeyType ?? 'symmetric'} key; use an RSA, EC (P-256/384/521) or Ed25519 key.`);
+  }
+}
+
+function importKey(material: string | JWK, kind: 'public' | 'private', option: string): KeyObject {
+  try {
+    const input = typeof material === 'string' ? material : { key: material as any, format: 'jwk' as const };
+    return kind === 'public' ? createPublicKey(input) : createPrivateKey(input);
+  } catch (error) {
+    const expected = kind === 'public' ? 'a PEM (SPKI) public key or a public JWK' : 'a PEM (PKCS#8) private key or a private JWK';
+    throw new TokenResourceConfigError(
+      `nestjs-token-resource: ${option} could not be read (${(error as Error).message}); give ${expected}.`,
+      { cause: error },
+    );
+  }
+}
+
+/** Picks the accepted algorithms: the configured ones, checked against what the key can do. */
+function acceptedAlgorithms(configured: string[] | undefined, possible: string[], keyOption: string): string[] {
+  if (configured === undefined) return possible;
+  if (!Array.isArray(configured) || configured.length === 0) fail('jwt.algorithms must be a non-empty array, or left out to accept every algorithm of the key.');
+  const wrong = configured.filter((alg) => !possible.includes(alg));
+  if (wrong.length > 0) {
+    const none = wrong.some((alg) => String(alg).toLowerCase() === 'none');
+    fail(none
+      ? "jwt.algorithms must not contain 'none': unsigned tokens are never accepted."
+      : `jwt.algorithms ${JSON.stringify(wrong)} cannot be used with ${keyOption}; it supports ${possible.join(', ')}.`);
+  }
+  return configured;
+}
+
+/**
+ * Verifies and signs JWTs with `jose` according to the module's jwt options. Key
+ * material is imported once, at start-up, so a bad key fails the application boot
+ * rather than the first request.
+ */
+export class TokenCodec {
+  private readonly verifyKey: Uint8Array | KeyObject | JWTVerifyGetKey;
+  private readonly algorithms: string[];
+  private readonly signKey?: Uint8Array | KeyObject;
+  private readonly signAlgorithm?: string;
+
+  constructor(private readonly options: TokenResourceJwtOptions & { clockToleranceSeconds: number }) {
+    const { secret, publicKey, jwksUri, privateKey, algorithms } = options;
+    const sources = [secret !== undefined && 'jwt.secret', publicKey !== undefined && 'jwt.publicKey', jwksUri !== undefined && 'jwt.jwksUri'].filter(Boolean);
+    if (sources.length !== 1) {
+      fail(sources.length === 0
+        ? 'set exactly one verification key: jwt.secret (HMAC), jwt.publicKey (PEM or JWK) or jwt.jwksUri.'
+        : `set exactly one verification key, not ${sources.join(' and ')}.`);
+    }
+    if (secret !== undefined) {
+      if (privateKey !== undefined) fail('jwt.privateKey cannot be combined with jwt.secret; an HMAC secret both signs and verifies.');
+      const bytes = typeof secret === 'string' ? new TextEncoder().encode(secret) : secret;
+      if (!(bytes instanceof Uint8Array) || bytes.length === 0) fail('jwt.secret must be a non-empty string or Uint8Array.');
+      this.verifyKey = bytes;
+      this.algorithms = acceptedAlgorithms(algorithms, HMAC_ALGORITHMS, 'jwt.secret');
+      this.signKey = bytes;
+      this.signAlgorithm = algorithms?.[0] ?? 'HS256';
+      return;
+    }
+    if (publicKey !== undefined) {
+      const key = importKey(publicKey, 'public', 'jwt.publicKey');
+      this.verifyKey = key;
+      this.algorithms = acceptedAlgorithms(algorithms, algorithmsOfKey(key, 'jwt.publicKey'), 'jwt.publicKey');
+    } else {
+      let url: URL;
+      try {
+        url = new URL(jwksUri!);
+      } catch {
+        fail(`jwt.jwksUri must be an absolute URL, got ${JSON.stringify(jwksUri)}.`);
+      }
+      this.verifyKey = createRemoteJWKSet(url);
+      this.algorithms = acceptedAlgorithms(algorithms, ASYMMETRIC_ALGORITHMS, 'jwt.jwksUri');
+    }
+    if (privateKey !== undefined) {
+      const key = importKey(privateKey, 'private', 'jwt.privateKey');
+      const usable = algorithmsOfKey(key, 'jwt.privateKey').filter((alg) => this.algorithms.includes(alg));
+      if (usable.length === 0) fail(`jwt.privateKey cannot sign any of the accepted algorithms ${this.algorithms.join(', ')}.`);
+      this.signKey = key;
+      this.signAlgorithm = usable[0];
+    }
+  }
+
+  /**
+   * Verifies the signature and the configured issuer, audience and time claims.
+   *
+   * @param allowExpired accept a token whose `exp` has passed (every other check still applies).
+   * @throws InvalidTokenError when the token cannot be trusted.
+   * @throws TokenResourceUnavailableError when the remote JWKS cannot be fetched.
+   */
+  async verify(token: string, allowExpired = false): Promise<TokenClaimsPayload> {
+    if (typeof token !== 'string' || token.length === 0) throw new InvalidTokenError('token must be a non-empty string');
+    try {
+      const { payload } = await jwtVerify(token, this.verifyKey as Uint8Array, {
+        algorithms: this.algorithms,
+        issuer: this.options.issuer,
+        audience: this.options.audience,
+        clockTolerance: this.options.clockToleranceSeconds,
+      });
+      return payload as TokenClaimsPayload;
+    } catch (error) {
+      // jose checks `exp` last, after the signature, issuer, audience and `nbf`.
+      if (allowExpired && error instanceof joseErrors.JWTExpired && error.claim === 'exp') {
+        return error.payload as TokenClaimsPayload;
+      }
+      if (error instanceof joseErrors.JWKSTimeout || (this.options.jwksUri && !(error instanceof joseErrors.JOSEError))) {
+        throw new TokenResourceUnavailableError(`the JWKS at ${this.options.jwksUri} could not be fetched`, { cause: error });
+      }
+      throw new InvalidTokenError(describeJoseError(error), { cause: error });
+    }
+  }
+
+  /**
+   * Signs a payload with the configured secret or private key.
+   *
+   * @throws TokenResourceConfigError when no signing key is configured.
+   */
+  async sign(payload: JWTPayload): Promise<string> {
+    if (!this.signKey || !this.signAlgorithm) {
+      fail('issueToken needs a signing key: set jwt.secret or jwt.privateKey.');
+    }
+    const jwt = new SignJWT(payload).setProtectedHeader({ alg: this.signAlgorithm, typ: 'JWT' });
+    if (this.options.issuer !== undefined) jwt.setIssuer(this.options.issuer);
+    if (this.options.audience !== undefined) jwt.setAudience(this.options.audience);
+    return jwt.sign(this.signKey);
+  }
+}
+
+function describeJoseError(error: unknown): string {
+  if (error instanceof joseErrors.JWTExpired) return 'token expired';
+  if (error instanceof joseErrors.JWTClaimValidationFailed) return `token claim check failed: ${error.claim}`;
+  if (error instanceof joseErrors.JWSSignatureVerificationFailed) return 'token signature is invalid';
+  if (error instanceof joseErrors.JOSEAlgNotAllowed) return 'token algorithm is not allowed';
+  if (error instanceof joseErrors.JWKSNoMatchingKey) return 'no key matches the token';
+  return 'token is malformed';
+}

@@ -1,0 +1,35 @@
+/** Injection token of the resolved {@link TokenResourceModuleOptions}. */
+export const TOKEN_RESOURCE_OPTIONS = Symbol('TOKEN_RESOURCE_OPTIONS');
+
+/** Injection token of the repository of the configured token entity. */
+export const TOKEN_REPOSITORY = Symbol('TOKEN_REPOSITORY');
+
+/** Name under which the expunger's interval is registered in `SchedulerRegistry`. */
+export const EXPUNGE_JOB_NAME = 'nestjs-token-resource:expunge';
+
+/** Purpose of a row that marks its `jti` as revoked. */
+export const REVOCATION_PURPOSE = 'revocation';
+
+/**
+ * Purpose of the per-subject log-out-everywhere marker row. It lives in the same
+ * table so that the revoked-check answers both questions with one primary-key lookup.
+ */
+export const LOG_OUT_EVERYWHERE_PURPOSE = 'log_out_everywhere';
+
+/** `jti` prefix of a subject's log-out-everywhere marker row. */
+export const LOG_OUT_EVERYWHERE_JTI_PREFIX = 'log-out-everywhere:';
+
+/** Default purpose of tokens issued and of the guard's presence check. */
+export const DEFAULT_AUTHENTICATION_PURPOSE = 'user';
+
+/** Default purpose of confirmation-change rows. */
+export const DEFAULT_CONFIRM_PURPOSE = 'confirm';
+
+/** Default lifetime of issued tokens. */
+export const DEFAULT_EXPIRES_IN = '7d';
+
+/**
+ * `expiresAt` of rows that must never be expunged (`revokeJti` without `expiresAt`).
+ * A finite date rather than PostgreSQL `infinity`, which JavaScript cannot represent.
+ */
+export const NEVER_EXPIRES = new Date('9999-12-31T23:59:59.999Z');

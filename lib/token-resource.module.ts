@@ -1,0 +1,65 @@
+import { Module, type DynamicModule, type Provider } from '@nestjs/common';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import { Token } from './entities/token.entity.js';
+import { ExpungerService } from './expunger/expunger.service.js';
+import { RevokedTokenGuard } from './guard/revoked-token.guard.js';
+import type {
+  TokenResourceModuleAsyncOptions,
+  TokenResourceModuleOptions,
+} from './interfaces/token-resource-options.interface.js';
+import { TokenCodec } from './jwt/token-codec.js';
+import { LogOutEverywhereService } from './log-out-everywhere/log-out-everywhere.service.js';
+import { PasswordChangeSubscriber } from './log-out-everywhere/password-change.subscriber.js';
+import {
+  createAsyncOptionsProviders,
+  createCoreProviders,
+  TOKEN_RESOURCE_MODULE_OPTIONS,
+  type StaticWiring,
+} from './token-resource.providers.js';
+import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
+import { TokenService } from './token.service.js';
+import { TokenStore } from './token.store.js';
+
+const SERVICES = [TokenStore, TokenService, LogOutEverywhereService, ExpungerService, PasswordChangeSubscriber, RevokedTokenGuard];
+const EXPORTS = [TOKEN_RESOURCE_OPTIONS, TOKEN_REPOSITORY, TokenCodec, TokenStore, TokenService, LogOutEverywhereService, ExpungerService, RevokedTokenGuard];
+
+/**
+ * Revocable JWTs backed by a TypeORM/PostgreSQL token table. The host application
+ * brings its own `TypeOrmModule.forRoot(...)` (with `Token` among its entities, or
+ * `autoLoadEntities: true`) and `ScheduleModule.forRoot()`.
+ */
+@Module({})
+export class TokenResourceModule {
+  /**
+   * Configures the module with static options, validated at start-up.
+   *
+   * @throws TokenResourceConfigError (at bootstrap) when the options are wrong.
+   */
+  static forRoot(options: TokenResourceModuleOptions): DynamicModule {
+    const optionsProvider: Provider = { provide: TOKEN_RESOURCE_MODULE_OPTIONS, useValue: options };
+    return this.assemble(this.wiringOf(options ?? {}), options?.isGlobal, [], [optionsProvider]);
+  }
+
+  /**
+   * Configures the module with options made by a factory, a class or an existing
+   * provider. `dataSource`, `entity` and `isGlobal` are given here, next to the factory,
+   * because the module's wiring depends on them.
+   */
+  static forRootAsync(options: TokenResourceModuleAsyncOptions): DynamicModule {
+    return this.assemble(this.wiringOf(options), options.isGlobal, options.imports ?? [], createAsyncOptionsProviders(options));
+  }
+
+  private static wiringOf(options: { dataSource?: string; entity?: new () => Token }): StaticWiring {
+    return { dataSource: options.dataSource ?? 'default', entity: options.entity ?? Token };
+  }
+
+  private static assemble(wiring: StaticWiring, isGlobal: boolean | undefined, imports: DynamicModule['imports'], optionsProviders: Provider[]): DynamicModule {
+    return {
+      module: TokenResourceModule,
+      global: isGlobal ?? false,
+      imports: [...(imports ?? []), TypeOrmModule.forFeature([wiring.entity], wiring.dataSource)],
+      providers: [...optionsProviders, ...createCoreProviders(wiring), ...SERVICES],
+      exports: EXPORTS,
+    };
+  }
+}

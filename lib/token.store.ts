@@ -1,0 +1,139 @@
+import { createHash } from 'node:crypto';
+import { Inject, Injectable } from '@nestjs/common';
+import type { Pool } from 'pg';
+import type { EntityManager, Repository } from 'typeorm';
+import type { Token } from './entities/token.entity.js';
+import {
+  LOG_OUT_EVERYWHERE_PURPOSE,
+  REVOCATION_PURPOSE,
+  TOKEN_REPOSITORY,
+} from './token-resource.constants.js';
+import { TokenResourceUnavailableError } from './token-resource.exceptions.js';
+import type { LogOutMarker } from './log-out-everywhere/log-out-marker.js';
+
+/** A SQL statement with a stable name, so that `pg` prepares it once per connection. */
+export interface Statement {
+  name: string;
+  text: string;
+}
+
+/** What a statement returned. */
+export interface StatementResult<Row> {
+  rows: Row[];
+  rowCount: number;
+}
+
+/** The columns of a token row that decide whether it is revoked or admitted. */
+export interface TokenStateRow {
+  jti: string;
+  purpose: string;
+  expires_at: Date;
+  /** Only set on log-out-everywhere marker rows. */
+  marker: LogOutMarker | null;
+}
+
+/**
+ * The SQL of the token table, written out by hand where the ORM would cost round trips
+ * or correctness: atomic conditional upserts, batched deletes and the one-query
+ * revoked-check. Outside a caller's transaction statements go straight to the data
+ * source's `pg` pool as named prepared statements, with no entity hydration.
+ */
+@Injectable()
+export class TokenStore {
+  /** The quoted table name of the configured entity. */
+  readonly table: string;
+  private readonly pool: Pool;
+  private readonly statementNames = new Map<string, string>();
+
+  constructor(@Inject(TOKEN_REPOSITORY) readonly repository: Repository<Token>) {
+    const driver = repository.manager.connection.driver;
+    this.table = repository.metadata.tablePath.split('.').map((part) => driver.escape(part)).join('.');
+    this.pool = (driver as unknown as { master: Pool }).master;
+  }
+
+  /** Makes a named statement; the name hashes the text, so two tables never share one. */
+  statement(label: string, text: string): Statement {
+    let name = this.statementNames.get(text);
+    if (!name) {
+      name = `ntr_${label}_${createHash('sha1').update(text).digest('hex').slice(0, 10)}`;
+      this.statementNames.set(text, name);
+    }
+    return { name, text };
+  }
+
+  /**
+   * Runs a statement in the caller's transaction when `manager` belongs to one, else in
+   * autocommit on the pool.
+   *
+   * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
+   */
+  async execute<Row>(statement: Statement, values: unknown[], manager?: EntityManager): Promise<StatementResult<Row>> {
+    try {
+      const runner = manager?.queryRunner;
+      if (runner && !runner.isReleased) {
+        const result = await runner.query(statement.text, values, true);
+        return { rows: result.records as Row[], rowCount: result.affected ?? result.records.length };
+      }
+      const result = await this.pool.query({ name: statement.name, text: statement.text, values });
+      return { rows: result.rows as Row[], rowCount: result.rowCount ?? result.rows.length };
+    } catch (error) {
+      if (isConnectionError(error)) {
+        throw new TokenResourceUnavailableError(`the token store is unavailable: ${(error as Error).message}`, { cause: error });
+      }
+      throw error;
+    }
+  }
+
+  /** The SQL that flips or inserts a revocation row; returns a row only if this call revoked. */
+  revokeStatement(): Statement {
+    return this.statement('revoke', `
+      INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose)
+      VALUES ($1, $2, $3, '${REVOCATION_PURPOSE}')
+      ON CONFLICT (jti) DO UPDATE
+        SET purpose = '${REVOCATION_PURPOSE}', subject = EXCLUDED.subject,
+            expires_at = EXCLUDED.expires_at, updated_at = now()
+        WHERE t.purpose <> '${REVOCATION_PURPOSE}'
+      RETURNING 1 AS revoked`);
+  }
+
+  /** The SQL that upserts a token row unless it is revoked; returns a row only if it wrote. */
+  storeStatement(): Statement {
+    return this.statement('store', `
+      INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose, extra_data)
+      VALUES ($1, $2, $3, $4, $5)
+      ON CONFLICT (jti) DO UPDATE
+        SET subject = EXCLUDED.subject, expires_at = EXCLUDED.expires_at, purpose = EXCLUDED.purpose,
+            extra_data = EXCLUDED.extra_data, updated_at = now()
+        WHERE t.purpose <> '${REVOCATION_PURPOSE}'
+      RETURNING 1 AS stored`);
+  }
+
+  /** The SQL of `jtiRevoked`: one primary-key probe. */
+  jtiRevokedStatement(): Statement {
+    return this.statement('jti_revoked', `
+      SELECT 1 FROM ${this.table} WHERE jti = $1 AND purpose = '${REVOCATION_PURPOSE}'`);
+  }
+
+  /**
+   * The SQL that reads a token's own row and its subject's log-out marker in one
+   * primary-key index scan; `extra_data` is read only from the marker.
+   */
+  tokenStateStatement(): Statement {
+    return this.statement('token_state', `
+      SELECT jti, purpose, expires_at,
+             CASE WHEN purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN extra_data END AS marker
+        FROM ${this.table} WHERE jti = ANY($1::text[])`);
+  }
+}
+
+const CONNECTION_ERROR_CODES = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH',
+  '57P01', '57P02', '57P03', '08000', '08001', '08003', '08004', '08006', '53300',
+]);
+
+function isConnectionError(error: unknown): boolean {
+  const code = (error as { code?: unknown })?.code;
+  if (typeof code === 'string' && CONNECTION_ERROR_CODES.has(code)) return true;
+  const message = (error as Error)?.message ?? '';
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Cannot use a pool after calling end|Connection is not established|not connected/i.test(message);
+}
