@@ -86,6 +86,16 @@ export interface ListTokensOptions {
   includeExpired?: boolean;
 }
 
+/** Options of {@link TokenService.expungeExpired}. */
+export interface ExpungeExpiredOptions {
+  /** Run every batch on this manager's connection, for example one that holds an advisory lock. */
+  manager?: EntityManager;
+  /** Once aborted, stop after the batch in progress. */
+  signal?: AbortSignal;
+  /** Called after each batch with the rows it deleted and its duration in milliseconds. */
+  onBatch?: (deleted: number, durationMs: number) => void;
+}
+
 /** The verdict of one store check for a verified token. */
 export interface TokenCheck {
   /** A revocation row, or a log-out everywhere at or after the token's `iat`. */
@@ -116,9 +126,23 @@ function requireNonEmpty(value: unknown, name: string): asserts value is string 
  */
 @Injectable()
 export class TokenService {
+  /**
+   * One expunge batch: walks the `expires_at` index from the previous batch's last
+   * value (`$1`, so the scan never re-reads the dead index entries behind it), locks
+   * up to `$3` expired rows skipping those others hold, and deletes them by `ctid`
+   * (a TID scan, no primary-key probes).
+   */
   private readonly expungeBatch = this.store.statement('expunge_batch', `
-    DELETE FROM ${this.store.table} WHERE jti IN (
-      SELECT jti FROM ${this.store.table} WHERE expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)`);
+    WITH victims AS (
+      SELECT ctid FROM ${this.store.table}
+       WHERE expires_at >= $1::timestamptz AND expires_at < $2
+       ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED
+    ), gone AS (
+      DELETE FROM ${this.store.table}
+       WHERE ctid = ANY (ARRAY(SELECT ctid FROM victims)) AND expires_at < $2
+      RETURNING expires_at
+    )
+    SELECT count(*)::int AS deleted, max(expires_at)::text AS last FROM gone`);
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
@@ -240,19 +264,27 @@ export class TokenService {
 
   /**
    * Deletes rows whose `expiresAt` passed more than `clockToleranceSeconds` ago, in
-   * batches of `expunge.batchSize`, each its own short autocommit statement.
+   * batches of `expunge.batchSize`, each its own short autocommit statement (also on
+   * `opts.manager`, unless it is inside a transaction). Rows locked by others are
+   * skipped and left to the next run.
    *
    * @returns how many rows were deleted.
    */
-  async expungeExpired(): Promise<number> {
+  async expungeExpired(opts: ExpungeExpiredOptions = {}): Promise<number> {
     const cutoff = new Date(Date.now() - this.options.jwt.clockToleranceSeconds * 1000);
     const batchSize = this.options.expunge.batchSize;
     let deleted = 0;
-    for (;;) {
-      const { rowCount } = await this.store.execute(this.expungeBatch, [cutoff, batchSize]);
-      deleted += rowCount;
-      if (rowCount < batchSize) return deleted;
+    let from = '-infinity';
+    while (!opts.signal?.aborted) {
+      const started = performance.now();
+      const { rows } = await this.store.execute<{ deleted: number; last: string | null }>(this.expungeBatch, [from, cutoff, batchSize], opts.manager);
+      const batch = rows[0]?.deleted ?? 0;
+      deleted += batch;
+      opts.onBatch?.(batch, performance.now() - started);
+      if (batch < batchSize || rows[0]?.last == null) break;
+      from = rows[0].last;
     }
+    return deleted;
   }
 
   /**

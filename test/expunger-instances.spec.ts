@@ -1,0 +1,149 @@
+import { jest } from '@jest/globals';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import type { INestApplication } from '@nestjs/common';
+import { Logger } from '@nestjs/common';
+import pg from 'pg';
+import { ExpungerService, REVOCATION_PURPOSE, type ExpungeRunResult } from '../lib/index.js';
+import { createTestDatabase, type TestDatabase } from './support/test-database.js';
+import { createTokenApp } from './support/token-app.js';
+
+let db: TestDatabase;
+let admin: pg.Client;
+const apps: INestApplication[] = [];
+
+async function countRows(where = 'true'): Promise<number> {
+  const { rows } = await admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM tokens WHERE ${where}`);
+  return rows[0].n;
+}
+
+async function waitFor(condition: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** A TCP proxy in front of PostgreSQL that can be cut, to make the database unreachable. */
+class Outage {
+  private server?: Server;
+  private readonly sockets = new Set<Socket>();
+
+  constructor(private readonly target: URL, public port = 0) {}
+
+  get url(): string {
+    const url = new URL(this.target);
+    url.hostname = '127.0.0.1';
+    url.port = String(this.port);
+    return url.toString();
+  }
+
+  async up(): Promise<void> {
+    const server = createServer((client) => {
+      const upstream = connect(Number(this.target.port || 5432), this.target.hostname);
+      for (const socket of [client, upstream]) {
+        this.sockets.add(socket);
+        socket.on('close', () => this.sockets.delete(socket));
+        socket.on('error', () => undefined);
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
+    this.port = (server.address() as { port: number }).port;
+    this.server = server;
+  }
+
+  /** Stops accepting connections and cuts the open ones. */
+  async down(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    for (const socket of this.sockets) socket.destroy();
+    await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+  }
+}
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  apps.push(await createTokenApp(db.url, { options: { expunge: { enabled: false } } }));
+  admin = new pg.Client({ connectionString: db.url });
+  await admin.connect();
+});
+
+afterEach(async () => {
+  jest.restoreAllMocks();
+  await Promise.all(apps.splice(1).map((a) => a.close().catch(() => undefined)));
+  await admin.query('TRUNCATE tokens');
+});
+
+afterAll(async () => {
+  await Promise.all(apps.splice(0).map((a) => a.close().catch(() => undefined)));
+  await admin?.end();
+  await db?.drop();
+});
+
+it('three application instances expunging at once: one works, the others skip, every expired row goes and no live one', async () => {
+  const instances = await Promise.all(
+    [1, 2, 3].map(() => createTokenApp(db.url, { options: { expunge: { batchSize: 100 } } })),
+  );
+  apps.push(...instances);
+  const expired = 9000;
+  await admin.query(
+    `INSERT INTO tokens (jti, subject, expires_at, purpose)
+     SELECT 'old-' || i, 'subject-' || (i % 50), now() - interval '1 hour' - (i % 600) * interval '1 second',
+            (ARRAY['user', 'confirm', '${REVOCATION_PURPOSE}'])[1 + i % 3]
+       FROM generate_series(1, ${expired}) AS i`,
+  );
+  await admin.query(
+    `INSERT INTO tokens (jti, subject, expires_at, purpose)
+     SELECT 'live-' || i, 'subject-' || (i % 50), now() + (1 + i % 600) * interval '1 second',
+            (ARRAY['user', 'confirm', '${REVOCATION_PURPOSE}'])[1 + i % 3]
+       FROM generate_series(1, 3000) AS i`,
+  );
+
+  const results: ExpungeRunResult[] = await Promise.all(instances.map((instance) => instance.get(ExpungerService).run()));
+
+  expect(results).toHaveLength(3);
+  expect(results.reduce((sum, result) => sum + result.deleted, 0)).toBe(expired);
+  // The lock let exactly one run do the work; those that found it held skipped at once.
+  expect(results.filter((result) => result.deleted > 0)).toEqual([{ deleted: expired, skipped: false, durationMs: expect.any(Number) }]);
+  const skipped = results.filter((result) => result.skipped);
+  expect(skipped.length).toBeGreaterThanOrEqual(1);
+  for (const result of skipped) expect(result.deleted).toBe(0);
+  expect(await countRows(`jti LIKE 'old-%'`)).toBe(0);
+  expect(await countRows(`jti LIKE 'live-%'`)).toBe(3000);
+  expect(await countRows(`jti LIKE 'live-%' AND purpose = '${REVOCATION_PURPOSE}'`)).toBe(1000);
+  const { rows } = await admin.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory'`);
+  expect(rows).toHaveLength(0);
+});
+
+it('a run failing because the database is unreachable is logged, and the next scheduled run succeeds', async () => {
+  const outage = new Outage(new URL(db.url));
+  await outage.up();
+  const error = jest.spyOn(Logger.prototype, 'error');
+  const log = jest.spyOn(Logger.prototype, 'log');
+  const instance = await createTokenApp(outage.url, {
+    options: { expunge: { intervalHours: 0.0005 } }, // every 1.8 s
+    typeOrm: { migrationsRun: false, extra: { connectionTimeoutMillis: 1000 } },
+  });
+  apps.push(instance);
+  const expunger = instance.get(ExpungerService);
+  await admin.query(`INSERT INTO tokens (jti, subject, expires_at, purpose)
+                     SELECT 'old-' || i, 's', now() - interval '1 day', 'user' FROM generate_series(1, 500) AS i`);
+
+  await outage.down();
+  // Called directly, the failure is logged and reported.
+  await expect(expunger.run()).rejects.toBeDefined();
+  expect(error).toHaveBeenCalledWith(expect.stringMatching(/expunge of "tokens" failed .*next run will retry/), expect.anything());
+  // The scheduled tick fails too, without stopping the schedule.
+  error.mockClear();
+  await waitFor(() => error.mock.calls.length > 0, 10_000, 'a failing scheduled run to be logged');
+  expect(await countRows()).toBe(500);
+
+  await outage.up();
+  await waitFor(async () => (await countRows()) === 0, 15_000, 'a later scheduled run to succeed');
+  expect(log).toHaveBeenCalledWith(expect.stringMatching(/expunged 500 expired token rows/));
+  // And the expunger still answers directly.
+  expect(await expunger.run()).toMatchObject({ deleted: 0, skipped: false });
+  await instance.close();
+  await outage.down();
+});

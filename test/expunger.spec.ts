@@ -1,0 +1,248 @@
+import { jest } from '@jest/globals';
+import type { INestApplication } from '@nestjs/common';
+import { Logger } from '@nestjs/common';
+import { ScheduleModule, SchedulerRegistry } from '@nestjs/schedule';
+import { Test } from '@nestjs/testing';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import pg from 'pg';
+import {
+  EXPUNGE_JOB_NAME,
+  ExpungerService,
+  REVOCATION_PURPOSE,
+  TokenResourceConfigError,
+  TokenResourceModule,
+  TokenService,
+  TokenStore,
+} from '../lib/index.js';
+import { expungeLockKey } from '../lib/expunger/expunger.service.js';
+import { createTestDatabase, type TestDatabase } from './support/test-database.js';
+import { createTokenApp, TEST_SECRET, typeOrmOptions } from './support/token-app.js';
+
+let db: TestDatabase;
+let admin: pg.Client;
+const apps: INestApplication[] = [];
+
+async function app(options: Parameters<typeof createTokenApp>[1] = {}): Promise<INestApplication> {
+  const created = await createTokenApp(db.url, options);
+  apps.push(created);
+  return created;
+}
+
+/** Inserts `count` rows `${prefix}-1..count` of `purpose` expiring at the SQL expression `expires` (may use `i`). */
+async function insertRows(prefix: string, count: number, purpose: string, expires: string): Promise<void> {
+  await admin.query(
+    `INSERT INTO tokens (jti, subject, expires_at, purpose)
+     SELECT $1 || '-' || i, 'subject-' || (i % 17), ${expires}, $2 FROM generate_series(1, $3::int) AS i`,
+    [prefix, purpose, count],
+  );
+}
+
+async function jtis(): Promise<string[]> {
+  const { rows } = await admin.query<{ jti: string }>('SELECT jti FROM tokens ORDER BY jti');
+  return rows.map((row) => row.jti);
+}
+
+async function countRows(where = 'true'): Promise<number> {
+  const { rows } = await admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM tokens WHERE ${where}`);
+  return rows[0].n;
+}
+
+async function waitFor(condition: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  // The first app runs the migration that creates the table.
+  await app({ options: { expunge: { enabled: false } } });
+  admin = new pg.Client({ connectionString: db.url });
+  await admin.connect();
+});
+
+afterEach(async () => {
+  jest.restoreAllMocks();
+  await Promise.all(apps.splice(1).map((a) => a.close().catch(() => undefined)));
+  await admin.query('TRUNCATE tokens');
+});
+
+afterAll(async () => {
+  await Promise.all(apps.splice(0).map((a) => a.close().catch(() => undefined)));
+  await admin?.end();
+  await db?.drop();
+});
+
+describe('scheduling', () => {
+  const idleTimeoutOf = (a: INestApplication) =>
+    (a.get(SchedulerRegistry).getInterval(EXPUNGE_JOB_NAME) as { _idleTimeout: number })._idleTimeout;
+
+  it('registers the job under EXPUNGE_JOB_NAME every 12 hours by default', async () => {
+    const a = await app();
+    expect(a.get(SchedulerRegistry).doesExist('interval', EXPUNGE_JOB_NAME)).toBe(true);
+    expect(idleTimeoutOf(a)).toBe(12 * 3_600_000);
+  });
+
+  it('registers an interval that does not divide a day exactly (5 hours)', async () => {
+    const a = await app({ options: { expunge: { intervalHours: 5 } } });
+    expect(idleTimeoutOf(a)).toBe(5 * 3_600_000);
+    expect(a.get(ExpungerService).intervalMs).toBe(18_000_000);
+  });
+
+  it('does not register the job when expunge.enabled is false', async () => {
+    const a = await app({ options: { expunge: { enabled: false } } });
+    expect(a.get(SchedulerRegistry).doesExist('interval', EXPUNGE_JOB_NAME)).toBe(false);
+    expect(a.get(SchedulerRegistry).getIntervals()).toEqual([]);
+  });
+
+  it('fires on schedule and deletes expired rows by itself', async () => {
+    await insertRows('old', 300, 'user', `now() - interval '1 hour'`);
+    await insertRows('live', 100, 'user', `now() + interval '1 hour'`);
+    const run = jest.spyOn(ExpungerService.prototype, 'run');
+    const a = await app({ options: { expunge: { intervalHours: 0.0005, batchSize: 50 } } }); // 1.8 s
+    expect(idleTimeoutOf(a)).toBe(1800);
+    expect(await countRows()).toBe(400);
+    await waitFor(async () => (await countRows(`jti LIKE 'old-%'`)) === 0, 15_000, 'the scheduled run');
+    expect(run).toHaveBeenCalled();
+    expect(await countRows(`jti LIKE 'live-%'`)).toBe(100);
+  });
+
+  it('stops the job at shutdown', async () => {
+    const a = await app({ options: { expunge: { intervalHours: 0.0005 } } });
+    const registry = a.get(SchedulerRegistry);
+    const run = jest.spyOn(a.get(ExpungerService), 'run');
+    expect(registry.doesExist('interval', EXPUNGE_JOB_NAME)).toBe(true);
+    await a.close();
+    expect(registry.doesExist('interval', EXPUNGE_JOB_NAME)).toBe(false);
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    expect(run).not.toHaveBeenCalled();
+  });
+
+  it('fails at start-up with a clear error when ScheduleModule.forRoot() is missing', async () => {
+    const build = (enabled: boolean) =>
+      Test.createTestingModule({
+        imports: [
+          TypeOrmModule.forRoot(typeOrmOptions(db.url)),
+          TokenResourceModule.forRoot({ jwt: { secret: TEST_SECRET }, expunge: { enabled } }),
+        ],
+      }).compile().then(async (moduleRef) => {
+        const created = moduleRef.createNestApplication({ logger: false });
+        apps.push(created);
+        await created.init();
+        return created;
+      });
+    const failure = await build(true).then(() => null, (error: unknown) => error);
+    expect(failure).toBeInstanceOf(TokenResourceConfigError);
+    expect((failure as Error).message).toMatch(/ScheduleModule\.forRoot\(\)/);
+    // Without the expunger, the schedule module is not needed.
+    await expect(build(false)).resolves.toBeDefined();
+  });
+
+  it('rejects an interval longer than setInterval can honour', async () => {
+    const failure = await app({ options: { expunge: { intervalHours: 600 } } }).then(() => null, (error: unknown) => error);
+    expect(failure).toBeInstanceOf(TokenResourceConfigError);
+    expect((failure as Error).message).toMatch(/expunge\.intervalHours.*2\^31-1/);
+    // The largest accepted value still registers exactly.
+    const a = await app({ options: { expunge: { intervalHours: 596 } } });
+    expect(idleTimeoutOf(a)).toBe(596 * 3_600_000);
+  });
+});
+
+describe('run()', () => {
+  it('deletes exactly the expired rows of every purpose, keeps the grace, over several batches', async () => {
+    const a = await app({ options: { expunge: { enabled: false, batchSize: 7 }, jwt: { secret: TEST_SECRET, clockToleranceSeconds: 60 } } });
+    // Expired beyond the 60 s grace: gone.
+    await insertRows('old-user', 40, 'user', `now() - interval '2 minutes' - i * interval '1 second'`);
+    await insertRows('old-confirm', 13, 'confirm', `now() - interval '3 days'`);
+    await insertRows('old-revocation', 21, REVOCATION_PURPOSE, `now() - interval '61 seconds' - i * interval '1 ms'`);
+    // Many rows sharing one expires_at (more than a batch), as tokens expiring in the same second do.
+    await insertRows('old-tie', 30, 'user', `date_trunc('second', now()) - interval '1 hour'`);
+    // Expired but inside the grace: kept.
+    await insertRows('grace-user', 5, 'user', `now() - interval '30 seconds'`);
+    await insertRows('grace-revocation', 5, REVOCATION_PURPOSE, `now() - interval '50 seconds'`);
+    // Unexpired, including revocations of unexpired tokens: kept.
+    await insertRows('live-user', 9, 'user', `now() + interval '1 hour'`);
+    await insertRows('live-revocation', 11, REVOCATION_PURPOSE, `now() + i * interval '1 minute'`);
+    await a.get(TokenService).revokeJti('never-expires', 'someone');
+    const kept = (await jtis()).filter((jti) => !jti.startsWith('old-'));
+    expect(kept).toHaveLength(31);
+
+    const execute = jest.spyOn(a.get(TokenStore), 'execute');
+    const result = await a.get(ExpungerService).run();
+
+    expect(result).toEqual({ deleted: 104, skipped: false, durationMs: expect.any(Number) });
+    expect(await jtis()).toEqual(kept);
+    expect(execute.mock.calls.length).toBeGreaterThanOrEqual(Math.ceil(104 / 7));
+    // Nothing left to do: a second run deletes nothing.
+    expect((await a.get(ExpungerService).run()).deleted).toBe(0);
+  });
+
+  it('runs its batches on the connection that holds the advisory lock, and unlocks it', async () => {
+    const a = await app({ options: { expunge: { enabled: false, batchSize: 10 } } });
+    await insertRows('old', 35, 'user', `now() - interval '1 day'`);
+    const key = expungeLockKey(a.get(TokenStore).table);
+    const batchPids: number[] = [];
+    let lockHolder: number | undefined;
+    const execute = a.get(TokenStore).execute.bind(a.get(TokenStore));
+    jest.spyOn(a.get(TokenStore), 'execute').mockImplementation(async (statement, values, manager) => {
+      const { rows } = await admin.query<{ pid: number }>(
+        `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND ((classid::bigint << 32) | objid::bigint) = $1::bigint`,
+        [key],
+      );
+      lockHolder = rows[0]?.pid;
+      const [{ pid }] = (await manager!.query('SELECT pg_backend_pid() AS pid')) as Array<{ pid: number }>;
+      batchPids.push(pid);
+      return execute(statement, values, manager);
+    });
+    expect((await a.get(ExpungerService).run()).deleted).toBe(35);
+    expect(batchPids.length).toBeGreaterThanOrEqual(4);
+    expect(new Set(batchPids)).toEqual(new Set([lockHolder]));
+    const { rows } = await admin.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory'`);
+    expect(rows).toHaveLength(0);
+  });
+
+  it('skips at once while another session holds the lock of its table, and not of another table', async () => {
+    const a = await app({ options: { expunge: { enabled: false } } });
+    await insertRows('old', 20, 'user', `now() - interval '1 day'`);
+    const table = a.get(TokenStore).table;
+    expect(expungeLockKey(table)).not.toBe(expungeLockKey('"other_tokens"'));
+
+    await admin.query('SELECT pg_advisory_lock($1::bigint)', [expungeLockKey('"other_tokens"')]);
+    await admin.query('SELECT pg_advisory_lock($1::bigint)', [expungeLockKey(table)]);
+    const skipped = await a.get(ExpungerService).run();
+    expect(skipped).toMatchObject({ deleted: 0, skipped: true });
+    expect(skipped.durationMs).toBeLessThan(1000);
+    expect(await countRows()).toBe(20);
+
+    await admin.query('SELECT pg_advisory_unlock($1::bigint)', [expungeLockKey(table)]);
+    // Only the other table's expunger is locked out now.
+    expect(await a.get(ExpungerService).run()).toMatchObject({ deleted: 20, skipped: false });
+    await admin.query('SELECT pg_advisory_unlock_all()');
+  });
+
+  it('logs how many rows a successful run deleted and how long it took', async () => {
+    const a = await app({ options: { expunge: { enabled: false } } });
+    await insertRows('old', 12, 'user', `now() - interval '1 day'`);
+    const log = jest.spyOn(Logger.prototype, 'log');
+    await a.get(ExpungerService).run();
+    expect(log).toHaveBeenCalledWith(expect.stringMatching(/expunged 12 expired token rows from "tokens" in \d+ ms/));
+  });
+
+  it('lets the batch in progress finish at shutdown, then unlocks', async () => {
+    const a = await app({ options: { expunge: { enabled: false, batchSize: 100 } } });
+    await insertRows('old', 30_000, 'user', `now() - interval '1 day' - i * interval '1 ms'`);
+    const running = a.get(ExpungerService).run();
+    await waitFor(async () => (await countRows()) < 30_000, 10_000, 'the first batch');
+    await a.close();
+    const result = await running;
+    expect(result.skipped).toBe(false);
+    expect(result.deleted).toBeGreaterThan(0);
+    // It stopped early, and its count is exactly what is gone.
+    expect(result.deleted).toBeLessThan(30_000);
+    expect(await countRows()).toBe(30_000 - result.deleted);
+    const { rows } = await admin.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory'`);
+    expect(rows).toHaveLength(0);
+  });
+});
