@@ -112,6 +112,10 @@ export class TokenCodec {
       } catch {
         fail(`jwt.jwksUri must be an absolute URL, got ${JSON.stringify(jwksUri)}.`);
       }
+      // jose fetches the JWKS with fetch(); any other scheme would only fail at the first request.
+      if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+        fail(`jwt.jwksUri must be an http(s) URL, got ${JSON.stringify(jwksUri)}.`);
+      }
       this.verifyKey = createRemoteJWKSet(url);
       this.algorithms = acceptedAlgorithms(algorithms, ASYMMETRIC_ALGORITHMS, 'jwt.jwksUri');
     }
@@ -146,7 +150,13 @@ export class TokenCodec {
       if (allowExpired && error instanceof joseErrors.JWTExpired && error.claim === 'exp') {
         return error.payload as TokenClaimsPayload;
       }
-      if (error instanceof joseErrors.JWKSTimeout || (this.options.jwksUri && !(error instanceof joseErrors.JOSEError))) {
+      // A JWKS that cannot be fetched says nothing about the token: fail closed as
+      // unavailable. jose throws its generic JOSEError (code ERR_JOSE_GENERIC) only for a
+      // non-200 or non-JSON JWKS response, and non-jose errors for network failures.
+      const jwksFetchFailed = error instanceof joseErrors.JWKSTimeout
+        || !(error instanceof joseErrors.JOSEError)
+        || error.code === joseErrors.JOSEError.code;
+      if (this.options.jwksUri && jwksFetchFailed) {
         throw new TokenResourceUnavailableError(`the JWKS at ${this.options.jwksUri} could not be fetched`, { cause: error });
       }
       throw new InvalidTokenError(describeJoseError(error), { cause: error });

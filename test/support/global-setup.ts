@@ -34,6 +34,8 @@ export default async function globalSetup(): Promise<void> {
     persistent: false,
     // PostgreSQL refuses to run as root; this creates an unprivileged OS user for it.
     createPostgresUser: true,
+    // The revoke-concurrency tests hold 100+ connections at once (default limit: 100).
+    postgresFlags: ['-c', 'max_connections=300'],
     onLog: () => undefined,
   });
   await server.initialise();

@@ -1,0 +1,51 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+/**
+ * `npm run build` emits a typed ESM package with its TSDoc. Built into a scratch
+ * directory inside the project (so that the emitted imports resolve against
+ * node_modules) rather than over dist/.
+ */
+
+const run = promisify(execFile);
+const root = process.cwd();
+let outDir: string;
+
+beforeAll(async () => {
+  outDir = await mkdtemp(join(root, '.build-test-'));
+  await run('npm', ['run', 'build', '--', '--outDir', outDir], { cwd: root });
+}, 180_000);
+
+afterAll(async () => {
+  if (outDir) await rm(outDir, { recursive: true, force: true });
+});
+
+it('emits index.js and index.d.ts', async () => {
+  const js = await readFile(join(outDir, 'index.js'), 'utf8');
+  const dts = await readFile(join(outDir, 'index.d.ts'), 'utf8');
+  expect(js).toMatch(/export \{ TokenService|export \* from '\.\/token\.service\.js'/);
+  expect(dts).toContain('TokenResourceModule');
+});
+
+it('keeps the TSDoc in the declarations', async () => {
+  const service = await readFile(join(outDir, 'token.service.d.ts'), 'utf8');
+  expect(service).toMatch(/\/\*\*[^]*Revokes a token[^]*\*\/\s*revoke\(/);
+  expect(service).toContain('@throws TokenAlreadyRevokedError');
+  const options = await readFile(join(outDir, 'interfaces', 'token-resource-options.interface.d.ts'), 'utf8');
+  expect(options).toMatch(/Default `false`[^]*storeAllTokens\?: boolean/);
+});
+
+it('loads as an ES module under plain node and exports the API of API.md', async () => {
+  const script = `import(${JSON.stringify(join(outDir, 'index.js'))}).then((m) => console.log(JSON.stringify(Object.keys(m).sort())))`;
+  const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { cwd: root });
+  const names: string[] = JSON.parse(stdout);
+  for (const name of [
+    'Token', 'TokenResourceModule', 'TokenService', 'LogOutEverywhereService', 'ExpungerService', 'RevokedTokenGuard',
+    'EXPUNGE_JOB_NAME', 'TokenResourceError', 'InvalidTokenError', 'TokenAlreadyRevokedError', 'TokenResourceConfigError',
+    'CreateTokensTable1763900000000',
+  ]) {
+    expect(names).toContain(name);
+  }
+}, 60_000);

@@ -1,0 +1,322 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { Inject, Injectable, Module, type DynamicModule, type INestApplication } from '@nestjs/common';
+import { Test } from '@nestjs/testing';
+import { ScheduleModule } from '@nestjs/schedule';
+import { getDataSourceToken, TypeOrmModule } from '@nestjs/typeorm';
+import { Column, DataSource, Entity } from 'typeorm';
+import {
+  InvalidTokenError,
+  REVOCATION_PURPOSE,
+  Token,
+  TokenResourceConfigError,
+  TokenResourceModule,
+  TokenService,
+  TOKEN_RESOURCE_OPTIONS,
+  type ResolvedTokenResourceOptions,
+  type TokenResourceModuleOptions,
+  type TokenResourceOptionsFactory,
+} from '../lib/index.js';
+import { countRows, signToken } from './support/jwt-fixtures.js';
+import { createTestDatabase, type TestDatabase } from './support/test-database.js';
+import { createTokenApp, dataSourceOf, TEST_SECRET, typeOrmOptions } from './support/token-app.js';
+
+/** forRoot / forRootAsync wiring, named data sources, custom entities and start-up validation. */
+
+const FACTORY_SECRET = 'a-secret-that-only-the-factory-knows-1234';
+const SECRET_TOKEN = 'FACTORY_SECRET';
+
+@Module({ providers: [{ provide: SECRET_TOKEN, useValue: FACTORY_SECRET }], exports: [SECRET_TOKEN] })
+class SecretModule {}
+
+@Injectable()
+class OptionsFactory implements TokenResourceOptionsFactory {
+  static calls = 0;
+  createTokenResourceOptions(): TokenResourceModuleOptions {
+    OptionsFactory.calls += 1;
+    return { jwt: { secret: FACTORY_SECRET }, storeAllTokens: true, expunge: { enabled: false } };
+  }
+}
+
+@Module({ providers: [OptionsFactory], exports: [OptionsFactory] })
+class OptionsFactoryModule {}
+
+@Entity('my_tokens')
+class MyToken extends Token {
+  /** An extra column of the application's own. */
+  @Column({ type: 'text', nullable: true })
+  tenant!: string | null;
+}
+
+let db: TestDatabase;
+const apps: INestApplication[] = [];
+
+async function boot(url: string, tokenModule: DynamicModule, extra: Partial<Parameters<typeof createTokenApp>[1]> = {}): Promise<INestApplication> {
+  const app = await createTokenApp(url, { tokenModule, ...extra });
+  apps.push(app);
+  return app;
+}
+
+/** Proves which secret and storeAllTokens setting the module ended up with. */
+async function expectFactoryOptionsApplied(app: INestApplication): Promise<void> {
+  const tokens = app.get(TokenService);
+  await expect(tokens.tokenRevoked(await signToken({}, { secret: FACTORY_SECRET }))).resolves.toBe(false);
+  await expect(tokens.tokenRevoked(await signToken({}, { secret: TEST_SECRET }))).rejects.toBeInstanceOf(InvalidTokenError);
+  const issued = await tokens.issueToken({ subject: 'async-user' });
+  expect((await tokens.getToken({ jti: issued.jti }))?.subject).toBe('async-user');
+}
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+
+afterAll(async () => {
+  for (const app of apps) await app.close();
+  await db?.drop();
+});
+
+describe('forRootAsync', () => {
+  it('useFactory with imports and inject', async () => {
+    const app = await boot(db.url, TokenResourceModule.forRootAsync({
+      imports: [SecretModule],
+      inject: [SECRET_TOKEN],
+      useFactory: (secret: string) => ({ jwt: { secret }, storeAllTokens: true, expunge: { enabled: false } }),
+    }));
+    await expectFactoryOptionsApplied(app);
+  });
+
+  it('an async useFactory', async () => {
+    const app = await boot(db.url, TokenResourceModule.forRootAsync({
+      useFactory: async () => {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        return { jwt: { secret: FACTORY_SECRET }, storeAllTokens: true, expunge: { enabled: false } };
+      },
+    }));
+    await expectFactoryOptionsApplied(app);
+  });
+
+  it('useClass', async () => {
+    OptionsFactory.calls = 0;
+    const app = await boot(db.url, TokenResourceModule.forRootAsync({ useClass: OptionsFactory }));
+    await expectFactoryOptionsApplied(app);
+    expect(OptionsFactory.calls).toBe(1);
+  });
+
+  it('useExisting uses the imported provider', async () => {
+    OptionsFactory.calls = 0;
+    const app = await boot(db.url, TokenResourceModule.forRootAsync({ imports: [OptionsFactoryModule], useExisting: OptionsFactory }));
+    await expectFactoryOptionsApplied(app);
+    expect(OptionsFactory.calls).toBe(1);
+  });
+
+  it('fills in the defaults of API.md', async () => {
+    const app = await boot(db.url, TokenResourceModule.forRootAsync({ useFactory: () => ({ jwt: { secret: TEST_SECRET } }) }));
+    const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
+    expect(options).toMatchObject({
+      dataSource: 'default',
+      entity: Token,
+      storeAllTokens: false,
+      requireTokenPresenceForAuthentication: false,
+      authenticationPurpose: 'user',
+      expunge: { enabled: true, intervalHours: 12 },
+      logOutEverywhere: { excludePurposes: [REVOCATION_PURPOSE], applyOnPasswordChange: false, passwordField: 'hashedPassword' },
+      isGlobal: false,
+    });
+    expect(options.jwt.clockToleranceSeconds).toBe(0);
+    expect(options.expunge.batchSize).toBeGreaterThan(0);
+    expect(options.logOutEverywhere.includePurposes).toBeUndefined();
+    expect(options.logOutEverywhere.subjectOf({ id: 42 })).toBe('42');
+  });
+
+  it('needs useFactory, useClass or useExisting', () => {
+    expect(() => TokenResourceModule.forRootAsync({})).toThrow(TokenResourceConfigError);
+  });
+
+  it('validates what the factory returns, at start-up', async () => {
+    await expect(createTokenApp(db.url, {
+      tokenModule: TokenResourceModule.forRootAsync({ useFactory: () => ({ jwt: {} }) }),
+    })).rejects.toBeInstanceOf(TokenResourceConfigError);
+    await expect(createTokenApp(db.url, {
+      tokenModule: TokenResourceModule.forRootAsync({ useFactory: () => ({ jwt: { secret: TEST_SECRET }, dataSource: 'elsewhere' }) }),
+    })).rejects.toThrow(/forRootAsync/);
+  });
+});
+
+describe('a named TypeORM data source', () => {
+  let other: TestDatabase;
+  let plain: TestDatabase;
+
+  beforeAll(async () => {
+    other = await createTestDatabase();
+    plain = await createTestDatabase();
+  });
+
+  afterAll(async () => {
+    for (const app of apps.splice(0)) await app.close();
+    await other?.drop();
+    await plain?.drop();
+  });
+
+  async function bootNamed(tokenModule: DynamicModule): Promise<INestApplication> {
+    const moduleRef = await Test.createTestingModule({
+      imports: [
+        // The default data source deliberately has no token table.
+        TypeOrmModule.forRoot({ type: 'postgres', url: plain.url, entities: [], logging: false }),
+        TypeOrmModule.forRoot(typeOrmOptions(other.url, { name: 'tokens' }) as never),
+        ScheduleModule.forRoot(),
+        tokenModule,
+      ],
+    }).compile();
+    const app = moduleRef.createNestApplication({ logger: false });
+    await app.init();
+    apps.push(app);
+    return app;
+  }
+
+  it.each([
+    ['forRoot', () => TokenResourceModule.forRoot({ dataSource: 'tokens', jwt: { secret: TEST_SECRET }, storeAllTokens: true, expunge: { enabled: false } })],
+    ['forRootAsync', () => TokenResourceModule.forRootAsync({
+      dataSource: 'tokens',
+      useFactory: () => ({ jwt: { secret: TEST_SECRET }, storeAllTokens: true, expunge: { enabled: false } }),
+    })],
+  ])('%s writes to the named data source only', async (_label, make) => {
+    const app = await bootNamed(make());
+    const named = app.get<DataSource>(getDataSourceToken('tokens'));
+    const before = await countRows(named);
+    const tokens = app.get(TokenService);
+    const issued = await tokens.issueToken({ subject: 'named' });
+    await tokens.revoke(issued.token);
+    expect(await tokens.tokenRevoked(issued.token)).toBe(true);
+    expect(await countRows(named)).toBe(before + 1);
+    expect(await tokens.expungeExpired()).toBeGreaterThanOrEqual(0);
+    // The default data source's database has no token table at all.
+    const [{ exists }] = await app.get(DataSource).query(`SELECT to_regclass('tokens') IS NOT NULL AS exists`);
+    expect(exists).toBe(false);
+  });
+});
+
+describe('isGlobal', () => {
+  @Injectable()
+  class Consumer {
+    constructor(@Inject(TokenService) readonly tokens: TokenService) {}
+  }
+
+  @Module({ providers: [Consumer], exports: [Consumer] })
+  class FeatureModule {}
+
+  it('with isGlobal, a module that does not import TokenResourceModule can inject TokenService', async () => {
+    const app = await createTokenApp(db.url, {
+      options: { isGlobal: true, expunge: { enabled: false } },
+      imports: [FeatureModule],
+    });
+    apps.push(app);
+    const consumer = app.get(Consumer);
+    expect(consumer.tokens).toBe(app.get(TokenService));
+    expect(await consumer.tokens.tokenRevoked(await signToken())).toBe(false);
+  });
+
+  it('with isGlobal through forRootAsync too', async () => {
+    const app = await createTokenApp(db.url, {
+      tokenModule: TokenResourceModule.forRootAsync({ isGlobal: true, useFactory: () => ({ jwt: { secret: TEST_SECRET }, expunge: { enabled: false } }) }),
+      imports: [FeatureModule],
+    });
+    apps.push(app);
+    expect(app.get(Consumer).tokens).toBeInstanceOf(TokenService);
+  });
+
+  it('without isGlobal, the same module cannot resolve TokenService', async () => {
+    await expect(createTokenApp(db.url, {
+      options: { expunge: { enabled: false } },
+      imports: [FeatureModule],
+    })).rejects.toThrow(/TokenService/);
+  });
+});
+
+describe('a custom entity with another table name', () => {
+  let own: TestDatabase;
+
+  beforeAll(async () => {
+    own = await createTestDatabase();
+  });
+
+  afterAll(async () => {
+    await own?.drop();
+  });
+
+  it('uses its table for every operation, with synchronize: true', async () => {
+    const app = await boot(own.url, TokenResourceModule.forRoot({ entity: MyToken, jwt: { secret: TEST_SECRET }, expunge: { enabled: false } }), {
+      typeOrm: { entities: [MyToken], migrations: [], migrationsRun: false, synchronize: true },
+    });
+    const dataSource = dataSourceOf(app);
+    const tokens = app.get(TokenService);
+    const token = await signToken({ jti: 'custom-1', sub: 'olga' });
+    await tokens.storeToken({ token, purpose: 'user', extraData: { k: 'v' } });
+    const row = await tokens.getToken({ jti: 'custom-1' });
+    expect(row).toBeInstanceOf(MyToken);
+    expect(row?.extraData).toEqual({ k: 'v' });
+    expect((await tokens.listTokens('olga')).map((t) => t.jti)).toEqual(['custom-1']);
+    await tokens.revoke(token);
+    expect(await tokens.tokenRevoked(token)).toBe(true);
+    expect(await tokens.jtiRevoked('custom-1')).toBe(true);
+    await tokens.revokeJti('custom-2', 'olga');
+    await tokens.storeConfirmationChanges({ token: await signToken({ jti: 'custom-3', sub: 'olga' }), changes: { email: 'o@x' } });
+    expect(await tokens.getConfirmationChanges('custom-3')).toEqual({ email: 'o@x' });
+    await tokens.revoke(await signToken({ jti: 'custom-old' }, { expiresInSeconds: -60 }));
+    expect(await tokens.expungeExpired()).toBe(1);
+    expect(await countRows(dataSource, 'my_tokens')).toBe(3);
+    const [{ exists }] = await dataSource.query(`SELECT to_regclass('tokens') IS NOT NULL AS exists`);
+    expect(exists).toBe(false);
+  });
+});
+
+describe('configuration errors fail at start-up with TokenResourceConfigError saying how to fix them', () => {
+  const { publicKey: rsaPublic, privateKey: rsaPrivate } = generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
+  const { publicKey: edPublic } = generateKeyPairSync('ed25519', { publicKeyEncoding: { type: 'spki', format: 'pem' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } });
+
+  const CASES: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['no key', { jwt: {} }, /exactly one.*jwt\.secret.*jwt\.publicKey.*jwt\.jwksUri/],
+    ['no jwt option at all', {}, /jwt/],
+    ['two keys', { jwt: { secret: TEST_SECRET, publicKey: rsaPublic } }, /exactly one.*jwt\.secret and jwt\.publicKey/],
+    ['three keys', { jwt: { secret: TEST_SECRET, publicKey: rsaPublic, jwksUri: 'https://x.test/jwks' } }, /exactly one/],
+    ['an empty secret', { jwt: { secret: '' } }, /jwt\.secret must be a non-empty/],
+    ['a secret with a private key', { jwt: { secret: TEST_SECRET, privateKey: rsaPrivate } }, /jwt\.privateKey/],
+    ['requireTokenPresenceForAuthentication without storeAllTokens', { jwt: { secret: TEST_SECRET }, requireTokenPresenceForAuthentication: true }, /storeAllTokens: true/],
+    ["algorithms containing 'none'", { jwt: { secret: TEST_SECRET, algorithms: ['HS256', 'none'] } }, /none/],
+    ["algorithms containing 'NONE'", { jwt: { publicKey: rsaPublic, algorithms: ['NONE'] } }, /none/],
+    ['RS256 with an HMAC secret', { jwt: { secret: TEST_SECRET, algorithms: ['RS256'] } }, /RS256.*jwt\.secret.*HS256/],
+    ['HS256 with an RSA public key', { jwt: { publicKey: rsaPublic, algorithms: ['HS256'] } }, /HS256.*jwt\.publicKey.*RS256/],
+    ['ES256 with an Ed25519 key', { jwt: { publicKey: edPublic, algorithms: ['ES256'] } }, /ES256.*EdDSA/],
+    ['HS256 with a JWKS', { jwt: { jwksUri: 'https://x.test/jwks', algorithms: ['HS256'] } }, /HS256/],
+    ['an empty algorithms list', { jwt: { secret: TEST_SECRET, algorithms: [] } }, /non-empty/],
+    ['an unreadable PEM public key', { jwt: { publicKey: '-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----' } }, /jwt\.publicKey could not be read.*PEM/],
+    ['an unreadable private key', { jwt: { publicKey: rsaPublic, privateKey: 'garbage' } }, /jwt\.privateKey could not be read/],
+    ['a private key that cannot sign the accepted algorithms', { jwt: { publicKey: rsaPublic, privateKey: generateKeyPairSync('ec', { namedCurve: 'prime256v1', privateKeyEncoding: { type: 'pkcs8', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } }).privateKey } }, /privateKey cannot sign/],
+    ['a relative jwksUri', { jwt: { jwksUri: '/jwks.json' } }, /jwksUri must be an absolute URL/],
+    ['a garbage jwksUri', { jwt: { jwksUri: 'not a url' } }, /jwksUri/],
+    ['a non-http jwksUri', { jwt: { jwksUri: 'ftp://x.test/jwks' } }, /jwksUri/],
+    ['negative clockToleranceSeconds', { jwt: { secret: TEST_SECRET, clockToleranceSeconds: -1 } }, /clockToleranceSeconds.*>= 0/],
+    ['NaN clockToleranceSeconds', { jwt: { secret: TEST_SECRET, clockToleranceSeconds: Number.NaN } }, /clockToleranceSeconds/],
+    ['batchSize 0', { jwt: { secret: TEST_SECRET }, expunge: { batchSize: 0 } }, /expunge\.batchSize must be a positive integer/],
+    ['fractional batchSize', { jwt: { secret: TEST_SECRET }, expunge: { batchSize: 2.5 } }, /expunge\.batchSize/],
+    ['negative intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: -1 } }, /expunge\.intervalHours must be a positive/],
+    ['zero intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: 0 } }, /expunge\.intervalHours/],
+    ["authenticationPurpose 'revocation'", { jwt: { secret: TEST_SECRET }, authenticationPurpose: REVOCATION_PURPOSE }, /authenticationPurpose/],
+  ];
+
+  it.each(CASES)('%s', async (_label, options, message) => {
+    const attempt = createTokenApp(db.url, { tokenModule: TokenResourceModule.forRoot(options as unknown as TokenResourceModuleOptions) });
+    const error = await attempt.then(() => null, (e: unknown) => e);
+    expect(error).toBeInstanceOf(TokenResourceConfigError);
+    expect((error as Error).message).toMatch(message);
+  });
+
+  it('a correct configuration of each kind boots', async () => {
+    for (const jwt of [{ secret: TEST_SECRET }, { publicKey: rsaPublic, privateKey: rsaPrivate }, { publicKey: edPublic }, { jwksUri: 'https://x.test/jwks' }]) {
+      const app = await createTokenApp(db.url, { tokenModule: TokenResourceModule.forRoot({ jwt, expunge: { enabled: false } }) });
+      await app.close();
+    }
+  });
+});
