@@ -17,3 +17,6 @@ export { TokenStore } from './token.store.js';
 export { ExpungerService, type ExpungeRunResult } from './expunger/expunger.service.js';
 export { LogOutEverywhereService, type LogOutEverywhereOptions } from './log-out-everywhere/log-out-everywhere.service.js';
 export { RevokedTokenGuard } from './guard/revoked-token.guard.js';
+export { TokenClaims, getTokenClaims } from './guard/token-claims.decorator.js';
+export { SkipTokenCheck } from './guard/skip-token-check.decorator.js';
+export { SKIP_TOKEN_CHECK_KEY, TOKEN_CLAIMS_KEY, TOKEN_GUARD_MESSAGES } from './guard/token-guard.constants.js';

@@ -42,13 +42,23 @@ export interface TokenStateRow {
 export class TokenStore {
   /** The quoted table name of the configured entity. */
   readonly table: string;
-  private readonly pool: Pool;
+  private readonly driver: { master?: Pool };
   private readonly statementNames = new Map<string, string>();
 
   constructor(@Inject(TOKEN_REPOSITORY) readonly repository: Repository<Token>) {
     const driver = repository.manager.connection.driver;
     this.table = repository.metadata.tablePath.split('.').map((part) => driver.escape(part)).join('.');
-    this.pool = (driver as unknown as { master: Pool }).master;
+    this.driver = driver as unknown as { master?: Pool };
+  }
+
+  /**
+   * The data source's current `pg` pool, read on every call: `DataSource.destroy()` ends
+   * the pool and `initialize()` makes a new one, and the store must follow it.
+   */
+  private get pool(): Pool {
+    const pool = this.driver.master;
+    if (!pool) throw new TokenResourceUnavailableError('the token store is unavailable: its data source is not initialized');
+    return pool;
   }
 
   /** Makes a named statement; the name hashes the text, so two tables never share one. */

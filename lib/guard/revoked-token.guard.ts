@@ -1,9 +1,135 @@
-import { Injectable, type CanActivate, type ExecutionContext } from '@nestjs/common';
+import {
+  Inject,
+  Injectable,
+  Logger,
+  ServiceUnavailableException,
+  UnauthorizedException,
+  type CanActivate,
+  type ExecutionContext,
+} from '@nestjs/common';
+import { Reflector } from '@nestjs/core';
+import { errors as joseErrors } from 'jose';
+import { TokenCodec, type TokenClaimsPayload } from '../jwt/token-codec.js';
+import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
+import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
+import { TokenResourceUnavailableError } from '../token-resource.exceptions.js';
+import { TokenService, type TokenCheck } from '../token.service.js';
+import { SKIP_TOKEN_CHECK_KEY, TOKEN_CLAIMS_KEY, TOKEN_GUARD_MESSAGES as MESSAGES } from './token-guard.constants.js';
+import { TimeoutError, withTimeout } from './with-timeout.js';
 
-/** Verifies the bearer JWT and rejects revoked ones (placeholder until issue 3 lands). */
+/** `Authorization: Bearer <token>`, scheme in any case; the token is one run of non-space characters. */
+const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
+
+/**
+ * Admits a request only with a valid, unrevoked bearer JWT: verifies it with the module's
+ * jwt options, requires `jti` and `sub`, then asks the token store in one round trip
+ * whether it is revoked (and, with `requireTokenPresenceForAuthentication`, whether it is
+ * a stored token of `authenticationPurpose`).
+ *
+ * - Any client input the guard cannot trust: `401 Unauthorized` with a short reason.
+ * - The store unreachable, failing or slower than `storeTimeoutMs`: `503 Service
+ *   Unavailable`. The guard fails closed and never admits without an answer.
+ *
+ * Use it with `@UseGuards(RevokedTokenGuard)` or as `APP_GUARD`, on Express or Fastify.
+ * The verified payload is left on `request.tokenClaims` (read it with `@TokenClaims()`);
+ * `@SkipTokenCheck()` lets a handler or controller through. Subclass it and override the
+ * protected hooks to read the token elsewhere (a cookie) or to support other contexts.
+ */
 @Injectable()
 export class RevokedTokenGuard implements CanActivate {
-  canActivate(_context: ExecutionContext): boolean {
-    return false;
+  protected readonly logger = new Logger(RevokedTokenGuard.name);
+
+  constructor(
+    @Inject(TOKEN_RESOURCE_OPTIONS) protected readonly options: ResolvedTokenResourceOptions,
+    protected readonly codec: TokenCodec,
+    protected readonly tokenService: TokenService,
+    protected readonly reflector: Reflector,
+  ) {}
+
+  async canActivate(context: ExecutionContext): Promise<boolean> {
+    if (this.shouldSkip(context)) return true;
+    const request = this.getRequest(context);
+    const token = this.extractToken(request);
+    if (typeof token !== 'string' || token === '') throw new UnauthorizedException(MESSAGES.missingToken);
+    const claims = await this.verifyToken(token);
+    const check = await this.checkStore(claims);
+    if (check.revoked) throw new UnauthorizedException(MESSAGES.revoked);
+    if (this.options.requireTokenPresenceForAuthentication && !check.presentForAuthentication) {
+      throw new UnauthorizedException(MESSAGES.notRecognised);
+    }
+    if (request && typeof request === 'object') request[TOKEN_CLAIMS_KEY] = claims;
+    return true;
   }
+
+  /** Whether `@SkipTokenCheck()` applies; the handler's setting overrides the controller's. */
+  protected shouldSkip(context: ExecutionContext): boolean {
+    return this.reflector.getAllAndOverride<boolean | undefined>(SKIP_TOKEN_CHECK_KEY, [context.getHandler(), context.getClass()]) === true;
+  }
+
+  /** The request object (Express or Fastify). Override for GraphQL or other contexts. */
+  protected getRequest(context: ExecutionContext): Record<string, any> {
+    return context.switchToHttp().getRequest();
+  }
+
+  /**
+   * The raw token of the request: by default the `Authorization: Bearer <token>` header
+   * (scheme case-insensitive). Override to read a cookie. `undefined` means no token (`401`).
+   */
+  protected extractToken(request: Record<string, any>): string | undefined {
+    const header: unknown = request?.headers?.authorization;
+    if (typeof header !== 'string') return undefined;
+    return BEARER.exec(header)?.[1];
+  }
+
+  /**
+   * Verifies signature, algorithm, issuer, audience, `exp` and `nbf`, and requires `jti`
+   * and `sub`. Throws `401` for an untrusted token, `503` when a remote JWKS is unreachable.
+   */
+  protected async verifyToken(token: string): Promise<TokenClaimsPayload> {
+    let claims: TokenClaimsPayload;
+    try {
+      claims = await this.codec.verify(token);
+    } catch (error) {
+      if (error instanceof TokenResourceUnavailableError) {
+        this.logger.error(`Token keys unavailable, answering 503: ${error.message}`);
+        throw new ServiceUnavailableException(MESSAGES.keysUnavailable);
+      }
+      throw new UnauthorizedException(rejectionReason(error));
+    }
+    if (!nonEmptyString(claims.jti) || !nonEmptyString(claims.sub)) throw new UnauthorizedException(MESSAGES.missingClaims);
+    return claims;
+  }
+
+  /**
+   * One store round trip for verified claims, bounded by `storeTimeoutMs`. Any failure or
+   * timeout is logged (one line, never the token) and answered `503`.
+   */
+  protected async checkStore(claims: TokenClaimsPayload): Promise<TokenCheck> {
+    try {
+      return await withTimeout(this.tokenService.checkClaims(claims), this.options.storeTimeoutMs);
+    } catch (error) {
+      const why = error instanceof TimeoutError
+        ? `no answer within ${error.timeoutMs} ms`
+        : `${(error as Error)?.name ?? 'Error'}: ${(error as Error)?.message ?? String(error)}`;
+      this.logger.error(`Token store check failed, answering 503: ${why.replace(/\s+/g, ' ')}`);
+      throw new ServiceUnavailableException(MESSAGES.storeUnavailable);
+    }
+  }
+}
+
+function nonEmptyString(value: unknown): value is string {
+  return typeof value === 'string' && value !== '';
+}
+
+function rejectionReason(error: unknown): string {
+  const cause = (error as { cause?: unknown })?.cause;
+  if (cause instanceof joseErrors.JWTExpired) return MESSAGES.expired;
+  if (cause instanceof joseErrors.JWTClaimValidationFailed) {
+    switch (cause.claim) {
+      case 'nbf': return MESSAGES.notYetValid;
+      case 'iss': return MESSAGES.wrongIssuer;
+      case 'aud': return MESSAGES.wrongAudience;
+    }
+  }
+  return MESSAGES.invalidToken;
 }

@@ -1,0 +1,9 @@
+import { SetMetadata } from '@nestjs/common';
+import { SKIP_TOKEN_CHECK_KEY } from './token-guard.constants.js';
+
+/**
+ * Lets requests to a handler, or to every handler of a controller, through
+ * {@link RevokedTokenGuard} unchecked (no token needed, no claims attached).
+ * `@SkipTokenCheck(false)` on a handler re-enables the check inside a skipped controller.
+ */
+export const SkipTokenCheck = (skip = true): MethodDecorator & ClassDecorator => SetMetadata(SKIP_TOKEN_CHECK_KEY, skip);

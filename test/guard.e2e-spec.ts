@@ -1,0 +1,408 @@
+import { randomUUID, generateKeyPairSync } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
+import { Controller, Get, UseGuards, type INestApplication } from '@nestjs/common';
+import { APP_GUARD } from '@nestjs/core';
+import { JwtService } from '@nestjs/jwt';
+import { SignJWT, type JWTPayload } from 'jose';
+import pg from 'pg';
+import request from 'supertest';
+import {
+  RevokedTokenGuard,
+  SkipTokenCheck,
+  TokenClaims,
+  TokenService,
+  type TokenClaimsPayload,
+} from '../lib/index.js';
+import { createGuardApp, PLATFORMS, type Platform } from './support/guard-app.js';
+import { nowSeconds, unsignedTokenVariants } from './support/jwt-fixtures.js';
+import { createTestDatabase, type TestDatabase } from './support/test-database.js';
+import { TEST_SECRET } from './support/token-app.js';
+
+const ISSUER = 'https://issuer.test';
+const AUDIENCE = 'api.test';
+const JWT = { issuer: ISSUER, audience: AUDIENCE };
+
+@Controller('guarded')
+@UseGuards(RevokedTokenGuard)
+class GuardedController {
+  @Get()
+  get(@TokenClaims() claims: TokenClaimsPayload, @TokenClaims('sub') sub: string) {
+    return { claims, sub };
+  }
+
+  @Get('open')
+  @SkipTokenCheck()
+  open(@TokenClaims() claims?: TokenClaimsPayload) {
+    return { open: true, claims: claims ?? null };
+  }
+}
+
+@Controller('public')
+@UseGuards(RevokedTokenGuard)
+@SkipTokenCheck()
+class PublicController {
+  @Get()
+  get() {
+    return { open: true };
+  }
+
+  @Get('closed')
+  @SkipTokenCheck(false)
+  closed(@TokenClaims('sub') sub: string) {
+    return { sub };
+  }
+}
+
+/** Not decorated with the guard: only APP_GUARD protects it. */
+@Controller('global')
+class GlobalController {
+  @Get()
+  get(@TokenClaims('sub') sub: string) {
+    return { sub };
+  }
+
+  @Get('open')
+  @SkipTokenCheck()
+  open() {
+    return { open: true };
+  }
+}
+
+interface SignOpts {
+  secret?: string;
+  alg?: string;
+  omit?: string[];
+}
+
+/** Signs like another service would with jose: valid for the test app unless told otherwise. */
+async function sign(claims: JWTPayload = {}, opts: SignOpts = {}): Promise<string> {
+  const payload: Record<string, unknown> = {
+    jti: randomUUID(), sub: `user-${randomUUID()}`, iss: ISSUER, aud: AUDIENCE,
+    iat: nowSeconds(), exp: nowSeconds() + 3600, ...claims,
+  };
+  for (const claim of opts.omit ?? []) delete payload[claim];
+  return new SignJWT(payload)
+    .setProtectedHeader({ alg: opts.alg ?? 'HS256', typ: 'JWT' })
+    .sign(new TextEncoder().encode(opts.secret ?? TEST_SECRET));
+}
+
+function bearer(token: string): Record<string, string> {
+  return { Authorization: `Bearer ${token}` };
+}
+
+async function expect401(app: INestApplication, path: string, headers: Record<string, string>, message: string): Promise<void> {
+  const res = await request(app.getHttpServer()).get(path).set(headers);
+  expect({ status: res.status, body: res.body }).toEqual({
+    status: 401,
+    body: { statusCode: 401, error: 'Unauthorized', message },
+  });
+}
+
+let db: TestDatabase;
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+
+afterAll(async () => {
+  await db?.drop();
+});
+
+describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platform) => {
+  let app: INestApplication;
+  let tokens: TokenService;
+
+  beforeAll(async () => {
+    app = await createGuardApp(db.url, { platform, options: { jwt: JWT }, controllers: [GuardedController, PublicController] });
+    tokens = app.get(TokenService);
+  });
+
+  afterAll(async () => {
+    await app?.close();
+  });
+
+  it('answers 401 without an Authorization header, or with another scheme or an empty bearer', async () => {
+    await expect401(app, '/guarded', {}, 'missing bearer token');
+    await expect401(app, '/guarded', { Authorization: `Basic ${Buffer.from('a:b').toString('base64')}` }, 'missing bearer token');
+    await expect401(app, '/guarded', { Authorization: 'Bearer' }, 'missing bearer token');
+    await expect401(app, '/guarded', { Authorization: 'Bearer    ' }, 'missing bearer token');
+    await expect401(app, '/guarded', { Authorization: `Bearer ${await sign()} extra` }, 'missing bearer token');
+    await expect401(app, '/guarded', { Authorization: await sign() }, 'missing bearer token');
+  });
+
+  it('answers 401 to malformed tokens', async () => {
+    for (const token of ['garbage', 'a.b.c', 'eyJhbGciOiJIUzI1NiJ9.e30', 'eyJhbGciOiJIUzI1NiJ9..', '....', '%%%.%%%.%%%']) {
+      await expect401(app, '/guarded', bearer(token), 'invalid token');
+    }
+  });
+
+  it('answers 401 to forged tokens: another key, an edited payload, alg none in any case', async () => {
+    await expect401(app, '/guarded', bearer(await sign({}, { secret: 'another-secret-that-is-at-least-32-bytes!' })), 'invalid token');
+    const [header, payload, signature] = (await sign({ sub: 'alice' })).split('.');
+    const edited = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(payload!, 'base64url').toString()), sub: 'admin' })).toString('base64url');
+    await expect401(app, '/guarded', bearer(`${header}.${edited}.${signature}`), 'invalid token');
+    for (const token of unsignedTokenVariants({ iss: ISSUER, aud: AUDIENCE })) {
+      await expect401(app, '/guarded', bearer(token), 'invalid token');
+    }
+  });
+
+  it('answers 401 to expired and not-yet-valid tokens', async () => {
+    await expect401(app, '/guarded', bearer(await sign({ exp: nowSeconds() - 10 })), 'token expired');
+    await expect401(app, '/guarded', bearer(await sign({ nbf: nowSeconds() + 600 })), 'token not yet valid');
+  });
+
+  it('answers 401 to a wrong or missing issuer and a wrong audience', async () => {
+    await expect401(app, '/guarded', bearer(await sign({ iss: 'https://evil.test' })), 'wrong token issuer');
+    await expect401(app, '/guarded', bearer(await sign({}, { omit: ['iss'] })), 'wrong token issuer');
+    await expect401(app, '/guarded', bearer(await sign({ aud: 'other-api' })), 'wrong token audience');
+  });
+
+  it('answers 401 to a verified token without jti or sub', async () => {
+    await expect401(app, '/guarded', bearer(await sign({}, { omit: ['jti'] })), 'token lacks jti or sub');
+    await expect401(app, '/guarded', bearer(await sign({}, { omit: ['sub'] })), 'token lacks jti or sub');
+    await expect401(app, '/guarded', bearer(await sign({ jti: '' })), 'token lacks jti or sub');
+  });
+
+  it('admits a valid token and hands its claims to @TokenClaims(), whatever the case of the scheme', async () => {
+    const { token, jti } = await tokens.issueToken({ subject: 'alice', claims: { role: 'admin' } });
+    for (const scheme of ['Bearer', 'bearer', 'BEARER']) {
+      const res = await request(app.getHttpServer()).get('/guarded').set('Authorization', `${scheme} ${token}`);
+      expect(res.status).toBe(200);
+      expect(res.body.sub).toBe('alice');
+      expect(res.body.claims).toMatchObject({ sub: 'alice', jti, role: 'admin', iss: ISSUER, aud: AUDIENCE });
+    }
+  });
+
+  it('answers 401 once the token is revoked (revoke and revokeJti), and keeps admitting others', async () => {
+    const first = await tokens.issueToken({ subject: 'bob' });
+    const second = await sign({ sub: 'bob' });
+    const other = await tokens.issueToken({ subject: 'bob' });
+    for (const token of [first.token, second, other.token]) {
+      expect((await request(app.getHttpServer()).get('/guarded').set(bearer(token))).status).toBe(200);
+    }
+    await tokens.revoke(first.token);
+    const secondJti = JSON.parse(Buffer.from(second.split('.')[1]!, 'base64url').toString()).jti;
+    await tokens.revokeJti(secondJti, 'bob');
+    await expect401(app, '/guarded', bearer(first.token), 'token revoked');
+    await expect401(app, '/guarded', bearer(second), 'token revoked');
+    expect((await request(app.getHttpServer()).get('/guarded').set(bearer(other.token))).status).toBe(200);
+  });
+
+  it('lets @SkipTokenCheck() handlers through with no token or a bad one, without claims', async () => {
+    let res = await request(app.getHttpServer()).get('/guarded/open');
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ open: true, claims: null });
+    res = await request(app.getHttpServer()).get('/guarded/open').set(bearer('garbage'));
+    expect(res.status).toBe(200);
+  });
+
+  it('lets a @SkipTokenCheck() controller through, except a handler marked @SkipTokenCheck(false)', async () => {
+    const res = await request(app.getHttpServer()).get('/public');
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ open: true });
+    await expect401(app, '/public/closed', {}, 'missing bearer token');
+    const { token } = await tokens.issueToken({ subject: 'carol' });
+    const closed = await request(app.getHttpServer()).get('/public/closed').set(bearer(token));
+    expect(closed.status).toBe(200);
+    expect(closed.body).toEqual({ sub: 'carol' });
+  });
+});
+
+describe.each(PLATFORMS)('RevokedTokenGuard as APP_GUARD on %s', (platform: Platform) => {
+  let app: INestApplication;
+
+  beforeAll(async () => {
+    app = await createGuardApp(db.url, {
+      platform,
+      controllers: [GlobalController],
+      providers: [{ provide: APP_GUARD, useClass: RevokedTokenGuard }],
+    });
+  });
+
+  afterAll(async () => {
+    await app?.close();
+  });
+
+  it('guards every route of the application and honours @SkipTokenCheck()', async () => {
+    await expect401(app, '/global', {}, 'missing bearer token');
+    const { token } = await app.get(TokenService).issueToken({ subject: 'dave' });
+    const res = await request(app.getHttpServer()).get('/global').set(bearer(token));
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ sub: 'dave' });
+    await app.get(TokenService).revoke(token);
+    await expect401(app, '/global', bearer(token), 'token revoked');
+    expect((await request(app.getHttpServer()).get('/global/open')).status).toBe(200);
+  });
+});
+
+describe.each(PLATFORMS)('RevokedTokenGuard with requireTokenPresenceForAuthentication on %s', (platform: Platform) => {
+  let app: INestApplication;
+  let tokens: TokenService;
+
+  beforeAll(async () => {
+    app = await createGuardApp(db.url, {
+      platform,
+      options: { storeAllTokens: true, requireTokenPresenceForAuthentication: true },
+      controllers: [GuardedController],
+    });
+    tokens = app.get(TokenService);
+  });
+
+  afterAll(async () => {
+    await app?.close();
+  });
+
+  it('admits a stored token of the authentication purpose', async () => {
+    const { token } = await tokens.issueToken({ subject: 'erin' });
+    const res = await request(app.getHttpServer()).get('/guarded').set(bearer(token));
+    expect(res.status).toBe(200);
+    expect(res.body.sub).toBe('erin');
+  });
+
+  it('answers 401 to a valid token that was never stored, until it is stored', async () => {
+    const token = await sign({ sub: 'frank' }, { omit: ['iss', 'aud'] });
+    await expect401(app, '/guarded', bearer(token), 'token not recognised');
+    await tokens.storeToken({ token, purpose: 'user' });
+    expect((await request(app.getHttpServer()).get('/guarded').set(bearer(token))).status).toBe(200);
+  });
+
+  it("answers 401 to a token stored for another purpose, such as 'confirm'", async () => {
+    const { token } = await tokens.issueToken({ subject: 'grace', purpose: 'confirm' });
+    expect(await tokens.getToken({ token, purpose: 'confirm' })).not.toBeNull();
+    await expect401(app, '/guarded', bearer(token), 'token not recognised');
+  });
+
+  it('answers 401 to a stored token once revoked', async () => {
+    const { token } = await tokens.issueToken({ subject: 'heidi' });
+    await tokens.revoke(token);
+    await expect401(app, '/guarded', bearer(token), 'token revoked');
+  });
+});
+
+describe('tokens from other issuers', () => {
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const publicPem = rsa.publicKey.export({ type: 'spki', format: 'pem' }).toString();
+  const privatePem = rsa.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+
+  describe.each(PLATFORMS)('with an HMAC secret on %s', (platform: Platform) => {
+    let app: INestApplication;
+
+    beforeAll(async () => {
+      app = await createGuardApp(db.url, { platform, options: { jwt: JWT }, controllers: [GuardedController] });
+    });
+
+    afterAll(async () => {
+      await app?.close();
+    });
+
+    it('admits tokens from TokenService.issueToken, jose SignJWT and @nestjs/jwt JwtService', async () => {
+      const fromService = (await app.get(TokenService).issueToken({ subject: 'svc' })).token;
+      const fromJose = await new SignJWT({ sub: 'jose', jti: randomUUID() })
+        .setProtectedHeader({ alg: 'HS512' })
+        .setIssuer(ISSUER).setAudience(AUDIENCE).setIssuedAt().setExpirationTime('5m')
+        .sign(new TextEncoder().encode(TEST_SECRET));
+      const fromNestJwt = await new JwtService({ secret: TEST_SECRET }).signAsync(
+        { sub: 'nestjwt' },
+        { jwtid: randomUUID(), issuer: ISSUER, audience: AUDIENCE, expiresIn: '5m' },
+      );
+      for (const [token, sub] of [[fromService, 'svc'], [fromJose, 'jose'], [fromNestJwt, 'nestjwt']] as const) {
+        const res = await request(app.getHttpServer()).get('/guarded').set(bearer(token));
+        expect({ status: res.status, sub: res.body.sub }).toEqual({ status: 200, sub });
+      }
+      const forgedNestJwt = await new JwtService({ secret: 'not-the-secret-but-32-bytes-long!!!!' }).signAsync(
+        { sub: 'nestjwt' },
+        { jwtid: randomUUID(), issuer: ISSUER, audience: AUDIENCE, expiresIn: '5m' },
+      );
+      await expect401(app, '/guarded', bearer(forgedNestJwt), 'invalid token');
+    });
+  });
+
+  describe.each(PLATFORMS)('with an RSA public key on %s', (platform: Platform) => {
+    let app: INestApplication;
+
+    beforeAll(async () => {
+      app = await createGuardApp(db.url, {
+        platform,
+        options: { jwt: { secret: undefined, publicKey: publicPem, privateKey: privatePem } },
+        controllers: [GuardedController],
+      });
+    });
+
+    afterAll(async () => {
+      await app?.close();
+    });
+
+    it('admits RS256 tokens from all three issuers and refuses HS256 signed with the public key', async () => {
+      const fromService = (await app.get(TokenService).issueToken({ subject: 'svc' })).token;
+      const fromJose = await new SignJWT({ sub: 'jose', jti: randomUUID() })
+        .setProtectedHeader({ alg: 'RS256' }).setIssuedAt().setExpirationTime('5m').sign(rsa.privateKey);
+      const fromNestJwt = await new JwtService({ privateKey: privatePem, signOptions: { algorithm: 'RS256' } })
+        .signAsync({ sub: 'nestjwt' }, { jwtid: randomUUID(), expiresIn: '5m' });
+      for (const [token, sub] of [[fromService, 'svc'], [fromJose, 'jose'], [fromNestJwt, 'nestjwt']] as const) {
+        const res = await request(app.getHttpServer()).get('/guarded').set(bearer(token));
+        expect({ status: res.status, sub: res.body.sub }).toEqual({ status: 200, sub });
+      }
+      const confused = await new SignJWT({ sub: 'mallory', jti: randomUUID() })
+        .setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setExpirationTime('5m').sign(new TextEncoder().encode(publicPem));
+      await expect401(app, '/guarded', bearer(confused), 'invalid token');
+    });
+  });
+});
+
+describe('store round trips', () => {
+  let app: INestApplication;
+  let presenceApp: INestApplication;
+
+  beforeAll(async () => {
+    app = await createGuardApp(db.url, { platform: 'express', options: { jwt: JWT }, controllers: [GuardedController] });
+    presenceApp = await createGuardApp(db.url, {
+      platform: 'express',
+      options: { storeAllTokens: true, requireTokenPresenceForAuthentication: true },
+      controllers: [GuardedController],
+    });
+  });
+
+  afterAll(async () => {
+    await app?.close();
+    await presenceApp?.close();
+  });
+
+  /** Every statement any `pg` client of this process sends while `work` runs. */
+  async function statementsDuring(work: () => Promise<unknown>): Promise<string[]> {
+    const spy = jest.spyOn(pg.Client.prototype, 'query');
+    try {
+      await work();
+      return spy.mock.calls.map(([query]) => (typeof query === 'string' ? query : (query as { name?: string; text?: string }).name ?? (query as { text: string }).text));
+    } finally {
+      spy.mockRestore();
+    }
+  }
+
+  it('answers a guarded request with exactly one query, also when presence is required', async () => {
+    const { token } = await app.get(TokenService).issueToken({ subject: 'ivan' });
+    await request(app.getHttpServer()).get('/guarded').set(bearer(token)); // warm up the pool
+    let res: request.Response | undefined;
+    const statements = await statementsDuring(async () => {
+      res = await request(app.getHttpServer()).get('/guarded').set(bearer(token));
+    });
+    expect(res?.status).toBe(200);
+    expect(statements).toHaveLength(1);
+    expect(statements[0]).toMatch(/^ntr_token_state_/);
+
+    const stored = (await presenceApp.get(TokenService).issueToken({ subject: 'ivan' })).token;
+    const presence = await statementsDuring(async () => {
+      res = await request(presenceApp.getHttpServer()).get('/guarded').set(bearer(stored));
+    });
+    expect(res?.status).toBe(200);
+    expect(presence).toHaveLength(1);
+  });
+
+  it('never queries the store for a token it cannot verify', async () => {
+    const statements = await statementsDuring(async () => {
+      await expect401(app, '/guarded', bearer(await sign({}, { secret: 'another-secret-that-is-at-least-32-bytes!' })), 'invalid token');
+      await expect401(app, '/guarded', bearer(await sign({ exp: nowSeconds() - 10 })), 'token expired');
+      await expect401(app, '/guarded', {}, 'missing bearer token');
+    });
+    expect(statements).toEqual([]);
+  });
+});
