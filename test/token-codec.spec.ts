@@ -253,6 +253,25 @@ describe('TokenService with asymmetric keys and foreign tokens', () => {
     expect(await tokens.tokenRevoked(issued.token)).toBe(true);
   });
 
+  it('verifies through a remote JWKS configured as jwt.jwksUri', async () => {
+    const pair = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+    const jwks = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ keys: [{ ...pair.publicKey.export({ format: 'jwk' }), kid: 'k1', alg: 'ES256' }] }));
+    });
+    await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
+    try {
+      const { tokens } = await serviceWith({ secret: undefined, jwksUri: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks` } as TokenResourceJwtOptions);
+      const token = await new SignJWT(claims()).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).sign(pair.privateKey);
+      await tokens.storeToken({ token, purpose: 'user' });
+      await tokens.revoke(token);
+      expect(await tokens.tokenRevoked(token)).toBe(true);
+      await expect(tokens.revoke(await signToken(claims()))).rejects.toBeInstanceOf(InvalidTokenError);
+    } finally {
+      await new Promise((resolve) => jwks.close(resolve));
+    }
+  });
+
   it('stores and revokes a token minted by @nestjs/jwt with the same secret', async () => {
     const { tokens, app } = await serviceWith({ secret: TEST_SECRET });
     const token = await new JwtService({ secret: TEST_SECRET }).signAsync({ sub: 'nest-user', jti: 'nest-jti' }, { expiresIn: '10m' });

@@ -8,6 +8,7 @@ import {
   REVOCATION_PURPOSE,
   Token,
   TokenAlreadyRevokedError,
+  TokenResourceUnavailableError,
   TokenService,
   TokenStore,
   TOKEN_REPOSITORY,
@@ -533,5 +534,53 @@ describe('expungeExpired', () => {
     await insertRows(8, new Date(Date.now() - 60_000), 'exact');
     expect(await small.expungeExpired()).toBe(8);
     expect(await countRows(dataSource)).toBe(0);
+  });
+});
+
+describe('when the store cannot answer', () => {
+  it('revoked-checks and revoke fail closed with TokenResourceUnavailableError, never "not revoked"', async () => {
+    const doomed = await createTokenApp(db.url, { options: { expunge: { enabled: false } } });
+    extraApps.push(doomed);
+    const service = doomed.get(TokenService);
+    const token = await signToken();
+    expect(await service.tokenRevoked(token)).toBe(false);
+    await dataSourceOf(doomed).destroy();
+    await expect(service.tokenRevoked(token)).rejects.toBeInstanceOf(TokenResourceUnavailableError);
+    await expect(service.jtiRevoked('anything')).rejects.toBeInstanceOf(TokenResourceUnavailableError);
+    await expect(service.revoke(token)).rejects.toBeInstanceOf(TokenResourceUnavailableError);
+    await expect(service.revokeJti('anything', 'someone')).rejects.toBeInstanceOf(TokenResourceUnavailableError);
+  });
+});
+
+describe('each revoked-check is one indexed query', () => {
+  it('tokenRevoked and jtiRevoked make one store round trip each, served by the primary key', async () => {
+    const store = app.get(TokenStore);
+    const execute = jest.spyOn(store, 'execute');
+    try {
+      await tokens.tokenRevoked(await signToken());
+      expect(execute).toHaveBeenCalledTimes(1);
+      await tokens.jtiRevoked('one-query');
+      expect(execute).toHaveBeenCalledTimes(2);
+    } finally {
+      execute.mockRestore();
+    }
+    const runner = dataSource.createQueryRunner();
+    await runner.connect();
+    try {
+      // The test table is tiny, so forbid the sequential scan to see which index serves it.
+      await runner.query('SET enable_seqscan = off');
+      for (const [statement, values] of [
+        [store.tokenStateStatement(), [['a', 'b']]],
+        [store.jtiRevokedStatement(), ['a']],
+      ] as const) {
+        let sql = statement.text;
+        values.forEach((value, i) => { sql = sql.replace(`$${i + 1}`, Array.isArray(value) ? `ARRAY[${value.map((v) => `'${v}'`).join(',')}]` : `'${value}'`); });
+        const plan = (await runner.query(`EXPLAIN ${sql}`)).map((row: { 'QUERY PLAN': string }) => row['QUERY PLAN']).join('\n');
+        expect(plan).toMatch(/(Index|Index Only|Bitmap Index) Scan on "?PK_\w+"?|Index (Only )?Scan using "?PK_\w+"?/);
+        expect(plan).not.toMatch(/Seq Scan/);
+      }
+    } finally {
+      await runner.release();
+    }
   });
 });
