@@ -294,6 +294,7 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
     ['an unreadable PEM public key', { jwt: { publicKey: '-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----' } }, /jwt\.publicKey could not be read.*PEM/],
     ['an unreadable private key', { jwt: { publicKey: rsaPublic, privateKey: 'garbage' } }, /jwt\.privateKey could not be read/],
     ['a private key that cannot sign the accepted algorithms', { jwt: { publicKey: rsaPublic, privateKey: generateKeyPairSync('ec', { namedCurve: 'prime256v1', privateKeyEncoding: { type: 'pkcs8', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } }).privateKey } }, /privateKey cannot sign/],
+    ['a private key that does not match the public key', { jwt: { publicKey: rsaPublic, privateKey: generateKeyPairSync('rsa', { modulusLength: 2048, privateKeyEncoding: { type: 'pkcs8', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } }).privateKey } }, /not the private half of jwt\.publicKey/],
     ['a relative jwksUri', { jwt: { jwksUri: '/jwks.json' } }, /jwksUri must be an absolute URL/],
     ['a garbage jwksUri', { jwt: { jwksUri: 'not a url' } }, /jwksUri/],
     ['a non-http jwksUri', { jwt: { jwksUri: 'ftp://x.test/jwks' } }, /jwksUri/],

@@ -1,4 +1,4 @@
-import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import {
   createRemoteJWKSet,
   errors as joseErrors,
@@ -55,6 +55,18 @@ function importKey(material: string | JWK, kind: 'public' | 'private', option: s
       `nestjs-token-resource: ${option} could not be read (${(error as Error).message}); give ${expected}.`,
       { cause: error },
     );
+  }
+}
+
+/** Whether a private key signs what a public key verifies; checked once at start-up. */
+function keysArePair(privateKey: KeyObject, publicKey: KeyObject): boolean {
+  const probe = Buffer.from('nestjs-token-resource key pair probe');
+  // Ed25519 signs the message itself; RSA and EC sign a digest.
+  const digest = privateKey.asymmetricKeyType === 'ed25519' ? null : 'sha256';
+  try {
+    return cryptoVerify(digest, probe, publicKey, cryptoSign(digest, probe, privateKey));
+  } catch {
+    return false;
   }
 }
 
@@ -123,6 +135,10 @@ export class TokenCodec {
       const key = importKey(privateKey, 'private', 'jwt.privateKey');
       const usable = algorithmsOfKey(key, 'jwt.privateKey').filter((alg) => this.algorithms.includes(alg));
       if (usable.length === 0) fail(`jwt.privateKey cannot sign any of the accepted algorithms ${this.algorithms.join(', ')}.`);
+      // With a publicKey the verify key is a KeyObject; a JWKS's keys are unknown until fetched.
+      if (publicKey !== undefined && !keysArePair(key, this.verifyKey as KeyObject)) {
+        fail('jwt.privateKey is not the private half of jwt.publicKey: every token issueToken signs would fail verification. Give the matching key pair.');
+      }
       this.signKey = key;
       this.signAlgorithm = usable[0];
     }
