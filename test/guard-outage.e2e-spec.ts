@@ -1,0 +1,183 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it, jest } from '@jest/globals';
+import { Controller, Get, Logger, UseGuards, type INestApplication } from '@nestjs/common';
+import pg from 'pg';
+import request from 'supertest';
+import { DataSource } from 'typeorm';
+import { RevokedTokenGuard, TokenClaims, TokenService } from '../lib/index.js';
+import { createGuardApp, PLATFORMS, type Platform } from './support/guard-app.js';
+import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js';
+import { createTestDatabase, type TestDatabase } from './support/test-database.js';
+
+const STORE_TIMEOUT_MS = 300;
+
+@Controller('guarded')
+@UseGuards(RevokedTokenGuard)
+class GuardedController {
+  @Get()
+  get(@TokenClaims('sub') sub: string) {
+    return { sub };
+  }
+}
+
+const UNAVAILABLE = { statusCode: 503, error: 'Service Unavailable', message: 'token store unavailable' };
+
+async function asAdmin<T>(work: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: process.env.DATABASE_URL });
+  await client.connect();
+  try {
+    return await work(client);
+  } finally {
+    await client.end();
+  }
+}
+
+describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', (platform: Platform) => {
+  let db: TestDatabase;
+  let proxy: TcpProxy;
+  let app: INestApplication;
+  let token: string;
+  let logged: jest.SpiedFunction<Logger['error']>;
+
+  /** GETs the guarded route with the token; a hang fails the test after 5 s instead of passing. */
+  async function get(): Promise<{ status: number; body: unknown; ms: number }> {
+    const started = performance.now();
+    const res = await request(app.getHttpServer()).get('/guarded').set('Authorization', `Bearer ${token}`).timeout(5000);
+    return { status: res.status, body: res.body, ms: performance.now() - started };
+  }
+
+  /** Retries until the guard admits again (a few pooled connections may still be dying). */
+  async function recovered(): Promise<number> {
+    let status = 0;
+    for (let attempt = 0; attempt < 20 && status !== 200; attempt++) {
+      ({ status } = await get());
+      if (status !== 200) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    return status;
+  }
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const url = new URL(db.url);
+    proxy = await startTcpProxy(url.hostname, Number(url.port || 5432));
+    url.hostname = '127.0.0.1';
+    url.port = String(proxy.port);
+    app = await createGuardApp(url.toString(), {
+      platform,
+      options: { storeTimeoutMs: STORE_TIMEOUT_MS },
+      controllers: [GuardedController],
+    });
+    ({ token } = await app.get(TokenService).issueToken({ subject: 'olivia' }));
+  });
+
+  beforeEach(() => {
+    logged = jest.spyOn(Logger.prototype, 'error');
+  });
+
+  afterEach(async () => {
+    logged.mockRestore();
+    proxy.setMode('forward');
+  });
+
+  afterAll(async () => {
+    await app?.close();
+    await proxy?.close();
+    await db?.drop();
+  });
+
+  /** The guard logged one line per failed request, naming the 503 and never the token. */
+  function expectLoggedFailures(count: number): void {
+    expect(logged).toHaveBeenCalledTimes(count);
+    for (const args of logged.mock.calls) {
+      const line = args.map(String).join(' ');
+      expect(line).toMatch(/answering 503/);
+      expect(line).not.toContain(token);
+      expect(line).not.toContain(token.split('.')[2]!);
+      expect(line).not.toMatch(/\n/);
+    }
+  }
+
+  it('answers 200 while the store is up', async () => {
+    expect((await get()).status).toBe(200);
+    expect(logged).not.toHaveBeenCalled();
+  });
+
+  it('answers 503 while the database refuses connections, and 200 again once it is back', async () => {
+    proxy.cut();
+    proxy.setMode('reset');
+    const down = await get();
+    expect(down.status).toBe(503);
+    expect(down.body).toEqual(UNAVAILABLE);
+    expect(down.ms).toBeLessThan(STORE_TIMEOUT_MS + 1000);
+    expectLoggedFailures(1);
+    proxy.setMode('forward');
+    expect(await recovered()).toBe(200);
+  });
+
+  it('answers 503 within storeTimeoutMs while the database never answers, even with the pool exhausted, and 200 once it is back', async () => {
+    proxy.cut();
+    proxy.setMode('blackhole');
+    // More requests than the pool has connections: the extra ones wait in pg-pool's queue.
+    const answers = await Promise.all(Array.from({ length: 15 }, () => get()));
+    for (const answer of answers) {
+      expect(answer.status).toBe(503);
+      expect(answer.body).toEqual(UNAVAILABLE);
+      expect(answer.ms).toBeGreaterThanOrEqual(STORE_TIMEOUT_MS - 20);
+      expect(answer.ms).toBeLessThan(STORE_TIMEOUT_MS + 1500);
+    }
+    expect(proxy.held()).toBeGreaterThan(0);
+    expectLoggedFailures(15);
+    expect(logged.mock.calls[0]!.join(' ')).toContain(`no answer within ${STORE_TIMEOUT_MS} ms`);
+    proxy.setMode('forward');
+    expect(await recovered()).toBe(200);
+  });
+
+  it('answers 503 while the DataSource is destroyed, and 200 once it is initialized again, without a restart', async () => {
+    const dataSource = app.get(DataSource);
+    await dataSource.destroy();
+    const down = await get();
+    expect(down.status).toBe(503);
+    expect(down.body).toEqual(UNAVAILABLE);
+    expectLoggedFailures(1);
+    await dataSource.initialize();
+    expect((await get()).status).toBe(200);
+  });
+
+  it('answers 503 when PostgreSQL terminates the connections and rejects new ones, 200 once it accepts again', async () => {
+    await asAdmin(async (admin) => {
+      await admin.query(`ALTER DATABASE ${db.name} ALLOW_CONNECTIONS false`);
+      await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [db.name]);
+    });
+    try {
+      // A terminated pooled client may fail its query or be replaced by a new one that is
+      // refused: either way the answer is 503, never a 500 and never admitted.
+      for (let i = 0; i < 3; i++) {
+        const down = await get();
+        expect(down.status).toBe(503);
+        expect(down.body).toEqual(UNAVAILABLE);
+      }
+      expectLoggedFailures(3);
+    } finally {
+      await asAdmin((admin) => admin.query(`ALTER DATABASE ${db.name} ALLOW_CONNECTIONS true`));
+    }
+    expect(await recovered()).toBe(200);
+  });
+
+  it('answers 503, never 500, to any other error from the store, and never admits', async () => {
+    const spy = jest.spyOn(TokenService.prototype, 'checkClaims')
+      .mockRejectedValueOnce(new TypeError('something unexpected'))
+      .mockImplementationOnce(() => new Promise(() => undefined));
+    try {
+      const failed = await get();
+      expect(failed.status).toBe(503);
+      expect(failed.body).toEqual(UNAVAILABLE);
+      const hung = await get();
+      expect(hung.status).toBe(503);
+      expect(hung.ms).toBeGreaterThanOrEqual(STORE_TIMEOUT_MS - 20);
+      expectLoggedFailures(2);
+      expect(logged.mock.calls[0]!.join(' ')).toContain('TypeError: something unexpected');
+    } finally {
+      spy.mockRestore();
+    }
+    expect((await get()).status).toBe(200);
+  });
+});
