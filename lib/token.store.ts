@@ -76,8 +76,15 @@ export class TokenStore {
    * autocommit on the pool.
    *
    * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
+   * @throws TypeError when `manager` belongs to another data source than the token table.
    */
   async execute<Row>(statement: Statement, values: unknown[], manager?: EntityManager): Promise<StatementResult<Row>> {
+    // With a named data source, the application's default manager would silently run the
+    // statement in another database (and another transaction than the caller thinks).
+    if (manager && manager.connection !== this.repository.manager.connection) {
+      const nameOf = (manager: EntityManager) => (manager.connection.options as { name?: string }).name ?? 'default';
+      throw new TypeError(`opts.manager belongs to data source '${nameOf(manager)}', but the token table lives in '${nameOf(this.repository.manager)}'; pass a manager of that data source.`);
+    }
     try {
       const runner = manager?.queryRunner;
       if (runner && !runner.isReleased) {

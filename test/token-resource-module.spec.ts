@@ -192,6 +192,23 @@ describe('a named TypeORM data source', () => {
     const [{ exists }] = await app.get(DataSource).query(`SELECT to_regclass('tokens') IS NOT NULL AS exists`);
     expect(exists).toBe(false);
   });
+
+  it('revoke in a transaction takes a manager of the named data source, and refuses one of another', async () => {
+    const app = await bootNamed(TokenResourceModule.forRoot({ dataSource: 'tokens', jwt: { secret: TEST_SECRET }, expunge: { enabled: false } }));
+    const named = app.get<DataSource>(getDataSourceToken('tokens'));
+    const tokens = app.get(TokenService);
+    const before = await countRows(named);
+    const wrong = app.get(DataSource).createQueryRunner();
+    await wrong.connect();
+    await wrong.startTransaction();
+    const token = await signToken();
+    await expect(tokens.revoke(token, { manager: wrong.manager })).rejects.toThrow(/data source 'default'.*'tokens'/);
+    await wrong.rollbackTransaction();
+    await wrong.release();
+    expect(await countRows(named)).toBe(before);
+    await named.transaction((manager) => tokens.revoke(token, { manager }));
+    expect(await tokens.tokenRevoked(token)).toBe(true);
+  });
 });
 
 describe('isGlobal', () => {
