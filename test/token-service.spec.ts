@@ -312,6 +312,16 @@ describe('revokeJti', () => {
     expect(await repo.countBy({ jti: 'bare-jti-stored' })).toBe(1);
   });
 
+  it('joins the caller\'s transaction with opts.manager', async () => {
+    await expect(dataSource.transaction(async (manager) => {
+      await tokens.revokeJti('bare-jti-tx', 'frank', { manager });
+      throw new Error('roll back');
+    })).rejects.toThrow('roll back');
+    expect(await tokens.jtiRevoked('bare-jti-tx')).toBe(false);
+    await dataSource.transaction((manager) => tokens.revokeJti('bare-jti-tx', 'frank', { manager }));
+    expect(await tokens.jtiRevoked('bare-jti-tx')).toBe(true);
+  });
+
   it('rejects an empty jti or subject and an invalid expiresAt, writing nothing', async () => {
     const before = await countRows(dataSource);
     await expect(tokens.revokeJti('', 'x')).rejects.toThrow();
