@@ -190,6 +190,41 @@ describe.each([
   });
 });
 
+describe('callers at REPEATABLE READ or SERIALIZABLE', () => {
+  it.each(['REPEATABLE READ', 'SERIALIZABLE'] as const)('%s: still exactly one succeeds; losers get TokenAlreadyRevokedError or a serialization failure to retry', async (level) => {
+    const { token, jti } = await tokens.issueToken({ subject: 'racer' });
+    const runners: QueryRunner[] = [];
+    for (let i = 0; i < 20; i += 1) {
+      const runner = dataSource.createQueryRunner();
+      await runner.connect();
+      await runner.startTransaction(level);
+      // Take the snapshot now, as a transaction that did some work first would.
+      await runner.query('SELECT 1');
+      runners.push(runner);
+    }
+    const results = await Promise.allSettled(runners.map(async (runner) => {
+      try {
+        await tokens.revoke(token, { manager: runner.manager });
+        await runner.commitTransaction();
+      } catch (error) {
+        await runner.rollbackTransaction();
+        throw error;
+      } finally {
+        await runner.release();
+      }
+    }));
+    const serializationFailures = results.filter((r) => r.status === 'rejected'
+      && (r.reason as { driverError?: { code?: string } }).driverError?.code === '40001').length;
+    const counts = tally(results);
+    expect(counts.succeeded).toBe(1);
+    expect(counts.alreadyRevoked + serializationFailures).toBe(19);
+    expect(counts.other.length).toBe(serializationFailures);
+    await expectSingleRevocationRow(jti);
+    // A retry of a failed transaction sees the committed revocation.
+    await expect(dataSource.transaction(level, (manager) => tokens.revoke(token, { manager }))).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
+  });
+});
+
 describe('a rolled-back revocation does not count', () => {
   it('when the first revoker rolls back, exactly one of the waiting callers takes over', async () => {
     const { token, jti } = await tokens.issueToken({ subject: 'racer' });
