@@ -1,9 +1,10 @@
 import { randomUUID, generateKeyPairSync } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { Controller, Get, UseGuards, type INestApplication } from '@nestjs/common';
+import { Controller, Get, Logger, UseGuards, type INestApplication } from '@nestjs/common';
 import { APP_GUARD } from '@nestjs/core';
 import { JwtService } from '@nestjs/jwt';
-import { SignJWT, type JWTPayload } from 'jose';
+import { exportJWK, SignJWT, type JWTPayload } from 'jose';
 import pg from 'pg';
 import request from 'supertest';
 import {
@@ -346,6 +347,67 @@ describe('tokens from other issuers', () => {
         .setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setExpirationTime('5m').sign(new TextEncoder().encode(publicPem));
       await expect401(app, '/guarded', bearer(confused), 'invalid token');
     });
+  });
+});
+
+describe('with a remote JWKS', () => {
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  let jwks: Server;
+  let jwksUri: string;
+  let jwksRequests = 0;
+  let closedUri: string;
+
+  beforeAll(async () => {
+    const jwk = { ...(await exportJWK(rsa.publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' };
+    jwks = createServer((_req, res) => {
+      jwksRequests++;
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [jwk] }));
+    });
+    await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
+    jwksUri = `http://127.0.0.1:${(jwks.address() as { port: number }).port}/.well-known/jwks.json`;
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    closedUri = `http://127.0.0.1:${(closed.address() as { port: number }).port}/jwks.json`;
+    await new Promise((resolve) => closed.close(resolve));
+  });
+
+  afterAll(async () => {
+    jwks.closeAllConnections();
+    await new Promise((resolve) => jwks.close(resolve));
+  });
+
+  const signRs256 = (kid = 'k1') => new SignJWT({ sub: 'remote', jti: randomUUID() })
+    .setProtectedHeader({ alg: 'RS256', kid }).setIssuedAt().setExpirationTime('5m').sign(rsa.privateKey);
+
+  it.each(PLATFORMS)('admits tokens signed by a key of the JWKS, fetching it once, on %s', async (platform: Platform) => {
+    const app = await createGuardApp(db.url, { platform, options: { jwt: { secret: undefined, jwksUri } }, controllers: [GuardedController] });
+    try {
+      const before = jwksRequests;
+      for (let i = 0; i < 3; i++) {
+        const res = await request(app.getHttpServer()).get('/guarded').set(bearer(await signRs256()));
+        expect({ status: res.status, sub: res.body.sub }).toEqual({ status: 200, sub: 'remote' });
+      }
+      expect(jwksRequests - before).toBe(1);
+      await expect401(app, '/guarded', bearer(await sign()), 'invalid token');
+    } finally {
+      await app.close();
+    }
+  });
+
+  it.each(PLATFORMS)('answers 503 when the JWKS cannot be fetched, on %s', async (platform: Platform) => {
+    const app = await createGuardApp(db.url, { platform, options: { jwt: { secret: undefined, jwksUri: closedUri } }, controllers: [GuardedController] });
+    const logged = jest.spyOn(Logger.prototype, 'error');
+    try {
+      const res = await request(app.getHttpServer()).get('/guarded').set(bearer(await signRs256()));
+      expect({ status: res.status, body: res.body }).toEqual({
+        status: 503,
+        body: { statusCode: 503, error: 'Service Unavailable', message: 'token keys unavailable' },
+      });
+      expect(logged).toHaveBeenCalledTimes(1);
+    } finally {
+      logged.mockRestore();
+      await app.close();
+    }
   });
 });
 

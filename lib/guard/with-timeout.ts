@@ -8,14 +8,14 @@ export class TimeoutError extends Error {
 
 /**
  * Settles like `work`, or rejects with {@link TimeoutError} after `timeoutMs`. The timer
- * is always cleared, and a late rejection of `work` is swallowed rather than left unhandled.
+ * is always cleared. A late rejection of `work` is not left unhandled: `Promise.race`
+ * has subscribed to it.
  */
 export async function withTimeout<T>(work: Promise<T>, timeoutMs: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new TimeoutError(timeoutMs)), timeoutMs);
   });
-  work.catch(() => undefined);
   try {
     return await Promise.race([work, timeout]);
   } finally {
