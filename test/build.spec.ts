@@ -15,7 +15,13 @@ let outDir: string;
 
 beforeAll(async () => {
   outDir = await mkdtemp(join(root, '.build-test-'));
-  await run('npm', ['run', 'build', '--', '--outDir', outDir], { cwd: root });
+  try {
+    await run('npm', ['run', 'build', '--', '--outDir', outDir], { cwd: root });
+  } catch (error) {
+    // tsc reports its errors on stdout; show them rather than only the exit status.
+    const { stdout = '', message } = error as { stdout?: string; message: string };
+    throw new Error(`npm run build failed:\n${stdout || message}`);
+  }
 }, 180_000);
 
 afterAll(async () => {
