@@ -55,6 +55,14 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     return status;
   }
 
+  /** Cuts every pooled connection and waits until the pool has noticed, so no query races a dying one. */
+  async function cutConnections(): Promise<void> {
+    proxy.cut();
+    const pool = (app.get(DataSource).driver as unknown as { master: { totalCount: number } }).master;
+    for (let i = 0; i < 100 && pool.totalCount > 0; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(pool.totalCount).toBe(0);
+  }
+
   beforeAll(async () => {
     db = await createTestDatabase();
     const url = new URL(db.url);
@@ -102,7 +110,7 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
   });
 
   it('answers 503 while the database refuses connections, and 200 again once it is back', async () => {
-    proxy.cut();
+    await cutConnections();
     proxy.setMode('reset');
     const down = await get();
     expect(down.status).toBe(503);
@@ -114,7 +122,7 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
   });
 
   it('answers 503 within storeTimeoutMs while the database never answers, even with the pool exhausted, and 200 once it is back', async () => {
-    proxy.cut();
+    await cutConnections();
     proxy.setMode('blackhole');
     // More requests than the pool has connections: the extra ones wait in pg-pool's queue.
     const answers = await Promise.all(Array.from({ length: 15 }, () => get()));

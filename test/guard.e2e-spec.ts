@@ -1,7 +1,7 @@
 import { randomUUID, generateKeyPairSync } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { Controller, Get, Logger, UseGuards, type INestApplication } from '@nestjs/common';
+import { Controller, Get, Injectable, Logger, UseGuards, type INestApplication } from '@nestjs/common';
 import { APP_GUARD } from '@nestjs/core';
 import { JwtService } from '@nestjs/jwt';
 import { exportJWK, SignJWT, type JWTPayload } from 'jose';
@@ -50,6 +50,24 @@ class PublicController {
   @Get('closed')
   @SkipTokenCheck(false)
   closed(@TokenClaims('sub') sub: string) {
+    return { sub };
+  }
+}
+
+/** The documented way to read the token from a cookie: override the protected hook. */
+@Injectable()
+class CookieTokenGuard extends RevokedTokenGuard {
+  protected override extractToken(request: Record<string, any>): string | undefined {
+    const cookie: unknown = request.headers?.cookie;
+    return typeof cookie === 'string' ? /(?:^|;\s*)access_token=([^;\s]+)/.exec(cookie)?.[1] : undefined;
+  }
+}
+
+@Controller('cookie')
+@UseGuards(CookieTokenGuard)
+class CookieController {
+  @Get()
+  get(@TokenClaims('sub') sub: string) {
     return { sub };
   }
 }
@@ -114,7 +132,7 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
   let tokens: TokenService;
 
   beforeAll(async () => {
-    app = await createGuardApp(db.url, { platform, options: { jwt: JWT }, controllers: [GuardedController, PublicController] });
+    app = await createGuardApp(db.url, { platform, options: { jwt: JWT }, controllers: [GuardedController, PublicController, CookieController] });
     tokens = app.get(TokenService);
   });
 
@@ -206,6 +224,17 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
     const closed = await request(app.getHttpServer()).get('/public/closed').set(bearer(token));
     expect(closed.status).toBe(200);
     expect(closed.body).toEqual({ sub: 'carol' });
+  });
+
+  it('reads the token from a cookie in a subclass that overrides extractToken, with every other check intact', async () => {
+    const { token } = await tokens.issueToken({ subject: 'judy' });
+    await expect401(app, '/cookie', bearer(token), 'missing bearer token');
+    const res = await request(app.getHttpServer()).get('/cookie').set('Cookie', `theme=dark; access_token=${token}`);
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ sub: 'judy' });
+    await expect401(app, '/cookie', { Cookie: 'access_token=garbage' }, 'invalid token');
+    await tokens.revoke(token);
+    await expect401(app, '/cookie', { Cookie: `access_token=${token}` }, 'token revoked');
   });
 });
 
