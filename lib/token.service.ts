@@ -16,7 +16,7 @@ import {
   TOKEN_RESOURCE_OPTIONS,
 } from './token-resource.constants.js';
 import { InvalidTokenError, TokenAlreadyRevokedError } from './token-resource.exceptions.js';
-import { TokenStore, type TokenStateRow } from './token.store.js';
+import { TokenStore, type Statement, type TokenStateRow } from './token.store.js';
 
 /** Input of {@link TokenService.issueToken}. */
 export interface IssueTokenInput {
@@ -86,6 +86,19 @@ export interface ListTokensOptions {
   includeExpired?: boolean;
 }
 
+/**
+ * How long an expunge batch on a dedicated session waits for a row lock before it
+ * gives the range up to the lock-free path. Well under PostgreSQL's default
+ * `deadlock_timeout` (1 s), so in a deadlock it is always the expunger that yields.
+ */
+const EXPUNGE_LOCK_TIMEOUT_MS = 200;
+
+/** `lock_not_available` (a `lock_timeout`) or `deadlock_detected`. */
+function isLockConflict(error: unknown): boolean {
+  const code = (error as { code?: unknown; driverError?: { code?: unknown } })?.code ?? (error as { driverError?: { code?: unknown } })?.driverError?.code;
+  return code === '55P03' || code === '40P01';
+}
+
 /** Options of {@link TokenService.expungeExpired}. */
 export interface ExpungeExpiredOptions {
   /** Run every batch on this manager's connection, for example one that holds an advisory lock. */
@@ -127,22 +140,51 @@ function requireNonEmpty(value: unknown, name: string): asserts value is string 
 @Injectable()
 export class TokenService {
   /**
-   * One expunge batch: walks the `expires_at` index from the previous batch's last
-   * value (`$1`, so the scan never re-reads the dead index entries behind it), locks
-   * up to `$3` expired rows skipping those others hold, and deletes them by `ctid`
-   * (a TID scan, no primary-key probes).
+   * Expunge, fast path (on a dedicated session): the `expires_at` of the row `$3` rows
+   * past `$1`, by an index-only scan; rows in `[$1, bound)` make at most one batch.
    */
-  private readonly expungeBatch = this.store.statement('expunge_batch', `
+  private readonly expungeBound = this.store.statement('expunge_bound', `
+    SELECT expires_at::text AS bound FROM ${this.store.table}
+     WHERE expires_at >= $1::timestamptz AND expires_at < $2::timestamptz
+     ORDER BY expires_at OFFSET $3 LIMIT 1`);
+
+  /**
+   * Expunge, fast path: one batch is one plain range DELETE on the `expires_at` index,
+   * `[$1, $3)` (below the cutoff `$2`), which also finds the next batch's bound, `$4`
+   * rows past `$3`. Each batch starts where the last ended, so no scan re-reads the
+   * dead index entries left behind.
+   */
+  private readonly expungeRange = this.store.statement('expunge_range', `
+    WITH gone AS (
+      DELETE FROM ${this.store.table}
+       WHERE expires_at >= $1::timestamptz
+         AND expires_at < LEAST($2::timestamptz, COALESCE($3::timestamptz, $2::timestamptz))
+      RETURNING 1
+    ), following AS MATERIALIZED (
+      SELECT expires_at FROM ${this.store.table}
+       WHERE expires_at >= $3::timestamptz AND expires_at < $2::timestamptz
+       ORDER BY expires_at OFFSET $4 LIMIT 1
+    )
+    SELECT (SELECT count(*) FROM gone)::int AS deleted, (SELECT expires_at::text FROM following) AS next`);
+
+  /**
+   * Expunge, lock-free batch (the pool path, contested ranges, and groups of more than a
+   * batch of rows sharing one `expires_at`): locks up to `$3` expired rows from `$1` on,
+   * skipping those others hold, and deletes them by `ctid`. Never waits for a lock.
+   */
+  private readonly expungeSkipLocked = this.store.statement('expunge_skip_locked', `
     WITH victims AS (
       SELECT ctid FROM ${this.store.table}
-       WHERE expires_at >= $1::timestamptz AND expires_at < $2
+       WHERE expires_at >= $1::timestamptz
+         AND expires_at < LEAST($2::timestamptz, COALESCE($4::timestamptz, $2::timestamptz))
        ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED
     ), gone AS (
       DELETE FROM ${this.store.table}
-       WHERE ctid = ANY (ARRAY(SELECT ctid FROM victims)) AND expires_at < $2
+       WHERE ctid = ANY (ARRAY(SELECT ctid FROM victims)) AND expires_at < $2::timestamptz
       RETURNING expires_at
     )
-    SELECT count(*)::int AS deleted, max(expires_at)::text AS last FROM gone`);
+    SELECT count(*)::int AS deleted, max(expires_at)::text AS last,
+           ($1::timestamptz + interval '1 microsecond')::text AS after FROM gone`);
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
@@ -264,27 +306,104 @@ export class TokenService {
 
   /**
    * Deletes rows whose `expiresAt` passed more than `clockToleranceSeconds` ago, in
-   * batches of `expunge.batchSize`, each its own short autocommit statement (also on
-   * `opts.manager`, unless it is inside a transaction). Rows locked by others are
-   * skipped and left to the next run.
+   * batches of `expunge.batchSize`, each its own short autocommit statement. Rows
+   * that other transactions hold locked are skipped and left to the next run.
+   *
+   * Given `opts.manager` of a dedicated session (a connected QueryRunner outside a
+   * transaction), batches are plain range DELETEs on that session, with a short
+   * `lock_timeout` and asynchronous commit set for the duration; otherwise (the pool,
+   * or a caller's transaction) each batch locks its rows with `SKIP LOCKED` first.
    *
    * @returns how many rows were deleted.
    */
   async expungeExpired(opts: ExpungeExpiredOptions = {}): Promise<number> {
     const cutoff = new Date(Date.now() - this.options.jwt.clockToleranceSeconds * 1000);
+    const runner = opts.manager?.queryRunner;
+    if (runner && !runner.isReleased && !runner.isTransactionActive) {
+      return this.expungeOnSession(cutoff, opts.manager!, opts);
+    }
+    return this.expungeSkippingLocked(cutoff, '-infinity', null, opts, Infinity);
+  }
+
+  /**
+   * The fast path, on a dedicated session: range DELETEs of at most a batch each, with a
+   * short `lock_timeout` so that a batch never waits long for a row another transaction
+   * holds (and always loses a deadlock); a contested range is redone lock-free.
+   */
+  private async expungeOnSession(cutoff: Date, session: EntityManager, opts: ExpungeExpiredOptions): Promise<number> {
+    const batchSize = this.options.expunge.batchSize;
+    const timed = async <Row>(statement: Statement, values: unknown[]) => {
+      const started = performance.now();
+      const result = await this.store.execute<Row>(statement, values, session);
+      return { result, ms: performance.now() - started };
+    };
+    // A deletion lost in a crash is merely redone by the next run, so batches need not
+    // wait for their WAL to reach disk: asynchronous commit makes each batch far cheaper.
+    await session.query(`SELECT set_config('lock_timeout', $1, false), set_config('synchronous_commit', 'off', false)`, [`${EXPUNGE_LOCK_TIMEOUT_MS}ms`]);
+    const reset = () => session.query('RESET lock_timeout; RESET synchronous_commit');
+    let deleted = 0;
+    try {
+      const boundAfter = async (from: string) => {
+        const { result: { rows }, ms } = await timed<{ bound: string }>(this.expungeBound, [from, cutoff, batchSize]);
+        return { bound: (rows[0]?.bound ?? null) as string | null, ms };
+      };
+      let from = '-infinity';
+      let { bound, ms: boundMs } = await boundAfter(from);
+      while (!opts.signal?.aborted) {
+        if (bound !== null && bound === from) {
+          // More than a batch of rows share this expires_at: take them a batch at a time.
+          const batch = await this.expungeSkippingLocked(cutoff, from, null, opts, 1, true);
+          deleted += batch.deleted;
+          if (batch.deleted < batchSize) from = batch.after;
+          ({ bound, ms: boundMs } = await boundAfter(from));
+          continue;
+        }
+        let batch: number;
+        let next: string | null;
+        try {
+          const { result: { rows }, ms } = await timed<{ deleted: number; next: string | null }>(this.expungeRange, [from, cutoff, bound, batchSize]);
+          batch = rows[0]?.deleted ?? 0;
+          next = rows[0]?.next ?? null;
+          opts.onBatch?.(batch, boundMs + ms);
+          boundMs = 0;
+        } catch (error) {
+          if (!isLockConflict(error)) throw error;
+          batch = (await this.expungeSkippingLocked(cutoff, from, bound, opts, 1, true)).deleted;
+          next = bound === null ? null : (await boundAfter(bound)).bound;
+        }
+        deleted += batch;
+        if (bound === null) break;
+        from = bound;
+        bound = next;
+      }
+    } catch (error) {
+      await reset().catch(() => undefined);
+      throw error;
+    }
+    // Settings that failed to reset fail the run, so that the session is discarded.
+    await reset();
+    return deleted;
+  }
+
+  /** Lock-free batches from `from` (up to `upTo`, else the cutoff), at most `maxBatches` of them. */
+  private async expungeSkippingLocked(cutoff: Date, from: string, upTo: string | null, opts: ExpungeExpiredOptions, maxBatches: number): Promise<number>;
+  private async expungeSkippingLocked(cutoff: Date, from: string, upTo: string | null, opts: ExpungeExpiredOptions, maxBatches: number, detail: true): Promise<{ deleted: number; after: string }>;
+  private async expungeSkippingLocked(cutoff: Date, from: string, upTo: string | null, opts: ExpungeExpiredOptions, maxBatches: number, detail?: true): Promise<number | { deleted: number; after: string }> {
     const batchSize = this.options.expunge.batchSize;
     let deleted = 0;
-    let from = '-infinity';
-    while (!opts.signal?.aborted) {
+    let after = from;
+    for (let n = 0; n < maxBatches && !opts.signal?.aborted; n++) {
       const started = performance.now();
-      const { rows } = await this.store.execute<{ deleted: number; last: string | null }>(this.expungeBatch, [from, cutoff, batchSize], opts.manager);
+      const { rows } = await this.store.execute<{ deleted: number; last: string | null; after: string }>(
+        this.expungeSkipLocked, [from, cutoff, batchSize, upTo], opts.manager);
       const batch = rows[0]?.deleted ?? 0;
       deleted += batch;
+      after = rows[0]?.after ?? from;
       opts.onBatch?.(batch, performance.now() - started);
       if (batch < batchSize || rows[0]?.last == null) break;
       from = rows[0].last;
     }
-    return deleted;
+    return detail ? { deleted, after } : deleted;
   }
 
   /**

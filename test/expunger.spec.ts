@@ -1,10 +1,11 @@
 import { jest } from '@jest/globals';
 import type { INestApplication } from '@nestjs/common';
 import { Logger } from '@nestjs/common';
-import { ScheduleModule, SchedulerRegistry } from '@nestjs/schedule';
+import { SchedulerRegistry } from '@nestjs/schedule';
 import { Test } from '@nestjs/testing';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import pg from 'pg';
+import { DataSource } from 'typeorm';
 import {
   EXPUNGE_JOB_NAME,
   ExpungerService,
@@ -220,6 +221,37 @@ describe('run()', () => {
     // Only the other table's expunger is locked out now.
     expect(await a.get(ExpungerService).run()).toMatchObject({ deleted: 20, skipped: false });
     await admin.query('SELECT pg_advisory_unlock_all()');
+  });
+
+  it('does not wait on expired rows another transaction holds: skips them, and the next run takes them', async () => {
+    const a = await app({ options: { expunge: { enabled: false, batchSize: 10 } } });
+    await insertRows('old', 45, 'user', `now() - interval '1 day' - i * interval '1 second'`);
+    const holder = new pg.Client({ connectionString: db.url });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT 1 FROM tokens WHERE jti IN ('old-7', 'old-30') FOR UPDATE`);
+      const started = Date.now();
+      const result = await a.get(ExpungerService).run();
+      expect(result).toMatchObject({ deleted: 43, skipped: false });
+      expect(Date.now() - started).toBeLessThan(5000);
+      expect(await jtis()).toEqual(['old-30', 'old-7']);
+      // The direct, pool-based expungeExpired() never waits either.
+      expect(await a.get(TokenService).expungeExpired()).toBe(0);
+      // The session went back to the pool with its lock_timeout reset: every pooled connection has the default.
+      const pool = (a.get(DataSource).driver as unknown as { master: pg.Pool }).master;
+      const clients = await Promise.all(Array.from({ length: pool.totalCount }, () => pool.connect()));
+      try {
+        for (const client of clients) expect((await client.query('SHOW lock_timeout')).rows[0].lock_timeout).toBe('0');
+      } finally {
+        for (const client of clients) client.release();
+      }
+    } finally {
+      await holder.query('COMMIT');
+      await holder.end();
+    }
+    expect(await a.get(ExpungerService).run()).toMatchObject({ deleted: 2, skipped: false });
+    expect(await countRows()).toBe(0);
   });
 
   it('logs how many rows a successful run deleted and how long it took', async () => {

@@ -176,17 +176,16 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
   }
 
   /**
-   * Unlocks and returns the connection to the pool. When the unlock cannot be confirmed
-   * the connection is destroyed instead, which ends its session and so its lock: a
-   * pooled connection must never keep holding it.
+   * Unlocks and returns the connection to the pool. After a failed run, or when the
+   * unlock cannot be confirmed, the connection is destroyed instead, which ends its
+   * session and so its lock and settings: a pooled connection must never keep them.
    */
   private async unlockAndRelease(runner: QueryRunner, locked: boolean, failure: unknown): Promise<void> {
     let destroyWith: unknown = failure;
     if (locked && !runner.isReleased) {
       try {
         const rows: Array<{ unlocked: boolean }> = await runner.query('SELECT pg_advisory_unlock($1::bigint) AS unlocked', [this.lockKey]);
-        if (rows[0]?.unlocked !== true) destroyWith = new Error('pg_advisory_unlock did not release the expunge lock');
-        else destroyWith = undefined;
+        if (rows[0]?.unlocked !== true) destroyWith ??= new Error('pg_advisory_unlock did not release the expunge lock');
       } catch (error) {
         destroyWith = error;
       }
