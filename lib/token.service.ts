@@ -149,23 +149,15 @@ export class TokenService {
      ORDER BY expires_at OFFSET $3 LIMIT 1`);
 
   /**
-   * Expunge, fast path: one batch is one plain range DELETE on the `expires_at` index,
-   * `[$1, $3)` (below the cutoff `$2`), which also finds the next batch's bound, `$4`
-   * rows past `$3`. Each batch starts where the last ended, so no scan re-reads the
-   * dead index entries left behind.
+   * Expunge, fast path: then each batch is one plain range DELETE on the `expires_at`
+   * index, `[$1, $3)` below the cutoff `$2` (no RETURNING: its row count is the count).
+   * Each batch starts where the last ended, so no scan re-reads the dead index entries
+   * left behind.
    */
   private readonly expungeRange = this.store.statement('expunge_range', `
-    WITH gone AS (
-      DELETE FROM ${this.store.table}
-       WHERE expires_at >= $1::timestamptz
-         AND expires_at < LEAST($2::timestamptz, COALESCE($3::timestamptz, $2::timestamptz))
-      RETURNING 1
-    ), following AS MATERIALIZED (
-      SELECT expires_at FROM ${this.store.table}
-       WHERE expires_at >= $3::timestamptz AND expires_at < $2::timestamptz
-       ORDER BY expires_at OFFSET $4 LIMIT 1
-    )
-    SELECT (SELECT count(*) FROM gone)::int AS deleted, (SELECT expires_at::text FROM following) AS next`);
+    DELETE FROM ${this.store.table}
+     WHERE expires_at >= $1::timestamptz
+       AND expires_at < LEAST($2::timestamptz, COALESCE($3::timestamptz, $2::timestamptz))`);
 
   /**
    * Expunge, lock-free batch (the pool path, contested ranges, and groups of more than a
@@ -343,38 +335,29 @@ export class TokenService {
     const reset = () => session.query('RESET lock_timeout; RESET synchronous_commit');
     let deleted = 0;
     try {
-      const boundAfter = async (from: string) => {
-        const { result: { rows }, ms } = await timed<{ bound: string }>(this.expungeBound, [from, cutoff, batchSize]);
-        return { bound: (rows[0]?.bound ?? null) as string | null, ms };
-      };
       let from = '-infinity';
-      let { bound, ms: boundMs } = await boundAfter(from);
       while (!opts.signal?.aborted) {
+        const { result: { rows }, ms: boundMs } = await timed<{ bound: string }>(this.expungeBound, [from, cutoff, batchSize]);
+        const bound = (rows[0]?.bound ?? null) as string | null;
         if (bound !== null && bound === from) {
           // More than a batch of rows share this expires_at: take them a batch at a time.
           const batch = await this.expungeSkippingLocked(cutoff, from, null, opts, 1, true);
           deleted += batch.deleted;
           if (batch.deleted < batchSize) from = batch.after;
-          ({ bound, ms: boundMs } = await boundAfter(from));
           continue;
         }
         let batch: number;
-        let next: string | null;
         try {
-          const { result: { rows }, ms } = await timed<{ deleted: number; next: string | null }>(this.expungeRange, [from, cutoff, bound, batchSize]);
-          batch = rows[0]?.deleted ?? 0;
-          next = rows[0]?.next ?? null;
+          const { result, ms } = await timed(this.expungeRange, [from, cutoff, bound]);
+          batch = result.rowCount;
           opts.onBatch?.(batch, boundMs + ms);
-          boundMs = 0;
         } catch (error) {
           if (!isLockConflict(error)) throw error;
           batch = (await this.expungeSkippingLocked(cutoff, from, bound, opts, 1, true)).deleted;
-          next = bound === null ? null : (await boundAfter(bound)).bound;
         }
         deleted += batch;
         if (bound === null) break;
         from = bound;
-        bound = next;
       }
     } catch (error) {
       await reset().catch(() => undefined);
