@@ -6,8 +6,12 @@ import { Test } from '@nestjs/testing';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import pg from 'pg';
 import { DataSource } from 'typeorm';
+import { Entity } from 'typeorm';
 import {
+  CreateTokensTable1763900000000,
+  createTokensTableMigration,
   EXPUNGE_JOB_NAME,
+  Token,
   ExpungerService,
   REVOCATION_PURPOSE,
   TokenResourceConfigError,
@@ -18,6 +22,10 @@ import {
 import { expungeLockKey } from '../lib/expunger/expunger.service.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, TEST_SECRET, typeOrmOptions } from './support/token-app.js';
+
+/** A second token table, through the module's custom-entity option. */
+@Entity('other_tokens')
+class OtherToken extends Token {}
 
 let db: TestDatabase;
 let admin: pg.Client;
@@ -119,6 +127,27 @@ describe('scheduling', () => {
     expect(registry.doesExist('interval', EXPUNGE_JOB_NAME)).toBe(false);
     await new Promise((resolve) => setTimeout(resolve, 2500));
     expect(run).not.toHaveBeenCalled();
+  });
+
+  it('gives a second token table in the same application a job of its own, each expunging its table', async () => {
+    const a = await app({
+      typeOrm: {
+        entities: [Token, OtherToken],
+        migrations: [CreateTokensTable1763900000000, createTokensTableMigration('other_tokens')],
+      },
+      imports: [TokenResourceModule.forRoot({ jwt: { secret: TEST_SECRET }, entity: OtherToken, expunge: { intervalHours: 0.0005 } })],
+      options: { expunge: { intervalHours: 0.0005 } },
+    });
+    const registry = a.get(SchedulerRegistry);
+    expect(registry.getIntervals().sort()).toEqual([EXPUNGE_JOB_NAME, `${EXPUNGE_JOB_NAME}:other_tokens`]);
+    await insertRows('old', 20, 'user', `now() - interval '1 day'`);
+    await admin.query(`INSERT INTO other_tokens (jti, subject, expires_at, purpose)
+                       SELECT 'other-' || i, 's', now() - interval '1 day', 'user' FROM generate_series(1, 20) AS i`);
+    const otherCount = async () => (await admin.query<{ n: number }>('SELECT count(*)::int AS n FROM other_tokens')).rows[0].n;
+    await waitFor(async () => (await countRows()) === 0 && (await otherCount()) === 0, 15_000, 'both tables to be expunged');
+    await a.close();
+    expect(registry.getIntervals()).toEqual([]);
+    await admin.query('DROP TABLE other_tokens');
   });
 
   it('fails at start-up with a clear error when ScheduleModule.forRoot() is missing', async () => {

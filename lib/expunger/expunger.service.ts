@@ -60,7 +60,8 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
   private readonly lockKey: string;
   private current?: Promise<ExpungeRunResult>;
   private stopping?: AbortController;
-  private registered = false;
+  /** The name the interval is registered under, while it is. */
+  private jobName?: string;
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) readonly options: ResolvedTokenResourceOptions,
@@ -96,23 +97,29 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
     }
   }
 
-  /** Registers the interval under {@link EXPUNGE_JOB_NAME}. */
+  /**
+   * Registers the interval under {@link EXPUNGE_JOB_NAME} (or, for a second token table
+   * in the same application, under `EXPUNGE_JOB_NAME + ':' + table`).
+   */
   onApplicationBootstrap(): void {
     if (!this.options.expunge.enabled || !this.schedulerRegistry) return;
     this.stopping = undefined;
     const interval = setInterval(() => void this.tick(), this.intervalMs);
     // A pending expunge should never keep a process alive on its own.
     interval.unref?.();
-    this.schedulerRegistry.addInterval(EXPUNGE_JOB_NAME, interval);
-    this.registered = true;
+    // A second token table in the same application gets a job of its own.
+    this.jobName = this.schedulerRegistry.doesExist('interval', EXPUNGE_JOB_NAME)
+      ? `${EXPUNGE_JOB_NAME}:${this.store.repository.metadata.tablePath}`
+      : EXPUNGE_JOB_NAME;
+    this.schedulerRegistry.addInterval(this.jobName, interval);
   }
 
   /** Removes the interval and waits for a run in progress to finish its current batch. */
   async beforeApplicationShutdown(): Promise<void> {
-    if (this.registered && this.schedulerRegistry?.doesExist('interval', EXPUNGE_JOB_NAME)) {
-      this.schedulerRegistry.deleteInterval(EXPUNGE_JOB_NAME);
+    if (this.jobName && this.schedulerRegistry?.doesExist('interval', this.jobName)) {
+      this.schedulerRegistry.deleteInterval(this.jobName);
     }
-    this.registered = false;
+    this.jobName = undefined;
     this.stopping?.abort();
     await this.current?.catch(() => undefined);
   }
