@@ -103,10 +103,9 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
    */
   onApplicationBootstrap(): void {
     if (!this.options.expunge.enabled || !this.schedulerRegistry) return;
-    this.stopping = undefined;
+    // Not unref'd, like @nestjs/schedule's own intervals: a worker process whose only
+    // job is the expunger must stay alive.
     const interval = setInterval(() => void this.tick(), this.intervalMs);
-    // A pending expunge should never keep a process alive on its own.
-    interval.unref?.();
     // A second token table in the same application gets a job of its own.
     this.jobName = this.schedulerRegistry.doesExist('interval', EXPUNGE_JOB_NAME)
       ? `${EXPUNGE_JOB_NAME}:${this.store.repository.metadata.tablePath}`
