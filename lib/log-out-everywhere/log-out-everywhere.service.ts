@@ -1,18 +1,171 @@
-import { Injectable } from '@nestjs/common';
-import type { EntityManager } from 'typeorm';
+import { Inject, Injectable } from '@nestjs/common';
+import type { EntityManager, ObjectLiteral } from 'typeorm';
+import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
+import {
+  LOG_OUT_EVERYWHERE_PURPOSE,
+  REVOCATION_PURPOSE,
+  TOKEN_RESOURCE_OPTIONS,
+} from '../token-resource.constants.js';
+import { TokenStore } from '../token.store.js';
+import { logOutMarkerJti, purposePasses } from './log-out-marker.js';
 
 /** Options of {@link LogOutEverywhereService.logOutEverywhere}. */
 export interface LogOutEverywhereOptions {
+  /**
+   * Only stored tokens of these purposes are revoked. Default: the module's
+   * `logOutEverywhere.includePurposes`, else every purpose.
+   */
   includePurposes?: string[];
+  /**
+   * Stored tokens of these purposes are never revoked. Default: the module's
+   * `logOutEverywhere.excludePurposes` (`['revocation']`). Revocation rows and the
+   * internal marker rows are never touched, whatever the list says.
+   */
   excludePurposes?: string[];
+  /** Keep this token valid ("log out my other devices"), stored or not. */
   exceptJti?: string;
+  /**
+   * Run inside this manager's transaction (for example a password change's), so that
+   * the log-out commits or rolls back with it. Default: its own autocommit statement.
+   */
   manager?: EntityManager;
+  /**
+   * Also revoke tokens that were never stored, by recording the log-out moment for the
+   * subject. An unstored token has no purpose on record, so by default this happens
+   * only when the purpose filter admits the module's `authenticationPurpose`
+   * (`'user'`): a log-out limited to, say, `includePurposes: ['confirm']` leaves the
+   * user's sessions alone.
+   */
+  revokeUnstored?: boolean;
 }
 
-/** Revokes all of a subject's tokens (placeholder until issue 5 lands). */
+function checkPurposeList(value: unknown, name: string): asserts value is string[] | undefined {
+  if (value === undefined) return;
+  if (!Array.isArray(value) || value.some((purpose) => typeof purpose !== 'string' || purpose === '')) {
+    throw new TypeError(`${name} must be an array of non-empty purpose strings`);
+  }
+}
+
+/**
+ * Revokes all of a subject's tokens at once: "log out everywhere", "log out my other
+ * devices", and the automatic log-out on password change.
+ */
 @Injectable()
 export class LogOutEverywhereService {
-  async logOutEverywhere(_subject: string, _opts: LogOutEverywhereOptions = {}): Promise<number> {
-    throw new Error('not implemented yet');
+  /**
+   * One statement does both halves of a log-out, so that it is atomic even in
+   * autocommit and needs a single round trip:
+   *
+   * 1. `marker` upserts the subject's marker row (`$8` says whether to). Computing the
+   *    new `extra_data` from the locked current row inside `ON CONFLICT DO UPDATE`
+   *    makes successive and concurrent log-outs compose: `at` never moves back (app
+   *    clocks may differ), the marker never expires earlier, and `exceptRevokedUpTo`
+   *    remembers whether earlier log-outs already revoked the token kept now.
+   * 2. `revoked` flips every stored row of the subject whose purpose passes the filter
+   *    to `'revocation'`, on the `subject` index. A row a concurrent `revoke` holds is
+   *    re-checked after it commits and skipped, so each token is revoked exactly once.
+   *
+   * The marker is evaluated first (the scalar subqueries run left to right), so
+   * concurrent log-outs of one subject queue on the marker row before they lock any
+   * token row: they cannot deadlock each other.
+   */
+  private readonly logOutStatement = this.store.statement('log_out_everywhere', `
+    WITH marker AS (
+      INSERT INTO ${this.store.table} AS t (jti, subject, expires_at, purpose, extra_data)
+      SELECT $2::text, $1::text, now() + make_interval(secs => $7::float8), '${LOG_OUT_EVERYWHERE_PURPOSE}',
+             jsonb_strip_nulls(jsonb_build_object(
+               'at', $6::float8, 'exceptJti', $5::text, 'exceptRevokedUpTo', 0,
+               'includePurposes', to_jsonb($3::text[]), 'excludePurposes', to_jsonb($4::text[])))
+       WHERE $8::boolean
+      ON CONFLICT (jti) DO UPDATE SET
+        subject = EXCLUDED.subject,
+        purpose = EXCLUDED.purpose,
+        expires_at = CASE WHEN t.purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}'
+                          THEN GREATEST(t.expires_at, EXCLUDED.expires_at) ELSE EXCLUDED.expires_at END,
+        extra_data = EXCLUDED.extra_data || jsonb_build_object(
+          'at', GREATEST((EXCLUDED.extra_data->>'at')::float8,
+                         CASE WHEN t.purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN (t.extra_data->>'at')::float8 END),
+          'exceptRevokedUpTo', CASE
+            WHEN t.purpose <> '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN 0
+            WHEN (t.extra_data->>'exceptJti') IS NOT DISTINCT FROM $5::text
+              THEN COALESCE((t.extra_data->>'exceptRevokedUpTo')::float8, 0)
+            ELSE COALESCE((t.extra_data->>'at')::float8, 0) END),
+        updated_at = now()
+      RETURNING 1
+    ), revoked AS (
+      UPDATE ${this.store.table} SET purpose = '${REVOCATION_PURPOSE}', updated_at = now()
+       WHERE subject = $1::text
+         AND jti <> $2::text
+         AND purpose <> '${REVOCATION_PURPOSE}' AND purpose <> '${LOG_OUT_EVERYWHERE_PURPOSE}'
+         AND ($3::text[] IS NULL OR purpose = ANY ($3::text[]))
+         AND purpose <> ALL ($4::text[])
+         AND ($5::text IS NULL OR jti <> $5::text)
+      RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked`);
+
+  constructor(
+    @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
+    private readonly store: TokenStore,
+  ) {}
+
+  /**
+   * Revokes, in one set-based statement, every stored token of `subject` whose purpose
+   * passes the include/exclude lists (defaults from the module options), except
+   * `opts.exceptJti`, and records the moment for the subject so that tokens that were
+   * never stored and were issued at or before it count as revoked too (`tokenRevoked`
+   * and the guard). A token issued after it stays valid; the moment is the
+   * application's `Date.now()`, the clock `issueToken` writes `iat` with (in
+   * milliseconds), so a whole-second `iat` from another issuer in the same second
+   * counts as revoked.
+   *
+   * Given `opts.manager`, it runs in that manager's transaction and is undone with it.
+   *
+   * @returns how many stored tokens it revoked (not counting tokens already revoked,
+   *   unstored tokens, or its own marker row).
+   * @throws TypeError for an empty subject or malformed purpose lists.
+   * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
+   */
+  async logOutEverywhere(subject: string, opts: LogOutEverywhereOptions = {}): Promise<number> {
+    if (typeof subject !== 'string' || subject === '') throw new TypeError('subject must be a non-empty string');
+    if (opts.exceptJti !== undefined && (typeof opts.exceptJti !== 'string' || opts.exceptJti === '')) {
+      throw new TypeError('exceptJti must be a non-empty string');
+    }
+    const defaults = this.options.logOutEverywhere;
+    const includePurposes = opts.includePurposes ?? defaults.includePurposes;
+    const excludePurposes = opts.excludePurposes ?? defaults.excludePurposes;
+    checkPurposeList(includePurposes, 'includePurposes');
+    checkPurposeList(excludePurposes, 'excludePurposes');
+    const revokeUnstored = opts.revokeUnstored
+      ?? purposePasses(this.options.authenticationPurpose, includePurposes, excludePurposes);
+    const { rows } = await this.store.execute<{ revoked: number }>(this.logOutStatement, [
+      subject,
+      logOutMarkerJti(subject),
+      includePurposes ?? null,
+      excludePurposes ?? [],
+      opts.exceptJti ?? null,
+      Date.now(),
+      defaults.markerLifetimeSeconds,
+      revokeUnstored,
+    ], opts.manager);
+    return rows[0]?.revoked ?? 0;
+  }
+
+  /**
+   * Logs a user out everywhere because their password changed, through `manager`'s
+   * transaction: call it from code that changes passwords without the TypeORM `save`
+   * that `applyOnPasswordChange` watches (raw SQL, `repository.update()`, a query
+   * builder, another ORM), with the manager of the transaction that writes the new
+   * password, so that a rolled-back change revokes nothing. The subject is
+   * `logOutEverywhere.subjectOf(user)` (default `String(user.id)`).
+   *
+   * @param user the user whose password changed; only `subjectOf` reads it.
+   * @param manager the password change's transaction. Default: autocommit.
+   * @param opts further options, for example `exceptJti` to keep the session that changed it.
+   * @returns how many stored tokens were revoked.
+   */
+  async logOutOnPasswordChange(user: ObjectLiteral, manager?: EntityManager, opts: Omit<LogOutEverywhereOptions, 'manager'> = {}): Promise<number> {
+    const subject = this.options.logOutEverywhere.subjectOf(user);
+    return this.logOutEverywhere(subject, { ...opts, manager });
   }
 }
