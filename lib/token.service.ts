@@ -262,7 +262,7 @@ export class TokenService {
     const own = rows.find((row) => row.jti === jti && row.purpose !== LOG_OUT_EVERYWHERE_PURPOSE);
     const marker = rows.find((row) => row.purpose === LOG_OUT_EVERYWHERE_PURPOSE && row.marker)?.marker;
     const revoked = own?.purpose === REVOCATION_PURPOSE
-      || (marker !== undefined && marker !== null && logOutMarkerRevokes(marker, jti, claims.iat));
+      || (marker !== undefined && marker !== null && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
     const presentForAuthentication = own !== undefined
       && own.purpose === this.options.authenticationPurpose
       && new Date(own.expires_at).getTime() > Date.now();
