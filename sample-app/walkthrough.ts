@@ -1,0 +1,21 @@
+import { DEMO_USER } from './users/demo-user.js';
+
+/**
+ * The curl walkthrough printed at start-up (and shown in the README) for an app at `url`.
+ * Plain `sed` pulls the tokens out of the JSON answers, so nothing but curl is needed.
+ */
+export function walkthrough(url: string): string {
+  const json = `-H 'content-type: application/json'`;
+  const auth = `-H "authorization: Bearer $TOKEN"`;
+  const field = (name: string) => `sed -E 's/.*"${name}":"([^"]+)".*/\\1/'`;
+  return [
+    `TOKEN=$(curl -s ${url}/auth/login ${json} -d '{"email":"${DEMO_USER.email}","password":"${DEMO_USER.password}"}' | ${field('token')})`,
+    `curl -s ${url}/me ${auth}                  # the verified claims and your account`,
+    `curl -s ${url}/auth/sessions ${auth}       # your stored login tokens`,
+    `curl -s ${url}/auth/logout-everywhere ${auth} ${json} -d '{"keepCurrent":true}'   # log out your other devices`,
+    `CONFIRM=$(curl -s ${url}/auth/email ${auth} ${json} -d '{"email":"new@example.com"}' | ${field('confirmationToken')})`,
+    `curl -s ${url}/auth/email/confirm ${json} -d "{\\"token\\":\\"$CONFIRM\\"}"   # applies it; a 2nd time: 409`,
+    `curl -s -X POST ${url}/auth/logout ${auth} -w '%{http_code}\\n'   # 204`,
+    `curl -s ${url}/me ${auth}                  # 401: token revoked`,
+  ].join('\n');
+}
