@@ -1,7 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import type { INestApplication } from '@nestjs/common';
+import { SchedulerRegistry } from '@nestjs/schedule';
 import { Test } from '@nestjs/testing';
 import request from 'supertest';
+import { EXPUNGE_JOB_NAME, ExpungerService } from '../lib/index.js';
 import { AppModule } from '../sample-app/app.module.js';
 import { DEMO_USER } from '../sample-app/users/demo-user.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
@@ -208,5 +210,13 @@ describe('e-mail confirmation', () => {
     await request(http).post('/auth/logout-everywhere').set(bearer(session)).send({ keepCurrent: true }).expect(200);
     await confirm(pending).expect(409);
     expect((await me(session).expect(200)).body.user.email).toBe(DEMO_USER.email);
+  });
+});
+
+describe('housekeeping', () => {
+  it('schedules the expunger, which runs against the app\'s token table', async () => {
+    expect(app.get(SchedulerRegistry).doesExist('interval', EXPUNGE_JOB_NAME)).toBe(true);
+    const result = await app.get(ExpungerService).run();
+    expect(result).toMatchObject({ skipped: false, deleted: expect.any(Number) });
   });
 });

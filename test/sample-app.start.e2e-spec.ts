@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { DEMO_USER } from '../sample-app/users/demo-user.js';
+import { createTestDatabase } from './support/test-database.js';
 
 /**
  * Starts the sample app as a user would: `npm start` with DATABASE_URL unset, so it builds,
@@ -174,6 +175,22 @@ describe('npm start', () => {
     expect(exit).toEqual({ code: 0, signal: null });
     expect(app.output()).toContain('Stopped cleanly');
     expect(await portClosed(postgresPortOf(app.output()))).toBe(true);
+  }, 90_000);
+
+  it('uses DATABASE_URL when it is set, and boots no database of its own', async () => {
+    const db = await createTestDatabase();
+    try {
+      const port = await freePort();
+      const app = run(process.execPath, ['.build/sample-app/main.js'], { ...childEnv({ PORT: String(port) }), DATABASE_URL: db.url });
+      await waitForHealth(app, port, 60_000);
+      expect(app.output()).toContain('database: DATABASE_URL postgres://');
+      expect(app.output()).not.toContain('embedded PostgreSQL');
+      expect(await meStatus(port, await login(port))).toBe(200);
+      process.kill(app.child.pid!, 'SIGTERM');
+      expect(await withTimeout(app.exited, 30_000, 'no exit after SIGTERM', app.output)).toEqual({ code: 0, signal: null });
+    } finally {
+      await db.drop();
+    }
   }, 90_000);
 
   it('refuses to start in production without JWT_SECRET, before touching the database', async () => {

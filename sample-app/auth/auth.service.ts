@@ -72,9 +72,8 @@ export class AuthService {
   async changePassword(claims: SessionClaims, currentPassword: string, newPassword: string): Promise<IssuedSession> {
     const user = await this.users.findById(claims.sub);
     if (!user) throw new UnauthorizedException('account no longer exists');
-    const verified = await this.users.verifyCredentials(user.email, currentPassword);
-    if (!verified) throw new ForbiddenException('current password is wrong');
-    await this.users.changePassword(verified, newPassword);
+    if (!(await this.users.checkPassword(user, currentPassword))) throw new ForbiddenException('current password is wrong');
+    await this.users.changePassword(user, newPassword);
     // The log-out moment is at or before now; a token issued in the same millisecond would
     // count as issued before it (the library fails closed), so start on the next one.
     const savedAt = Date.now();

@@ -45,6 +45,11 @@ export class UsersService implements OnApplicationBootstrap {
     return user && ok ? user : null;
   }
 
+  /** Whether `password` is the password of `user`. */
+  checkPassword(user: User, password: string): Promise<boolean> {
+    return this.hasher.verify(user.hashedPassword, password);
+  }
+
   /**
    * Stores a new password hash with `Repository.save`, the TypeORM path that the library's
    * `applyOnPasswordChange` subscriber watches: in the same transaction it revokes every
