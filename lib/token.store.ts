@@ -44,6 +44,9 @@ export class TokenStore {
   readonly table: string;
   private readonly driver: { master?: Pool };
   private readonly statementNames = new Map<string, string>();
+  /** The revoked-check statements, built on first use rather than on every request. */
+  private jtiRevoked?: Statement;
+  private tokenState?: Statement;
 
   constructor(@Inject(TOKEN_REPOSITORY) readonly repository: Repository<Token>) {
     const driver = repository.manager.connection.driver;
@@ -125,9 +128,9 @@ export class TokenStore {
       RETURNING 1 AS stored`);
   }
 
-  /** The SQL of `jtiRevoked`: one primary-key probe. */
+  /** The SQL of `jtiRevoked`: one primary-key probe. Built once: it runs on every check. */
   jtiRevokedStatement(): Statement {
-    return this.statement('jti_revoked', `
+    return this.jtiRevoked ??= this.statement('jti_revoked', `
       SELECT 1 FROM ${this.table} WHERE jti = $1 AND purpose = '${REVOCATION_PURPOSE}'`);
   }
 
@@ -136,7 +139,7 @@ export class TokenStore {
    * primary-key index scan; `extra_data` is read only from the marker.
    */
   tokenStateStatement(): Statement {
-    return this.statement('token_state', `
+    return this.tokenState ??= this.statement('token_state', `
       SELECT jti, purpose, expires_at,
              CASE WHEN purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN extra_data END AS marker
         FROM ${this.table} WHERE jti = ANY($1::text[])`);
