@@ -1,0 +1,212 @@
+/**
+ * Revoked-check benchmark: `TokenService.jtiRevoked` and `TokenService.tokenRevoked`
+ * (from a real Nest application context, TypeORM pool of BENCH_POOL connections) against
+ * a raw `pg` pool of the same size sending the equivalent prepared primary-key SELECT,
+ * side by side in one run, at concurrency 1 and BENCH_CONCURRENCY.
+ *
+ *   npm run bench:check
+ *
+ * `tokenRevoked` also verifies the JWT (CPU), which a bare SELECT does not pay for, so it
+ * is compared with a raw "jose jwtVerify + prepared SELECT" baseline as well; and because
+ * it also honours log-out-everywhere (the subject's marker row), with a raw "jwtVerify +
+ * SELECT of both keys" too. See bench/README.md.
+ *
+ * Environment: DATABASE_URL (else an embedded PostgreSQL), BENCH_ROWS (default
+ * 1,000,000, 10% revoked), BENCH_POOL (default 32), BENCH_CONCURRENCY (default 32),
+ * BENCH_SECONDS (per window, default 3), BENCH_ROUNDS (windows per variant, default 2;
+ * variants alternate within a round so that drift of a shared machine hits all alike),
+ * BENCH_ONLY (a regular expression: time only the variants it matches, for profiling).
+ */
+import 'reflect-metadata';
+import type { DynamicModule } from '@nestjs/common';
+import { Module } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { ScheduleModule } from '@nestjs/schedule';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import { jwtVerify } from 'jose';
+import type pg from 'pg';
+import {
+  CreateTokensTable1763900000000,
+  LOG_OUT_EVERYWHERE_PURPOSE,
+  Token,
+  TokenCodec,
+  TokenResourceModule,
+  TokenService,
+} from '../lib/index.js';
+import { closedLoop, mergeResults, type LoadResult } from './support/closed-loop.js';
+import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';
+
+const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
+const POOL = Number(process.env.BENCH_POOL ?? 32);
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const PROBES = 20_000;
+const SUBJECTS = 50_000;
+const SECRET = 'bench-secret-that-is-at-least-32-bytes-long!!';
+const MARKER_PREFIX = 'log-out-everywhere:';
+
+@Module({})
+class CheckBenchModule {}
+
+function appModule(url: string): DynamicModule {
+  return {
+    module: CheckBenchModule,
+    imports: [
+      TypeOrmModule.forRoot({
+        type: 'postgres', url, entities: [Token], logging: false, poolSize: POOL,
+        migrations: [CreateTokensTable1763900000000], migrationsRun: true,
+      }),
+      ScheduleModule.forRoot(),
+      TokenResourceModule.forRoot({ jwt: { secret: SECRET }, expunge: { enabled: false } }),
+    ],
+  };
+}
+
+/** Row `i` of the table: `jti` bench-i, every tenth a revocation; `i > ROWS` is never stored. */
+const jtiOf = (i: number) => `bench-${i}`;
+const subjectOf = (i: number) => `user-${i % SUBJECTS}`;
+
+async function fill(pool: pg.Pool): Promise<void> {
+  await pool.query(`
+    INSERT INTO tokens (jti, subject, expires_at, purpose)
+    SELECT 'bench-' || i, 'user-' || (i % ${SUBJECTS}), now() + interval '1 day' + i * interval '1 second',
+           CASE WHEN i % 10 = 0 THEN 'revocation' ELSE 'user' END
+      FROM generate_series(1, ${ROWS}) AS i`);
+  // One subject in a hundred logged out everywhere a day ago: their marker rows are read
+  // (and parsed) by tokenRevoked, but revoke none of the tokens signed now.
+  await pool.query(`
+    INSERT INTO tokens (jti, subject, expires_at, purpose, extra_data)
+    SELECT '${MARKER_PREFIX}user-' || s, 'user-' || s, now() + interval '100 years', '${LOG_OUT_EVERYWHERE_PURPOSE}',
+           jsonb_build_object('at', (extract(epoch from now() - interval '1 day') * 1000)::bigint)
+      FROM generate_series(0, ${SUBJECTS - 1}, 100) AS s`);
+  await pool.query('VACUUM (ANALYZE) tokens');
+}
+
+/** Probed rows: a quarter revoked, half stored and not revoked, a quarter never stored. */
+function probeRows(): number[] {
+  const rows: number[] = [];
+  for (let k = 0; k < PROBES; k++) {
+    const r = Math.floor(Math.random() * (ROWS / 10));
+    switch (k % 4) {
+      case 0: rows.push(r * 10 + 10); break; // revoked
+      case 1: rows.push(r * 10 + 3); break; // stored
+      case 2: rows.push(r * 10 + 7); break; // stored
+      default: rows.push(ROWS + 1 + r); // never stored
+    }
+  }
+  return rows;
+}
+
+interface Variant {
+  name: string;
+  call: (i: number) => Promise<unknown>;
+}
+
+async function main(): Promise<void> {
+  const database = await openBenchDatabase();
+  const app = await NestFactory.createApplicationContext(appModule(database.url), { logger: ['error', 'warn'] });
+  try {
+    const raw = database.pool(POOL);
+    console.log(`filling tokens with ${ROWS} rows (10% revoked) ...`);
+    const fillStarted = performance.now();
+    await fill(raw);
+    console.log(`filled in ${((performance.now() - fillStarted) / 1000).toFixed(1)} s`);
+
+    const service = app.get(TokenService);
+    const codec = app.get(TokenCodec);
+    const rows = probeRows();
+    const jtis = rows.map(jtiOf);
+    const iat = Date.now() / 1000;
+    const tokens = await Promise.all(rows.map((i) => codec.sign({ sub: subjectOf(i), jti: jtiOf(i), iat, exp: Math.floor(iat) + 86_400 })));
+    const expected = rows.map((i) => i <= ROWS && i % 10 === 0);
+
+    // The baselines: what a hand-written check would send on a raw pool, the key imported once.
+    const selectOne = { name: 'raw_jti_revoked', text: `SELECT 1 FROM tokens WHERE jti = $1 AND purpose = 'revocation'` };
+    const selectBoth = { name: 'raw_token_state', text: `SELECT jti, purpose, expires_at, extra_data FROM tokens WHERE jti = ANY($1::text[])` };
+    const key = await crypto.subtle.importKey('raw', new TextEncoder().encode(SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
+    const rawRevoked = async (jti: string) => ((await raw.query({ ...selectOne, values: [jti] })).rowCount ?? 0) > 0;
+    const verify = async (token: string) => (await jwtVerify(token, key, { algorithms: ['HS256'] })).payload;
+
+    // Every variant must give the right answers before it is timed.
+    for (let k = 0; k < 400; k++) {
+      const answers = [await rawRevoked(jtis[k]), await service.jtiRevoked(jtis[k]), await service.tokenRevoked(tokens[k])];
+      if (answers.some((answer) => answer !== expected[k])) throw new Error(`wrong answer for ${jtis[k]}: ${answers} (expected ${expected[k]})`);
+    }
+
+    const at = (list: string[], i: number) => list[i % PROBES];
+    const variants: Variant[] = [
+      { name: 'raw pg: prepared PK SELECT', call: (i) => rawRevoked(at(jtis, i)) },
+      { name: 'TokenService.jtiRevoked', call: (i) => service.jtiRevoked(at(jtis, i)) },
+      { name: 'raw: jose verify + PK SELECT', call: async (i) => rawRevoked((await verify(at(tokens, i))).jti as string) },
+      { name: 'raw: jose verify + SELECT own row & marker', call: async (i) => {
+        const claims = await verify(at(tokens, i));
+        return raw.query({ ...selectBoth, values: [[claims.jti, MARKER_PREFIX + claims.sub]] });
+      } },
+      { name: 'TokenService.tokenRevoked', call: (i) => service.tokenRevoked(at(tokens, i)) },
+    ];
+
+    // BENCH_ONLY (a regular expression) times only the matching variants, for profiling.
+    if (process.env.BENCH_ONLY) {
+      const only = new RegExp(process.env.BENCH_ONLY);
+      variants.splice(0, variants.length, ...variants.filter((variant) => only.test(variant.name)));
+    }
+    const results = new Map<string, LoadResult[]>();
+    for (const concurrency of [1, CONCURRENCY]) {
+      // Warm-up: every connection of both pools prepares its statements, the JIT settles.
+      for (const variant of variants) await closedLoop(variant.call, concurrency, 500);
+      for (let round = 0; round < ROUNDS; round++) {
+        const order = round % 2 === 0 ? variants : [...variants].reverse();
+        for (const variant of order) {
+          const key = `${variant.name}@${concurrency}`;
+          results.set(key, [...(results.get(key) ?? []), await closedLoop(variant.call, concurrency, SECONDS * 1000)]);
+        }
+      }
+    }
+
+    console.log(await describeMachine(database));
+    console.log(`rows: ${ROWS} (10% revoked, ${SUBJECTS / 100} log-out markers); probes: 25% revoked, 50% stored, 25% absent; pools: ${POOL} connections each; ${ROUNDS} x ${SECONDS} s per variant and concurrency, interleaved`);
+    const throughput = (name: string, c: number) => {
+      const r = mergeResults(results.get(`${name}@${c}`)!);
+      return (r.ops * 1000) / r.elapsedMs;
+    };
+    const table: Array<Record<string, string | number>> = [];
+    for (const concurrency of [1, CONCURRENCY]) {
+      for (const variant of variants) {
+        if (!results.has(`${variant.name}@${concurrency}`)) continue;
+        const r = mergeResults(results.get(`${variant.name}@${concurrency}`)!);
+        table.push({
+          variant: variant.name,
+          conc: String(concurrency),
+          'ops/s': Math.round((r.ops * 1000) / r.elapsedMs),
+          'p50 ms': percentile(r.latenciesMs, 50),
+          'p99 ms': percentile(r.latenciesMs, 99),
+        });
+      }
+    }
+    printTable(table);
+    const ratios: Array<[string, string, string]> = [
+      ['jtiRevoked', 'TokenService.jtiRevoked', 'raw pg: prepared PK SELECT'],
+      ['tokenRevoked vs verify+SELECT (fair)', 'TokenService.tokenRevoked', 'raw: jose verify + PK SELECT'],
+      ['tokenRevoked vs verify+SELECT both keys', 'TokenService.tokenRevoked', 'raw: jose verify + SELECT own row & marker'],
+      ['tokenRevoked vs bare SELECT (no verify)', 'TokenService.tokenRevoked', 'raw pg: prepared PK SELECT'],
+    ];
+    for (const [label, ours, theirs] of ratios) {
+      if (!results.has(`${ours}@1`) || !results.has(`${theirs}@1`)) continue;
+      const parts = [1, CONCURRENCY].map((c) => {
+        const ratio = throughput(ours, c) / throughput(theirs, c);
+        return `c=${c}: ${ratio.toFixed(2)}x`;
+      });
+      const goal = label.includes('bare') ? '(informational: the baseline does no JWT verification)' : `(goal >= 0.8x: ${[1, CONCURRENCY].every((c) => throughput(ours, c) / throughput(theirs, c) >= 0.8) ? 'met' : 'MISSED'})`;
+      console.log(`ratio ${label}: ${parts.join(', ')} ${goal}`);
+    }
+  } finally {
+    await app.close().catch(() => undefined);
+    await database.close();
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exitCode = 1;
+});

@@ -1,0 +1,214 @@
+/**
+ * Guarded HTTP benchmark: one Nest application (Express) with two routes, `GET /jose`
+ * behind a guard that only verifies the bearer JWT with `jose`, and `GET /guarded` behind
+ * `RevokedTokenGuard` (verify + one store round trip). Each is loaded for the same time
+ * by autocannon in a separate process; requests/s and p99 of both and their ratio. Then
+ * again with `storeAllTokens` and `requireTokenPresenceForAuthentication` (every token sent
+ * is a stored one).
+ *
+ *   npm run bench:http
+ *
+ * Environment: DATABASE_URL (else an embedded PostgreSQL), BENCH_ROWS (default 1,000,000,
+ * 10% revoked), BENCH_POOL (TypeORM pool size, default 32), BENCH_CONNECTIONS (default 32),
+ * BENCH_SECONDS (per window, default 10), BENCH_ROUNDS (windows per route, alternating,
+ * default 1).
+ */
+import 'reflect-metadata';
+import { fork } from 'node:child_process';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import {
+  Controller,
+  Get,
+  Injectable,
+  Module,
+  UnauthorizedException,
+  UseGuards,
+  type CanActivate,
+  type DynamicModule,
+  type ExecutionContext,
+  type INestApplication,
+} from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { ScheduleModule } from '@nestjs/schedule';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import { jwtVerify } from 'jose';
+import type pg from 'pg';
+import {
+  CreateTokensTable1763900000000,
+  RevokedTokenGuard,
+  Token,
+  TokenCodec,
+  TokenResourceModule,
+  type TokenResourceModuleOptions,
+} from '../lib/index.js';
+import type { LoadJob, LoadReport } from './support/autocannon-loader.js';
+import { describeMachine, openBenchDatabase, printTable } from './support/bench-kit.js';
+
+const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
+const POOL = Number(process.env.BENCH_POOL ?? 32);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 1);
+const TOKENS = 5_000;
+const SECRET = 'bench-secret-that-is-at-least-32-bytes-long!!';
+const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
+
+/** The baseline: verifies the bearer JWT with jose (key imported once) and nothing else. */
+@Injectable()
+class JoseOnlyGuard implements CanActivate {
+  private static readonly key = crypto.subtle.importKey('raw', new TextEncoder().encode(SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
+
+  async canActivate(context: ExecutionContext): Promise<boolean> {
+    const request = context.switchToHttp().getRequest();
+    const token = BEARER.exec(request.headers.authorization ?? '')?.[1];
+    if (!token) throw new UnauthorizedException();
+    try {
+      request.tokenClaims = (await jwtVerify(token, await JoseOnlyGuard.key, { algorithms: ['HS256'] })).payload;
+    } catch {
+      throw new UnauthorizedException();
+    }
+    return true;
+  }
+}
+
+@Controller()
+class BenchController {
+  @Get('jose')
+  @UseGuards(JoseOnlyGuard)
+  jose(): { ok: true } {
+    return { ok: true };
+  }
+
+  @Get('guarded')
+  @UseGuards(RevokedTokenGuard)
+  guarded(): { ok: true } {
+    return { ok: true };
+  }
+}
+
+@Module({})
+class HttpBenchModule {}
+
+function appModule(url: string, options: Partial<TokenResourceModuleOptions>): DynamicModule {
+  return {
+    module: HttpBenchModule,
+    imports: [
+      TypeOrmModule.forRoot({
+        type: 'postgres', url, entities: [Token], logging: false, poolSize: POOL,
+        migrations: [CreateTokensTable1763900000000], migrationsRun: true,
+      }),
+      ScheduleModule.forRoot(),
+      TokenResourceModule.forRoot({ jwt: { secret: SECRET }, expunge: { enabled: false }, ...options }),
+    ],
+    controllers: [BenchController],
+    providers: [JoseOnlyGuard],
+  };
+}
+
+async function fill(pool: pg.Pool): Promise<void> {
+  await pool.query(`
+    INSERT INTO tokens (jti, subject, expires_at, purpose)
+    SELECT 'bench-' || i, 'user-' || (i % 50000), now() + interval '1 day',
+           CASE WHEN i % 10 = 0 THEN 'revocation' ELSE 'user' END
+      FROM generate_series(1, ${ROWS}) AS i`);
+  await pool.query('VACUUM (ANALYZE) tokens');
+}
+
+/** Runs autocannon in a child process against `url` and returns its figures. */
+function load(url: string, tokens: string[], durationSeconds: number): Promise<LoadReport> {
+  return new Promise((resolve, reject) => {
+    const child = fork(fileURLToPath(new URL('./support/autocannon-loader.js', import.meta.url)), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    let report: LoadReport | undefined;
+    child.once('message', (message) => { report = message as LoadReport; });
+    child.once('error', reject);
+    child.once('exit', (code) => (report ? resolve(report) : reject(new Error(`the loader exited with ${code} and no report`))));
+    const job: LoadJob = { url, tokens, connections: CONNECTIONS, durationSeconds };
+    child.send(job);
+  });
+}
+
+interface Scenario {
+  name: string;
+  options: Partial<TokenResourceModuleOptions>;
+  /** Row numbers whose jti the tokens carry (none revoked, so every request is admitted). */
+  rows: () => number[];
+}
+
+const unrevoked = (count: number, stored: boolean) => Array.from({ length: count }, (_, k) => {
+  const r = Math.floor(Math.random() * (ROWS / 10)) * 10;
+  // Stored rows r+1..r+9 are not revoked; rows past ROWS were never stored.
+  return stored || k % 2 === 0 ? r + 1 + (k % 9) : ROWS + 1 + r;
+});
+
+const SCENARIOS: Scenario[] = [
+  { name: 'default options', options: {}, rows: () => unrevoked(TOKENS, false) },
+  {
+    name: 'requireTokenPresenceForAuthentication',
+    options: { storeAllTokens: true, requireTokenPresenceForAuthentication: true },
+    rows: () => unrevoked(TOKENS, true),
+  },
+];
+
+async function main(): Promise<void> {
+  const database = await openBenchDatabase();
+  const table: Array<Record<string, string | number>> = [];
+  const ratios: string[] = [];
+  try {
+    console.log(`filling tokens with ${ROWS} rows (10% revoked) ...`);
+    let filled = false;
+    for (const scenario of SCENARIOS) {
+      const app: INestApplication = await NestFactory.create(appModule(database.url, scenario.options), { logger: ['error', 'warn'] });
+      try {
+        if (!filled) {
+          await fill(database.pool(1));
+          filled = true;
+        }
+        await app.listen(0, '127.0.0.1');
+        const { port } = app.getHttpServer().address() as AddressInfo;
+        const codec = app.get(TokenCodec);
+        const iat = Date.now() / 1000;
+        const tokens = await Promise.all(scenario.rows().map((i) => codec.sign({ sub: `user-${i % 50000}`, jti: `bench-${i}`, iat, exp: Math.floor(iat) + 86_400 })));
+        const routes = ['jose', 'guarded'];
+        for (const route of routes) await load(`http://127.0.0.1:${port}/${route}`, tokens, 2); // warm-up
+        const reports = new Map<string, LoadReport[]>(routes.map((route) => [route, []]));
+        for (let round = 0; round < ROUNDS; round++) {
+          for (const route of round % 2 === 0 ? routes : [...routes].reverse()) {
+            reports.get(route)!.push(await load(`http://127.0.0.1:${port}/${route}`, tokens, SECONDS));
+          }
+        }
+        const rate = (route: string) => {
+          const list = reports.get(route)!;
+          return list.reduce((sum, r) => sum + r.requests, 0) / list.reduce((sum, r) => sum + r.durationSeconds, 0);
+        };
+        for (const route of routes) {
+          const list = reports.get(route)!;
+          const failed = list.reduce((sum, r) => sum + r.non2xx + r.errors + r.timeouts, 0);
+          if (failed > 0) throw new Error(`${scenario.name} /${route}: ${failed} requests were not answered 2xx`);
+          table.push({
+            options: scenario.name,
+            route: route === 'jose' ? 'jose verify only' : 'RevokedTokenGuard',
+            'req/s': Math.round(rate(route)),
+            'p50 ms': Math.max(...list.map((r) => r.p50)),
+            'p99 ms': Math.max(...list.map((r) => r.p99)),
+          });
+        }
+        const ratio = rate('guarded') / rate('jose');
+        ratios.push(`ratio RevokedTokenGuard / jose-only (${scenario.name}): ${ratio.toFixed(2)}x (goal >= 0.6x: ${ratio >= 0.6 ? 'met' : 'MISSED'})`);
+      } finally {
+        await app.close().catch(() => undefined);
+      }
+    }
+    console.log(await describeMachine(database));
+    console.log(`rows: ${ROWS} (10% revoked); ${TOKENS} distinct unrevoked tokens per scenario (default options: half stored, half never stored; presence: all stored); autocannon in a child process, ${CONNECTIONS} connections, ${ROUNDS} x ${SECONDS} s per route (alternating); TypeORM pool ${POOL}; p50/p99 are the worst window's`);
+    printTable(table);
+    for (const line of ratios) console.log(line);
+  } finally {
+    await database.close();
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exitCode = 1;
+});

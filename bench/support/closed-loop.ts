@@ -1,0 +1,39 @@
+/** What one closed-loop measurement saw. */
+export interface LoadResult {
+  /** Calls completed inside the window. */
+  ops: number;
+  /** Length of the window in milliseconds. */
+  elapsedMs: number;
+  /** Latency of each completed call, in milliseconds. */
+  latenciesMs: number[];
+}
+
+/**
+ * Calls `call(i)` back to back from `concurrency` workers for `durationMs` and times
+ * each call. A call that is in flight when the window closes is awaited but not counted.
+ */
+export async function closedLoop(call: (i: number) => Promise<unknown>, concurrency: number, durationMs: number): Promise<LoadResult> {
+  const latenciesMs: number[] = [];
+  const started = performance.now();
+  const deadline = started + durationMs;
+  let next = 0;
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    for (;;) {
+      const before = performance.now();
+      if (before >= deadline) return;
+      await call(next++);
+      const after = performance.now();
+      if (after <= deadline) latenciesMs.push(after - before);
+    }
+  }));
+  return { ops: latenciesMs.length, elapsedMs: durationMs, latenciesMs };
+}
+
+/** Sums several windows of the same variant into one. */
+export function mergeResults(results: LoadResult[]): LoadResult {
+  return {
+    ops: results.reduce((sum, r) => sum + r.ops, 0),
+    elapsedMs: results.reduce((sum, r) => sum + r.elapsedMs, 0),
+    latenciesMs: results.flatMap((r) => r.latenciesMs),
+  };
+}
