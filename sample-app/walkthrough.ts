@@ -14,7 +14,7 @@ export function walkthrough(url: string): string {
     `curl -s ${url}/auth/sessions ${auth}       # your stored login tokens`,
     `curl -s ${url}/auth/logout-everywhere ${auth} ${json} -d '{"keepCurrent":true}'   # log out your other devices`,
     `CONFIRM=$(curl -s ${url}/auth/email ${auth} ${json} -d '{"email":"new@example.com"}' | ${field('confirmationToken')})`,
-    `curl -s ${url}/auth/email/confirm ${json} -d "{\\"token\\":\\"$CONFIRM\\"}"   # applies it; a 2nd time: 409`,
+    `curl -s ${url}/auth/email/confirm ${json} -d "{\\"token\\":\\"$CONFIRM\\"}"   # applies it (log in as new@example.com from now on); a 2nd time: 409`,
     `curl -s -X POST ${url}/auth/logout ${auth} -w '%{http_code}\\n'   # 204`,
     `curl -s ${url}/me ${auth}                  # 401: token revoked`,
   ].join('\n');

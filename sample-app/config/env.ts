@@ -68,8 +68,8 @@ export function validateEnv(raw: Record<string, unknown>): SampleEnv {
     JWT_SECRET: secret ?? DEV_JWT_SECRET,
     JWT_SECRET_IS_DEV_DEFAULT: secret === undefined,
     JWT_ISSUER: str('JWT_ISSUER') ?? 'nestjs-token-resource-sample',
-    TOKEN_TTL: str('TOKEN_TTL') ?? '7d',
-    CONFIRM_TOKEN_TTL: str('CONFIRM_TOKEN_TTL') ?? '1h',
+    TOKEN_TTL: duration('TOKEN_TTL', str('TOKEN_TTL') ?? '7d'),
+    CONFIRM_TOKEN_TTL: duration('CONFIRM_TOKEN_TTL', str('CONFIRM_TOKEN_TTL') ?? '1h'),
     EXPUNGE_INTERVAL_HOURS: positiveNumber('EXPUNGE_INTERVAL_HOURS', str('EXPUNGE_INTERVAL_HOURS') ?? '12'),
   };
 }
@@ -80,6 +80,14 @@ function integer(name: string, text: string, min: number, max: number): number {
     throw new SampleEnvError(`${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(text)}.`);
   }
   return value;
+}
+
+/** Seconds, or a number with one of the units `issueToken` knows best: s, m, h, d, w. */
+function duration(name: string, text: string): string {
+  if (!/^[1-9]\d*\s*[smhdw]?$/i.test(text)) {
+    throw new SampleEnvError(`${name} must be seconds or a duration such as 15m, 12h or 7d, got ${JSON.stringify(text)}.`);
+  }
+  return text;
 }
 
 function positiveNumber(name: string, text: string): number {
