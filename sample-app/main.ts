@@ -35,7 +35,7 @@ async function startApp(database: RunningDatabase, env: SampleEnv): Promise<{ ap
 }
 
 /**
- * `npm start`. Ctrl-C (SIGINT) or SIGTERM closes the HTTP server, the scheduler and the
+ * `npm start`. Ctrl-C (SIGINT), SIGTERM or SIGHUP closes the HTTP server, the scheduler and the
  * connection pool (`app.close()`), then stops the embedded database, and exits 0. The app
  * owns this order rather than using `app.enableShutdownHooks()`, which re-raises the signal
  * as soon as Nest is closed, before the database is down.
@@ -75,6 +75,7 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal); // terminal closed: PostgreSQL would only reload its config
 
   database = openDatabase();
   started = database.then((db) => startApp(db, env));

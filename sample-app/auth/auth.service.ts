@@ -62,10 +62,11 @@ export class AuthService {
    * Why a fresh token rather than keeping the current one: the password is saved with
    * `Repository.save`, and the library's `applyOnPasswordChange` subscriber revokes every
    * token of the user in that same transaction, the caller's included. We let it, rather
-   * than turning it off and calling `logOutEverywhere({ exceptJti })` here, because the
-   * subscriber also covers every other path that changes a password (an admin reset, a
-   * script, a future endpoint): none of them can forget to log the user out. The caller has
-   * just proved the current password, so a new token is as good as a new login.
+   * than turning it off and calling `logOutOnPasswordChange(user, manager, { exceptJti })`
+   * in a transaction of our own, because the subscriber also covers every other path that
+   * changes a password (an admin reset, a script, a future endpoint): none of them can
+   * forget to log the user out. The caller has just proved the current password, so a new
+   * token is as good as a new login.
    *
    * @throws ForbiddenException when `currentPassword` is wrong.
    */

