@@ -26,7 +26,7 @@ export async function openBenchDatabase(): Promise<BenchDatabase> {
     const port = 20000 + Math.floor(Math.random() * 20000);
     embedded = new EmbeddedPostgres({
       databaseDir: await mkdtemp(join(tmpdir(), 'ntr-bench-pg-')),
-      port, user: 'postgres', password: 'postgres', persistent: false, createPostgresUser: true, onLog: () => undefined,
+      port, user: 'postgres', password: 'postgres', persistent: false, createPostgresUser: process.getuid?.() === 0, onLog: () => undefined,
     });
     await embedded.initialise();
     await embedded.start();

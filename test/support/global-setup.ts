@@ -33,7 +33,7 @@ export default async function globalSetup(): Promise<void> {
     password: 'postgres',
     persistent: false,
     // PostgreSQL refuses to run as root; this creates an unprivileged OS user for it.
-    createPostgresUser: true,
+    createPostgresUser: process.getuid?.() === 0,
     // The revoke-concurrency tests hold 100+ connections at once (default limit: 100).
     postgresFlags: ['-c', 'max_connections=300'],
     onLog: () => undefined,

@@ -58,7 +58,7 @@ export async function createRoomyDatabase(connections: number): Promise<RoomyDat
     user: 'postgres',
     password: 'postgres',
     persistent: false,
-    createPostgresUser: true,
+    createPostgresUser: process.getuid?.() === 0,
     postgresFlags: ['-c', `max_connections=${connections + margin}`],
     onLog: () => undefined,
     onError: () => undefined,
