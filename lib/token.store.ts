@@ -88,7 +88,7 @@ export class TokenStore {
       const nameOf = (manager: EntityManager) => (manager.connection.options as { name?: string }).name ?? 'default';
       throw new TypeError(`opts.manager belongs to data source '${nameOf(manager)}', but the token table lives in '${nameOf(this.repository.manager)}'; pass a manager of that data source.`);
     }
-    try {
+    return this.whileAvailable(async () => {
       const runner = manager?.queryRunner;
       if (runner && !runner.isReleased) {
         const result = await runner.query(statement.text, values, true);
@@ -96,6 +96,16 @@ export class TokenStore {
       }
       const result = await this.pool.query({ name: statement.name, text: statement.text, values });
       return { rows: result.rows as Row[], rowCount: result.rowCount ?? result.rows.length };
+    });
+  }
+
+  /**
+   * Runs store work (raw SQL or a repository call), reporting a lost or missing connection
+   * as TokenResourceUnavailableError, so that every caller can fail closed on one error type.
+   */
+  async whileAvailable<T>(work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
     } catch (error) {
       if (isConnectionError(error)) {
         throw new TokenResourceUnavailableError(`the token store is unavailable: ${(error as Error).message}`, { cause: error });
@@ -162,5 +172,5 @@ function isConnectionError(error: unknown): boolean {
   const code = (error as { code?: unknown })?.code;
   if (typeof code === 'string' && CONNECTION_ERROR_CODES.has(code)) return true;
   const message = (error as Error)?.message ?? '';
-  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Cannot use a pool after calling end|Connection is not established|not connected/i.test(message);
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Cannot use a pool after calling end|Connection is not established|not connected|Driver not Connected/i.test(message);
 }

@@ -559,6 +559,9 @@ describe('when the store cannot answer', () => {
     await expect(service.jtiRevoked('anything')).rejects.toBeInstanceOf(TokenResourceUnavailableError);
     await expect(service.revoke(token)).rejects.toBeInstanceOf(TokenResourceUnavailableError);
     await expect(service.revokeJti('anything', 'someone')).rejects.toBeInstanceOf(TokenResourceUnavailableError);
+    await expect(service.getToken({ jti: 'anything' })).rejects.toBeInstanceOf(TokenResourceUnavailableError);
+    await expect(service.listTokens('someone')).rejects.toBeInstanceOf(TokenResourceUnavailableError);
+    await expect(service.getConfirmationChanges('anything')).rejects.toBeInstanceOf(TokenResourceUnavailableError);
   });
 });
 
