@@ -1,10 +1,10 @@
 import { jest } from '@jest/globals';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import type { INestApplication } from '@nestjs/common';
 import { Logger } from '@nestjs/common';
 import pg from 'pg';
 import { ExpungerService, REVOCATION_PURPOSE, type ExpungeRunResult } from '../lib/index.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
+import { startTcpProxy } from './support/tcp-proxy.js';
 import { createTokenApp } from './support/token-app.js';
 
 let db: TestDatabase;
@@ -21,44 +21,6 @@ async function waitFor(condition: () => Promise<boolean> | boolean, timeoutMs: n
   while (!(await condition())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
-/** A TCP proxy in front of PostgreSQL that can be cut, to make the database unreachable. */
-class Outage {
-  private server?: Server;
-  private readonly sockets = new Set<Socket>();
-
-  constructor(private readonly target: URL, public port = 0) {}
-
-  get url(): string {
-    const url = new URL(this.target);
-    url.hostname = '127.0.0.1';
-    url.port = String(this.port);
-    return url.toString();
-  }
-
-  async up(): Promise<void> {
-    const server = createServer((client) => {
-      const upstream = connect(Number(this.target.port || 5432), this.target.hostname);
-      for (const socket of [client, upstream]) {
-        this.sockets.add(socket);
-        socket.on('close', () => this.sockets.delete(socket));
-        socket.on('error', () => undefined);
-      }
-      client.pipe(upstream).pipe(client);
-    });
-    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
-    this.port = (server.address() as { port: number }).port;
-    this.server = server;
-  }
-
-  /** Stops accepting connections and cuts the open ones. */
-  async down(): Promise<void> {
-    const server = this.server;
-    this.server = undefined;
-    for (const socket of this.sockets) socket.destroy();
-    await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
   }
 }
 
@@ -117,11 +79,14 @@ it('three application instances expunging at once: one works, the others skip, e
 });
 
 it('a run failing because the database is unreachable is logged, and the next scheduled run succeeds', async () => {
-  const outage = new Outage(new URL(db.url));
-  await outage.up();
+  const target = new URL(db.url);
+  const proxy = await startTcpProxy(target.hostname, Number(target.port || 5432));
+  const proxiedUrl = new URL(db.url);
+  proxiedUrl.hostname = '127.0.0.1';
+  proxiedUrl.port = String(proxy.port);
   const error = jest.spyOn(Logger.prototype, 'error');
   const log = jest.spyOn(Logger.prototype, 'log');
-  const instance = await createTokenApp(outage.url, {
+  const instance = await createTokenApp(proxiedUrl.toString(), {
     options: { expunge: { intervalHours: 0.0005 } }, // every 1.8 s
     typeOrm: { migrationsRun: false, extra: { connectionTimeoutMillis: 1000 } },
   });
@@ -130,7 +95,8 @@ it('a run failing because the database is unreachable is logged, and the next sc
   await admin.query(`INSERT INTO tokens (jti, subject, expires_at, purpose)
                      SELECT 'old-' || i, 's', now() - interval '1 day', 'user' FROM generate_series(1, 500) AS i`);
 
-  await outage.down();
+  proxy.setMode('reset');
+  proxy.cut();
   // Called directly, the failure is logged and reported.
   await expect(expunger.run()).rejects.toBeDefined();
   expect(error).toHaveBeenCalledWith(expect.stringMatching(/expunge of "tokens" failed .*next run will retry/), expect.anything());
@@ -139,11 +105,11 @@ it('a run failing because the database is unreachable is logged, and the next sc
   await waitFor(() => error.mock.calls.length > 0, 10_000, 'a failing scheduled run to be logged');
   expect(await countRows()).toBe(500);
 
-  await outage.up();
+  proxy.setMode('forward');
   await waitFor(async () => (await countRows()) === 0, 15_000, 'a later scheduled run to succeed');
   expect(log).toHaveBeenCalledWith(expect.stringMatching(/expunged 500 expired token rows/));
   // And the expunger still answers directly.
   expect(await expunger.run()).toMatchObject({ deleted: 0, skipped: false });
   await instance.close();
-  await outage.down();
+  await proxy.close();
 });

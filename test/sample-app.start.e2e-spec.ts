@@ -1,13 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createConnection, createServer } from 'node:net';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
 import { DEMO_USER } from '../sample-app/users/demo-user.js';
 import { createTestDatabase } from './support/test-database.js';
+import { freePort } from './support/free-port.js';
 
 /**
  * Starts the sample app as a user would: `npm start` with DATABASE_URL unset, so it builds,
@@ -46,17 +47,6 @@ function run(command: string, args: string[], env: NodeJS.ProcessEnv): Run {
     child.on('exit', (code, signal) => resolve({ code, signal }));
   });
   return { child, output: () => output, exited };
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** Polls GET /health until it answers 200; fails early if the process exits. */

