@@ -265,7 +265,7 @@ export class TokenService {
       || (marker !== undefined && marker !== null && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
     const presentForAuthentication = own !== undefined
       && own.purpose === this.options.authenticationPurpose
-      && new Date(own.expires_at).getTime() > Date.now();
+      && own.live;
     return { revoked, presentForAuthentication };
   }
 
