@@ -6,6 +6,7 @@ import { ExpungerService, REVOCATION_PURPOSE, type ExpungeRunResult } from '../l
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { startTcpProxy } from './support/tcp-proxy.js';
 import { createTokenApp } from './support/token-app.js';
+import { waitFor } from './support/wait-for.js';
 
 let db: TestDatabase;
 let admin: pg.Client;
@@ -14,14 +15,6 @@ const apps: INestApplication[] = [];
 async function countRows(where = 'true'): Promise<number> {
   const { rows } = await admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM tokens WHERE ${where}`);
   return rows[0].n;
-}
-
-async function waitFor(condition: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 beforeAll(async () => {

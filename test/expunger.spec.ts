@@ -22,6 +22,7 @@ import {
 import { expungeLockKey } from '../lib/expunger/expunger.service.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, TEST_SECRET, typeOrmOptions } from './support/token-app.js';
+import { waitFor } from './support/wait-for.js';
 
 /** A second token table, through the module's custom-entity option. */
 @Entity('other_tokens')
@@ -54,14 +55,6 @@ async function jtis(): Promise<string[]> {
 async function countRows(where = 'true'): Promise<number> {
   const { rows } = await admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM tokens WHERE ${where}`);
   return rows[0].n;
-}
-
-async function waitFor(condition: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 beforeAll(async () => {
