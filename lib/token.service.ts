@@ -10,6 +10,7 @@ import {
   DEFAULT_AUTHENTICATION_PURPOSE,
   DEFAULT_CONFIRM_PURPOSE,
   DEFAULT_EXPIRES_IN,
+  LOG_OUT_EVERYWHERE_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_PURPOSE,
   NEVER_EXPIRES,
   REVOCATION_PURPOSE,
@@ -26,7 +27,7 @@ export interface IssueTokenInput {
   purpose?: string;
   /** Seconds from now, or a duration string such as `'15m'` or `'7d'`. Default `'7d'`. */
   expiresIn?: string | number;
-  /** Extra claims; `sub`, `jti`, `iat` and `exp` are set by the service. */
+  /** Extra claims; `purpose`, `sub`, `jti`, `iat` and `exp` are set by the service. */
   claims?: Record<string, unknown>;
   /** Stored in the row's `extraData` when the token is stored. */
   extraData?: Record<string, unknown>;
@@ -128,6 +129,17 @@ function expiryOf(claims: TokenClaimsPayload): Date {
   return new Date(claims.exp * 1000);
 }
 
+/**
+ * Refuses to write a token row over a log-out-everywhere marker: overwriting a subject's
+ * marker (say through a "revoke session by id" endpoint) would un-revoke every unstored
+ * token it covers.
+ */
+function rejectMarkerJti(jti: string): void {
+  if (jti.startsWith(LOG_OUT_EVERYWHERE_JTI_PREFIX)) {
+    throw new InvalidTokenError(`jti '${jti}' is reserved for log-out-everywhere markers`);
+  }
+}
+
 function requireNonEmpty(value: unknown, name: string): asserts value is string {
   if (typeof value !== 'string' || value === '') throw new TypeError(`${name} must be a non-empty string`);
 }
@@ -186,7 +198,8 @@ export class TokenService {
 
   /**
    * Signs a new JWT for `subject` with a random `jti`, and stores it when `storeAllTokens` is on.
-   * `iat` keeps millisecond precision so that a log-out in the same second is exact.
+   * `iat` keeps millisecond precision so that a log-out in the same second is exact. The
+   * `purpose` claim lets the guard refuse, say, a `'confirm'` token as a session.
    */
   async issueToken(input: IssueTokenInput): Promise<IssuedToken> {
     requireNonEmpty(input?.subject, 'subject');
@@ -196,7 +209,7 @@ export class TokenService {
     const jti = randomUUID();
     const issuedAt = Date.now() / 1000;
     const exp = Math.floor(issuedAt + lifetimeSeconds);
-    const token = await this.codec.sign({ ...input.claims, sub: input.subject, jti, iat: issuedAt, exp });
+    const token = await this.codec.sign({ ...input.claims, purpose, sub: input.subject, jti, iat: issuedAt, exp });
     const expiresAt = new Date(exp * 1000);
     if (this.options.storeAllTokens) {
       await this.writeRow(jti, input.subject, expiresAt, purpose, input.extraData ?? null);
@@ -258,9 +271,10 @@ export class TokenService {
   async checkClaims(claims: TokenClaimsPayload): Promise<TokenCheck> {
     const jti = requireString(claims, 'jti');
     const subject = requireString(claims, 'sub');
-    const { rows } = await this.store.execute<TokenStateRow>(this.store.tokenStateStatement(), [[jti, logOutMarkerJti(subject)]]);
-    const own = rows.find((row) => row.jti === jti && row.purpose !== LOG_OUT_EVERYWHERE_PURPOSE);
-    const marker = rows.find((row) => row.purpose === LOG_OUT_EVERYWHERE_PURPOSE && row.marker)?.marker;
+    const markerJti = logOutMarkerJti(subject);
+    const { rows } = await this.store.execute<TokenStateRow>(this.store.tokenStateStatement(), [[jti, markerJti]]);
+    const own = rows.find((row) => row.jti === jti && row.jti !== markerJti);
+    const marker = rows.find((row) => row.jti === markerJti && row.purpose === LOG_OUT_EVERYWHERE_PURPOSE)?.marker;
     const revoked = own?.purpose === REVOCATION_PURPOSE
       || (marker !== undefined && marker !== null && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
     const presentForAuthentication = own !== undefined
@@ -418,11 +432,14 @@ export class TokenService {
 
   private async writeRow(jti: string, subject: string, expiresAt: Date, purpose: string, extraData: Record<string, unknown> | null): Promise<void> {
     if (purpose === REVOCATION_PURPOSE) throw new TypeError(`use revoke() to store a '${REVOCATION_PURPOSE}' row`);
+    if (purpose === LOG_OUT_EVERYWHERE_PURPOSE) throw new TypeError(`the purpose '${LOG_OUT_EVERYWHERE_PURPOSE}' is reserved for log-out-everywhere markers`);
+    rejectMarkerJti(jti);
     const { rowCount } = await this.store.execute(this.store.storeStatement(), [jti, subject, expiresAt, purpose, extraData]);
     if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is revoked and cannot be stored again`);
   }
 
   private async writeRevocation(jti: string, subject: string, expiresAt: Date, manager?: EntityManager): Promise<void> {
+    rejectMarkerJti(jti);
     const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt], manager);
     if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is already revoked`);
   }

@@ -192,6 +192,13 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
     }
   });
 
+  it('answers 401 to a token issued for another purpose, with no store lookup needed', async () => {
+    const confirm = await tokens.issueToken({ subject: 'henry', purpose: 'confirm' });
+    await expect401(app, '/guarded', bearer(confirm.token), 'token not for authentication');
+    const session = await tokens.issueToken({ subject: 'henry' });
+    expect((await request(app.getHttpServer()).get('/guarded').set(bearer(session.token))).status).toBe(200);
+  });
+
   it('answers 401 once the token is revoked (revoke and revokeJti), and keeps admitting others', async () => {
     const first = await tokens.issueToken({ subject: 'bob' });
     const second = await sign({ sub: 'bob' });
@@ -297,7 +304,9 @@ describe.each(PLATFORMS)('RevokedTokenGuard with requireTokenPresenceForAuthenti
   });
 
   it("answers 401 to a token stored for another purpose, such as 'confirm'", async () => {
-    const { token } = await tokens.issueToken({ subject: 'grace', purpose: 'confirm' });
+    // No purpose claim, so only the stored row can tell it is no session.
+    const token = await sign({ sub: 'grace' }, { omit: ['iss', 'aud'] });
+    await tokens.storeToken({ token, purpose: 'confirm' });
     expect(await tokens.getToken({ token, purpose: 'confirm' })).not.toBeNull();
     await expect401(app, '/guarded', bearer(token), 'token not recognised');
   });

@@ -186,7 +186,7 @@ describe('e-mail confirmation', () => {
     const session = await login();
     const confirmation = await requestChange(session, 'other@example.com');
     const refused = await me(confirmation).expect(401);
-    expect(refused.body.message).toBe('token not recognised');
+    expect(refused.body.message).toBe('token not for authentication');
     await confirm(session).expect(400);
     await confirm('garbage').expect(400);
     await confirm(42).expect(400);

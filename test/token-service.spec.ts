@@ -4,6 +4,7 @@ import { decodeJwt, decodeProtectedHeader, jwtVerify } from 'jose';
 import type { DataSource, Repository } from 'typeorm';
 import {
   InvalidTokenError,
+  LogOutEverywhereService,
   LOG_OUT_EVERYWHERE_PURPOSE,
   REVOCATION_PURPOSE,
   Token,
@@ -595,5 +596,39 @@ describe('each revoked-check is one indexed query', () => {
     } finally {
       await runner.release();
     }
+  });
+});
+
+describe('reserved rows and claims', () => {
+  it('never lets a token row overwrite a log-out-everywhere marker, which would un-revoke its tokens', async () => {
+    const token = await signToken({ jti: 'before-log-out', sub: 'marker-owner' });
+    await app.get(LogOutEverywhereService).logOutEverywhere('marker-owner');
+    expect(await tokens.tokenRevoked(token)).toBe(true);
+
+    const markerJti = 'log-out-everywhere:marker-owner';
+    await expect(tokens.revokeJti(markerJti, 'marker-owner')).rejects.toBeInstanceOf(InvalidTokenError);
+    await expect(tokens.revokeJti(markerJti, 'attacker')).rejects.toBeInstanceOf(InvalidTokenError);
+    const forged = await signToken({ jti: markerJti, sub: 'marker-owner' });
+    await expect(tokens.storeToken({ token: forged, purpose: 'user' })).rejects.toBeInstanceOf(InvalidTokenError);
+    await expect(tokens.revoke(forged)).rejects.toBeInstanceOf(InvalidTokenError);
+    await expect(tokens.storeToken({ token, purpose: 'log_out_everywhere' })).rejects.toBeInstanceOf(TypeError);
+
+    expect(await tokens.tokenRevoked(token)).toBe(true);
+    const marker = await repo.findOneByOrFail({ jti: markerJti });
+    expect(marker.purpose).toBe('log_out_everywhere');
+    expect(marker.subject).toBe('marker-owner');
+  });
+
+  it('refuses a token without exp, which could be admitted but never revoked', async () => {
+    const token = await signToken({ jti: 'no-exp', sub: 'someone' }, { omit: ['exp'] });
+    expect(decodeJwt(token).exp).toBeUndefined();
+    await expect(tokens.tokenRevoked(token)).rejects.toBeInstanceOf(InvalidTokenError);
+    await expect(tokens.revoke(token)).rejects.toBeInstanceOf(InvalidTokenError);
+  });
+
+  it('writes the purpose into issued tokens', async () => {
+    const { token } = await tokens.issueToken({ subject: 'someone', purpose: 'password_reset' });
+    expect(decodeJwt(token).purpose).toBe('password_reset');
+    expect(decodeJwt((await tokens.issueToken({ subject: 'someone' })).token).purpose).toBe('user');
   });
 });

@@ -82,8 +82,10 @@ export class RevokedTokenGuard implements CanActivate {
   }
 
   /**
-   * Verifies signature, algorithm, issuer, audience, `exp` and `nbf`, and requires `jti`
-   * and `sub`. Throws `401` for an untrusted token, `503` when a remote JWKS is unreachable.
+   * Verifies signature, algorithm, issuer, audience, `exp` and `nbf`, requires `jti` and
+   * `sub`, and refuses a token whose `purpose` claim is not `authenticationPurpose` (so an
+   * e-mailed confirmation or reset token is no session). Throws `401` for an untrusted
+   * token, `503` when a remote JWKS is unreachable.
    */
   protected async verifyToken(token: string): Promise<TokenClaimsPayload> {
     let claims: TokenClaimsPayload;
@@ -97,6 +99,9 @@ export class RevokedTokenGuard implements CanActivate {
       throw new UnauthorizedException(rejectionReason(error));
     }
     if (!nonEmptyString(claims.jti) || !nonEmptyString(claims.sub)) throw new UnauthorizedException(MESSAGES.missingClaims);
+    if (claims.purpose !== undefined && claims.purpose !== this.options.authenticationPurpose) {
+      throw new UnauthorizedException(MESSAGES.wrongPurpose);
+    }
     return claims;
   }
 

@@ -16,6 +16,7 @@ export const TOKEN_GUARD_MESSAGES = {
   wrongIssuer: 'wrong token issuer',
   wrongAudience: 'wrong token audience',
   missingClaims: 'token lacks jti or sub',
+  wrongPurpose: 'token not for authentication',
   revoked: 'token revoked',
   notRecognised: 'token not recognised',
   storeUnavailable: 'token store unavailable',

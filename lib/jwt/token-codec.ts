@@ -177,6 +177,9 @@ export class TokenCodec {
         issuer: this.options.issuer,
         audience: this.options.audience,
         clockTolerance: this.options.clockToleranceSeconds,
+        // A token without `exp` could be admitted but never revoked: its revocation row
+        // would have no expiry to keep it until.
+        requiredClaims: ['exp'],
       });
       return payload as TokenClaimsPayload;
     } catch (error) {
