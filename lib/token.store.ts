@@ -1,20 +1,28 @@
 import { createHash } from 'node:crypto';
 import { Inject, Injectable } from '@nestjs/common';
-import type { Pool } from 'pg';
+import type { Pool, QueryConfig } from 'pg';
 import type { EntityManager, Repository } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
 import {
   LOG_OUT_EVERYWHERE_PURPOSE,
   REVOCATION_PURPOSE,
   TOKEN_REPOSITORY,
+  TOKEN_RESOURCE_OPTIONS,
 } from './token-resource.constants.js';
 import { TokenResourceUnavailableError } from './token-resource.exceptions.js';
 import type { LogOutMarker } from './log-out-everywhere/log-out-marker.js';
+import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
 
 /** A SQL statement with a stable name, so that `pg` prepares it once per connection. */
 export interface Statement {
   name: string;
   text: string;
+  /**
+   * Outside a transaction, how long `pg` waits for the answer before it fails the query and
+   * the pool discards the connection. Without it a connection whose peer went silent
+   * mid-query (a network partition) would stay checked out for good.
+   */
+  timeoutMs?: number;
 }
 
 /** What a statement returned. */
@@ -49,7 +57,10 @@ export class TokenStore {
   private jtiRevoked?: Statement;
   private tokenState?: Statement;
 
-  constructor(@Inject(TOKEN_REPOSITORY) readonly repository: Repository<Token>) {
+  constructor(
+    @Inject(TOKEN_REPOSITORY) readonly repository: Repository<Token>,
+    @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: Pick<ResolvedTokenResourceOptions, 'storeTimeoutMs'>,
+  ) {
     const driver = repository.manager.connection.driver;
     this.table = repository.metadata.tablePath.split('.').map((part) => driver.escape(part)).join('.');
     this.driver = driver as unknown as { master?: Pool };
@@ -75,6 +86,11 @@ export class TokenStore {
     return { name, text };
   }
 
+  /** A revoked-check statement: bounded by `storeTimeoutMs`, like the guard waiting for it. */
+  private checkStatement(label: string, text: string): Statement {
+    return { ...this.statement(label, text), timeoutMs: this.options.storeTimeoutMs };
+  }
+
   /**
    * Runs a statement in the caller's transaction when `manager` belongs to one, else in
    * autocommit on the pool.
@@ -95,7 +111,9 @@ export class TokenStore {
         const result = await runner.query(statement.text, values, true);
         return { rows: result.records as Row[], rowCount: result.affected ?? result.records.length };
       }
-      const result = await this.pool.query({ name: statement.name, text: statement.text, values });
+      // `query_timeout` is honoured by pg's Client.query but missing from @types/pg's QueryConfig.
+      const config = { name: statement.name, text: statement.text, values, query_timeout: statement.timeoutMs } as QueryConfig;
+      const result = await this.pool.query(config);
       return { rows: result.rows as Row[], rowCount: result.rowCount ?? result.rows.length };
     });
   }
@@ -141,7 +159,7 @@ export class TokenStore {
 
   /** The SQL of `jtiRevoked`: one primary-key probe. Built once: it runs on every check. */
   jtiRevokedStatement(): Statement {
-    return this.jtiRevoked ??= this.statement('jti_revoked', `
+    return this.jtiRevoked ??= this.checkStatement('jti_revoked', `
       SELECT 1 FROM ${this.table} WHERE jti = $1 AND purpose = '${REVOCATION_PURPOSE}'`);
   }
 
@@ -156,7 +174,7 @@ export class TokenStore {
    * the cached generic plan, like the one-key SELECT of a raw baseline (bench:check).
    */
   tokenStateStatement(): Statement {
-    return this.tokenState ??= this.statement('token_state', `
+    return this.tokenState ??= this.checkStatement('token_state', `
       SELECT jti, purpose, expires_at > now() AS live,
              CASE WHEN purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN extra_data END AS marker
         FROM ${this.table}, (SELECT $1::text[] AS keys) AS probe

@@ -139,6 +139,20 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     expect(await recovered()).toBe(200);
   });
 
+  it('recovers without a restart when every pooled connection goes silent mid-query (a partition that never heals)', async () => {
+    const pool = (app.get(DataSource).driver as unknown as { master: pg.Pool & { options: { max: number } } }).master;
+    // Fill the pool with idle connections, so that every request below lands on one.
+    const clients = await Promise.all(Array.from({ length: pool.options.max }, () => pool.connect()));
+    for (const client of clients) client.release();
+    expect(pool.totalCount).toBe(pool.options.max);
+    proxy.freeze();
+    const answers = await Promise.all(Array.from({ length: pool.options.max + 2 }, () => get()));
+    for (const answer of answers) expect(answer.status).toBe(503);
+    // The frozen connections never answer again; only if pg gave up on them (and the pool
+    // dropped them) can new connections be made.
+    expect(await recovered()).toBe(200);
+  });
+
   it('answers 503 while the DataSource is destroyed, and 200 once it is initialized again, without a restart', async () => {
     const dataSource = app.get(DataSource);
     await dataSource.destroy();

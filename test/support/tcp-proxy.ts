@@ -15,6 +15,12 @@ export interface TcpProxy {
   setMode(mode: ProxyMode): void;
   /** Drops every forwarded connection, as a database restart would. */
   cut(): void;
+  /**
+   * Stops every established connection from carrying bytes, without closing it: a peer
+   * gone silent mid-query, as in a network partition that never heals. New connections
+   * still follow the mode.
+   */
+  freeze(): void;
   /** How many connections are being held in `blackhole` mode. */
   held(): number;
   close(): Promise<void>;
@@ -23,12 +29,16 @@ export interface TcpProxy {
 export async function startTcpProxy(upstreamHost: string, upstreamPort: number): Promise<TcpProxy> {
   let mode: ProxyMode = 'forward';
   const piped = new Set<Socket>();
+  const pairs = new Set<[Socket, Socket]>();
   const holding = new Set<Socket>();
 
   const forward = (client: Socket): void => {
     const upstream = createConnection({ host: upstreamHost, port: upstreamPort });
     piped.add(client).add(upstream);
+    const pair: [Socket, Socket] = [client, upstream];
+    pairs.add(pair);
     const drop = (): void => {
+      pairs.delete(pair);
       client.destroy();
       upstream.destroy();
       piped.delete(client);
@@ -68,6 +78,14 @@ export async function startTcpProxy(upstreamHost: string, upstreamPort: number):
     cut() {
       for (const socket of piped) socket.destroy();
       piped.clear();
+    },
+    freeze() {
+      for (const [client, upstream] of pairs) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        client.pause();
+        upstream.pause();
+      }
     },
     held: () => holding.size,
     async close() {
