@@ -260,7 +260,7 @@ export class TokenService {
   /** Whether a revocation row exists for `jti`. One primary-key lookup. */
   async jtiRevoked(jti: string): Promise<boolean> {
     requireNonEmpty(jti, 'jti');
-    const { rowCount } = await this.store.execute(this.store.jtiRevokedStatement(), [jti]);
+    const { rowCount } = await this.store.query(this.store.jtiRevokedStatement(), [jti]);
     return rowCount > 0;
   }
 
@@ -272,7 +272,7 @@ export class TokenService {
     const jti = requireString(claims, 'jti');
     const subject = requireString(claims, 'sub');
     const markerJti = logOutMarkerJti(subject);
-    const { rows } = await this.store.execute<TokenStateRow>(this.store.tokenStateStatement(), [[jti, markerJti]]);
+    const { rows } = await this.store.query<TokenStateRow>(this.store.tokenStateStatement(), [jti, markerJti]);
     const own = rows.find((row) => row.jti === jti && row.jti !== markerJti);
     const marker = rows.find((row) => row.jti === markerJti && row.purpose === LOG_OUT_EVERYWHERE_PURPOSE)?.marker;
     const revoked = own?.purpose === REVOCATION_PURPOSE

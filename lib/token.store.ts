@@ -105,17 +105,34 @@ export class TokenStore {
       const nameOf = (manager: EntityManager) => (manager.connection.options as { name?: string }).name ?? 'default';
       throw new TypeError(`opts.manager belongs to data source '${nameOf(manager)}', but the token table lives in '${nameOf(this.repository.manager)}'; pass a manager of that data source.`);
     }
+    const runner = manager?.queryRunner;
+    if (!runner || runner.isReleased) return this.query(statement, values);
     return this.whileAvailable(async () => {
-      const runner = manager?.queryRunner;
-      if (runner && !runner.isReleased) {
-        const result = await runner.query(statement.text, values, true);
-        return { rows: result.records as Row[], rowCount: result.affected ?? result.records.length };
-      }
-      // `query_timeout` is honoured by pg's Client.query but missing from @types/pg's QueryConfig.
-      const config = { name: statement.name, text: statement.text, values, query_timeout: statement.timeoutMs } as QueryConfig;
-      const result = await this.pool.query(config);
-      return { rows: result.rows as Row[], rowCount: result.rowCount ?? result.rows.length };
+      const result = await runner.query(statement.text, values, true);
+      return { rows: result.records as Row[], rowCount: result.affected ?? result.records.length };
     });
+  }
+
+  /**
+   * Runs a statement in autocommit on the pool as a named prepared statement. The
+   * revoked-check calls it directly: it never joins a caller's transaction, and on every
+   * request each extra closure or `await` between the caller and `pg` shows in bench:check.
+   *
+   * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
+   */
+  query<Row>(statement: Statement, values: unknown[]): Promise<StatementResult<Row>> {
+    let pool: Pool;
+    try {
+      pool = this.pool;
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    // `query_timeout` is honoured by pg's Client.query but missing from @types/pg's QueryConfig.
+    const config = { name: statement.name, text: statement.text, values, query_timeout: statement.timeoutMs } as QueryConfig;
+    return pool.query(config).then(
+      (result) => ({ rows: result.rows as Row[], rowCount: result.rowCount ?? result.rows.length }),
+      (error: unknown) => { throw asUnavailable(error); },
+    );
   }
 
   /**
@@ -126,10 +143,7 @@ export class TokenStore {
     try {
       return await work();
     } catch (error) {
-      if (isConnectionError(error)) {
-        throw new TokenResourceUnavailableError(`the token store is unavailable: ${(error as Error).message}`, { cause: error });
-      }
-      throw error;
+      throw asUnavailable(error);
     }
   }
 
@@ -164,22 +178,24 @@ export class TokenStore {
   }
 
   /**
-   * The SQL that reads a token's own row and its subject's log-out marker in one
-   * primary-key index scan; `extra_data` is read only from the marker. `$1` is the
-   * two-element array `[jti, marker jti]`.
-   *
-   * Written as `IN (keys[1], keys[2])` rather than `= ANY($1)`: PostgreSQL costs the
-   * generic plan of `= ANY($1::text[])` for an array of unknown (default 10) length, so
-   * it re-plans the prepared statement on every execution; with two known slots it keeps
-   * the cached generic plan, like the one-key SELECT of a raw baseline (bench:check).
+   * The SQL that reads a token's own row (`$1`) and its subject's log-out marker (`$2`)
+   * in one primary-key index scan; `extra_data` is read only from the marker. Two plain
+   * text parameters keep PostgreSQL's cached generic plan (an `= ANY($1::text[])` of
+   * unknown length was re-planned on every execution) and spare `pg` an array literal.
    */
   tokenStateStatement(): Statement {
     return this.tokenState ??= this.checkStatement('token_state', `
       SELECT jti, purpose, expires_at > now() AS live,
              CASE WHEN purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN extra_data END AS marker
-        FROM ${this.table}, (SELECT $1::text[] AS keys) AS probe
-       WHERE jti IN (probe.keys[1], probe.keys[2])`);
+        FROM ${this.table}
+       WHERE jti IN ($1, $2)`);
   }
+}
+
+/** A connection error as TokenResourceUnavailableError; any other error as it is. */
+function asUnavailable(error: unknown): unknown {
+  if (!isConnectionError(error)) return error;
+  return new TokenResourceUnavailableError(`the token store is unavailable: ${(error as Error).message}`, { cause: error });
 }
 
 const CONNECTION_ERROR_CODES = new Set([
