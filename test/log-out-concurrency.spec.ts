@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { INestApplication } from '@nestjs/common';
 import type { Pool } from 'pg';
 import type { DataSource } from 'typeorm';
@@ -6,8 +7,12 @@ import {
   LogOutEverywhereService,
   REVOCATION_PURPOSE,
   TokenAlreadyRevokedError,
+  TokenCodec,
   TokenService,
+  type LogOutEverywhereOptions,
 } from '../lib/index.js';
+import type { LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
+import { clockPast } from './support/clock.js';
 import { createRoomyDatabase, type RoomyDatabase } from './support/roomy-server.js';
 import { sleep } from './support/jwt-fixtures.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
@@ -138,10 +143,91 @@ it('"log out my other devices" from several devices at once: together they revok
   await expectEveryTokenRevokedOnce(subject, issued);
   // The marker excepts the last caller's token, but remembers that earlier log-outs
   // revoked it, so it does not come back to life there either.
-  const marker = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [`log-out-everywhere:${subject}`]))[0].extra_data;
+  const { levels } = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [`log-out-everywhere:${subject}`]))[0].extra_data;
+  // One purpose filter, so one level.
+  expect(Object.keys(levels)).toHaveLength(1);
+  const marker: LogOutLevel = Object.values<LogOutLevel>(levels)[0];
   expect(issued.slice(0, LOG_OUTS).map(({ jti }) => jti)).toContain(marker.exceptJti);
   expect(marker.exceptRevokedUpTo).toBeGreaterThan(0);
   expect(marker.exceptRevokedUpTo).toBeLessThanOrEqual(marker.at);
+}, 60_000);
+
+it('concurrent log-outs with different purpose filters: each filter keeps its own level, and each level revokes what it covers', async () => {
+  const subject = 'racer-levels';
+  const codec = app.get(TokenCodec);
+  /** A token of the subject that is not stored yet, issued now. */
+  const unstoredToken = async () => {
+    const iat = Date.now() / 1000;
+    return codec.sign({ sub: subject, jti: randomUUID(), iat, exp: Math.floor(iat) + 3600 });
+  };
+  const stored = await Promise.all(['a', 'b', 'user', 'other'].flatMap((purpose) => [1, 2, 3].map(() => tokens.issueToken({ subject, purpose }))));
+  const kept = await tokens.issueToken({ subject });
+  // Three filters, disjoint on the purposes 'a', 'b' and everything else: a token stored
+  // later as 'a' can only be revoked by the first level, and so on.
+  const filters: LogOutEverywhereOptions[] = [
+    { includePurposes: ['a'], revokeUnstored: true },
+    { includePurposes: ['b'], excludePurposes: [], revokeUnstored: true },
+    { excludePurposes: ['b', 'revocation', 'a'], exceptJti: kept.jti },
+  ];
+  const probes = { a: await unstoredToken(), b: await unstoredToken(), user: await unstoredToken(), other: await unstoredToken() };
+
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => { open = resolve; });
+  let inFlight = 0;
+  let mostInFlight = 0;
+  const calls = Array.from({ length: 8 * filters.length }, (_, i) => gate.then(async () => {
+    inFlight += 1;
+    mostInFlight = Math.max(mostInFlight, inFlight);
+    const options = filters[i % filters.length];
+    try {
+      // Half in autocommit, half inside a caller's transaction.
+      return i % 2 === 0
+        ? await logOut.logOutEverywhere(subject, options)
+        : await dataSource.transaction((manager) => logOut.logOutEverywhere(subject, { ...options, manager }));
+    } finally {
+      inFlight -= 1;
+    }
+  }));
+  const openedAt = Date.now();
+  open();
+  const counts = await Promise.all(calls);
+  const closedAt = Date.now();
+  // All were outstanding at once, each on a pooled connection of its own (the pool holds more, already open).
+  expect(mostInFlight).toBe(calls.length);
+
+  // Every stored token the filters cover was revoked exactly once, the kept one not at all.
+  expect(counts.reduce((sum, count) => sum + count, 0)).toBe(stored.length);
+  const rows: Array<{ jti: string; purpose: string; extra_data: { levels: Record<string, LogOutLevel> } | null }> = await dataSource.query(
+    'SELECT jti, purpose, extra_data FROM tokens WHERE subject = $1', [subject]);
+  const byJti = new Map(rows.map((row) => [row.jti, row.purpose]));
+  for (const { jti } of stored) expect(byJti.get(jti)).toBe(REVOCATION_PURPOSE);
+  expect(byJti.get(kept.jti)).toBe('user');
+
+  // Tokens issued before the race and stored only now: each revoked by the one level that covers its purpose.
+  for (const [purpose, token] of Object.entries(probes)) {
+    await tokens.storeToken({ token, purpose });
+    expect({ purpose, revoked: await tokens.tokenRevoked(token) }).toEqual({ purpose, revoked: true });
+  }
+  expect(await tokens.tokenRevoked(kept.token)).toBe(false);
+
+  // One level per filter, none lost to a concurrent log-out with another filter.
+  const markers = rows.filter((row) => row.purpose === LOG_OUT_EVERYWHERE_PURPOSE);
+  expect(markers).toHaveLength(1);
+  const levels = Object.values(markers[0].extra_data!.levels);
+  expect(levels.map(({ includePurposes, excludePurposes }) => ({ includePurposes, excludePurposes }))).toEqual(expect.arrayContaining([
+    { includePurposes: ['a'], excludePurposes: ['revocation'] },
+    { includePurposes: ['b'], excludePurposes: [] },
+    { includePurposes: undefined, excludePurposes: ['a', 'b', 'revocation'] },
+  ]));
+  expect(levels).toHaveLength(3);
+  for (const level of levels) {
+    expect(level.at).toBeGreaterThanOrEqual(openedAt);
+    expect(level.at).toBeLessThanOrEqual(closedAt);
+  }
+  expect(levels.find((level) => level.exceptJti !== undefined)).toMatchObject({ exceptJti: kept.jti, exceptRevokedUpTo: 0 });
+
+  await clockPast(Math.max(...levels.map((level) => level.at)));
+  expect(await tokens.tokenRevoked((await tokens.issueToken({ subject })).token)).toBe(false);
 }, 60_000);
 
 it('control: across the rounds, both log-outs and revokes won tokens (the calls really interleaved)', () => {

@@ -7,7 +7,8 @@ import {
   REVOCATION_PURPOSE,
   TokenService,
 } from '../lib/index.js';
-import { logOutMarkerJti, logOutMarkerRevokes } from '../lib/log-out-everywhere/log-out-marker.js';
+import { logOutMarkerJti, logOutMarkerRevokes, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
+import { clockPast } from './support/clock.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';
 
@@ -26,14 +27,22 @@ function uniqueSubject(): string {
   return `subject-${Math.random().toString(36).slice(2)}`;
 }
 
-/** Spins until the application clock has moved past `ms`, so the next token is issued strictly later. */
-async function clockPast(ms: number): Promise<void> {
-  while (Date.now() <= ms) await new Promise((resolve) => setImmediate(resolve));
-}
-
 async function purposesOf(subject: string): Promise<Record<string, string>> {
   const rows: Array<{ jti: string; purpose: string }> = await dataSource.query('SELECT jti, purpose FROM tokens WHERE subject = $1', [subject]);
   return Object.fromEntries(rows.map((row) => [row.jti, row.purpose]));
+}
+
+/** The levels of the subject's marker: one per distinct purpose filter. */
+async function levelsOf(subject: string): Promise<LogOutLevel[]> {
+  const rows = await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]);
+  return rows.length === 0 ? [] : Object.values((rows[0].extra_data as { levels: Record<string, LogOutLevel> }).levels);
+}
+
+/** The one level of the subject's marker, after log-outs that all used one purpose filter. */
+async function onlyLevelOf(subject: string): Promise<LogOutLevel> {
+  const levels = await levelsOf(subject);
+  expect(levels).toHaveLength(1);
+  return levels[0];
 }
 
 /** A token signed the way another issuer would: whole-second `iat`. */
@@ -189,7 +198,7 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
     expect(await purposesOf(subject)).toEqual({});
     const started = Date.now();
     expect(await unstored.logOut.logOutEverywhere(subject)).toBe(0);
-    const marker = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]))[0].extra_data;
+    const marker = await onlyLevelOf(subject);
     expect(marker.at).toBeGreaterThanOrEqual(started);
     await clockPast(marker.at);
     const after = await unstored.tokens.issueToken({ subject });
@@ -205,7 +214,7 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
   it('a whole-second iat in the log-out\'s own second counts as revoked; the next second does not', async () => {
     const subject = uniqueSubject();
     await unstored.logOut.logOutEverywhere(subject);
-    const { at } = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]))[0].extra_data;
+    const { at } = await onlyLevelOf(subject);
     const sameSecond = await wholeSecondToken(subject, Math.floor(at / 1000));
     const nextSecond = await wholeSecondToken(subject, Math.floor(at / 1000) + 1);
     expect(await unstored.tokens.tokenRevoked(sameSecond.token)).toBe(true);
@@ -237,14 +246,14 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
     await unstored.logOut.logOutEverywhere(subject, { exceptJti: phone.jti });
     expect(await unstored.tokens.tokenRevoked(phone.token)).toBe(false);
     expect(await unstored.tokens.tokenRevoked(laptop.token)).toBe(true);
-    const first = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]))[0].extra_data;
+    const first = await onlyLevelOf(subject);
     expect(first).toMatchObject({ exceptJti: phone.jti, exceptRevokedUpTo: 0 });
 
     // 2. Again from the phone: same exceptJti, the phone stays valid.
     await clockPast(first.at);
     await unstored.logOut.logOutEverywhere(subject, { exceptJti: phone.jti });
     expect(await unstored.tokens.tokenRevoked(phone.token)).toBe(false);
-    const second = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]))[0].extra_data;
+    const second = await onlyLevelOf(subject);
     expect(second.exceptRevokedUpTo).toBe(0);
 
     // 3. A new session logs in, then logs out the others "except me". The laptop token,
@@ -253,7 +262,7 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
     await clockPast(second.at);
     const tablet = await unstored.tokens.issueToken({ subject });
     await unstored.logOut.logOutEverywhere(subject, { exceptJti: tablet.jti });
-    const third = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]))[0].extra_data;
+    const third = await onlyLevelOf(subject);
     expect(third).toMatchObject({ exceptJti: tablet.jti, exceptRevokedUpTo: second.at });
     expect(await unstored.tokens.tokenRevoked(tablet.token)).toBe(false);
     expect(await unstored.tokens.tokenRevoked(phone.token)).toBe(true);
@@ -263,7 +272,7 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
     // because exceptRevokedUpTo now carries the step-3 moment.
     await clockPast(third.at);
     await unstored.logOut.logOutEverywhere(subject, { exceptJti: phone.jti });
-    const fourth = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]))[0].extra_data;
+    const fourth = await onlyLevelOf(subject);
     expect(fourth).toMatchObject({ exceptJti: phone.jti, exceptRevokedUpTo: third.at });
     expect(await unstored.tokens.tokenRevoked(phone.token)).toBe(true);
     expect(await unstored.tokens.tokenRevoked(tablet.token)).toBe(true);
@@ -281,9 +290,11 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
       const kept = (await dataSource.query('SELECT expires_at FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]))[0];
       expect(new Date(kept.expires_at).getTime()).toBe(new Date(long.expires_at).getTime());
       // A marker written by an instance whose clock is behind does not move `at` back.
-      await dataSource.query(`UPDATE tokens SET extra_data = jsonb_set(extra_data, '{at}', to_jsonb($2::float8)) WHERE jti = $1`, [logOutMarkerJti(subject), Date.now() + 60_000]);
+      await dataSource.query(`
+        UPDATE tokens SET extra_data = jsonb_set(extra_data, ARRAY['levels', (SELECT jsonb_object_keys(extra_data->'levels') LIMIT 1), 'at'], to_jsonb($2::float8))
+         WHERE jti = $1`, [logOutMarkerJti(subject), Date.now() + 60_000]);
       await unstored.logOut.logOutEverywhere(subject);
-      const marker = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]))[0].extra_data;
+      const marker = await onlyLevelOf(subject);
       expect(marker.at).toBeGreaterThan(Date.now() + 50_000);
 
       const fresh = uniqueSubject();
@@ -296,6 +307,119 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
   });
 });
 
+describe('several log-out levels combine, never replace each other', () => {
+  it('a later, narrower log-out does not spare a token an earlier, wider one revoked, once it is stored with a purpose only the wider covers', async () => {
+    const subject = uniqueSubject();
+    const confirm = await unstored.tokens.issueToken({ subject, purpose: 'confirm' });
+    // t1: every purpose. The confirmation token was never stored: the marker revokes it.
+    await unstored.logOut.logOutEverywhere(subject);
+    expect(await unstored.tokens.tokenRevoked(confirm.token)).toBe(true);
+    // t2: sessions only.
+    await clockPast(Date.now());
+    await unstored.logOut.logOutEverywhere(subject, { includePurposes: ['user'] });
+    // Storing it now gives it a purpose the t2 log-out spares; the t1 log-out did not.
+    await unstored.tokens.storeToken({ token: confirm.token, purpose: 'confirm' });
+    expect(await unstored.tokens.tokenRevoked(confirm.token)).toBe(true);
+  });
+
+  it('narrower, then wider, then narrower again: each level keeps revoking what it covers', async () => {
+    const subject = uniqueSubject();
+    const beforeNarrow = await unstored.tokens.issueToken({ subject, purpose: 'confirm' });
+    await unstored.logOut.logOutEverywhere(subject, { includePurposes: ['user'] });
+    await clockPast(Date.now());
+    const beforeWide = await unstored.tokens.issueToken({ subject, purpose: 'confirm' });
+    await unstored.logOut.logOutEverywhere(subject);
+    await clockPast(Date.now());
+    const afterWide = await unstored.tokens.issueToken({ subject, purpose: 'confirm' });
+    const sessionAfterWide = await unstored.tokens.issueToken({ subject });
+    await unstored.logOut.logOutEverywhere(subject, { includePurposes: ['user'] });
+    const levels = await levelsOf(subject);
+    expect(levels).toHaveLength(2);
+    const narrow = levels.find((level) => level.includePurposes !== undefined)!;
+    const wide = levels.find((level) => level.includePurposes === undefined)!;
+    expect(narrow.includePurposes).toEqual(['user']);
+    expect(narrow.at).toBeGreaterThan(wide.at);
+    await clockPast(narrow.at);
+    const fresh = await unstored.tokens.issueToken({ subject });
+
+    for (const { token } of [beforeNarrow, beforeWide, afterWide]) await unstored.tokens.storeToken({ token, purpose: 'confirm' });
+    // The wide log-out covers 'confirm' up to its moment; the narrow ones never did.
+    expect(await unstored.tokens.tokenRevoked(beforeNarrow.token)).toBe(true);
+    expect(await unstored.tokens.tokenRevoked(beforeWide.token)).toBe(true);
+    expect(await unstored.tokens.tokenRevoked(afterWide.token)).toBe(false);
+    expect(await unstored.tokens.tokenRevoked(sessionAfterWide.token)).toBe(true);
+    expect(await unstored.tokens.tokenRevoked(fresh.token)).toBe(false);
+  });
+
+  it('exceptJti belongs to its level: keeping a token in one level does not un-revoke it in another', async () => {
+    const subject = uniqueSubject();
+    const phone = await unstored.tokens.issueToken({ subject });
+    const laptop = await unstored.tokens.issueToken({ subject, purpose: 'remember_me' });
+    // 1. From the phone, every purpose: the laptop is revoked.
+    await unstored.logOut.logOutEverywhere(subject, { exceptJti: phone.jti });
+    expect(await unstored.tokens.tokenRevoked(phone.token)).toBe(false);
+    expect(await unstored.tokens.tokenRevoked(laptop.token)).toBe(true);
+    // 2. From the laptop, sessions only: the phone is revoked, and the laptop's own
+    // exception does not bring it back, although step 2 does not cover 'remember_me'.
+    await clockPast(Date.now());
+    await unstored.logOut.logOutEverywhere(subject, { includePurposes: ['user'], exceptJti: laptop.jti });
+    await unstored.tokens.storeToken({ token: laptop.token, purpose: 'remember_me' });
+    expect(await unstored.tokens.tokenRevoked(laptop.token)).toBe(true);
+    expect(await unstored.tokens.tokenRevoked(phone.token)).toBe(true);
+    // 3. From the phone again, every purpose: its level still excepts the phone, but the
+    // sessions-only level revoked the phone at step 2, so it stays revoked.
+    await clockPast(Date.now());
+    const tablet = await unstored.tokens.issueToken({ subject });
+    await unstored.logOut.logOutEverywhere(subject, { exceptJti: phone.jti });
+    expect(await unstored.tokens.tokenRevoked(phone.token)).toBe(true);
+    expect(await unstored.tokens.tokenRevoked(laptop.token)).toBe(true);
+    expect(await unstored.tokens.tokenRevoked(tablet.token)).toBe(true);
+    const levels = await levelsOf(subject);
+    expect(levels).toHaveLength(2);
+    expect(levels.find((level) => level.includePurposes === undefined)).toMatchObject({ exceptJti: phone.jti, exceptRevokedUpTo: 0 });
+    expect(levels.find((level) => level.includePurposes !== undefined)).toMatchObject({ exceptJti: laptop.jti, exceptRevokedUpTo: 0 });
+  });
+
+  it('equal filters given in another order, or with duplicates, share one level', async () => {
+    const subject = uniqueSubject();
+    await unstored.logOut.logOutEverywhere(subject, { excludePurposes: ['revocation', 'api_key'] });
+    await unstored.logOut.logOutEverywhere(subject, { excludePurposes: ['api_key', 'revocation', 'api_key'] });
+    expect((await onlyLevelOf(subject)).excludePurposes).toEqual(['api_key', 'revocation']);
+  });
+
+  it('reads a marker written before levels existed as one level, and keeps it when log-outs add levels', async () => {
+    const subject = uniqueSubject();
+    const kept = await unstored.tokens.issueToken({ subject });
+    const confirm = await unstored.tokens.issueToken({ subject, purpose: 'confirm' });
+    await clockPast(Date.now());
+    const legacy = { at: Date.now(), exceptJti: kept.jti, exceptRevokedUpTo: 0, excludePurposes: ['revocation'] };
+    await dataSource.query('INSERT INTO tokens (jti, subject, expires_at, purpose, extra_data) VALUES ($1, $2, now() + interval \'1 day\', $3, $4)',
+      [logOutMarkerJti(subject), subject, LOG_OUT_EVERYWHERE_PURPOSE, JSON.stringify(legacy)]);
+    await clockPast(legacy.at);
+    const after = await unstored.tokens.issueToken({ subject });
+    expect(await unstored.tokens.tokenRevoked(confirm.token)).toBe(true);
+    expect(await unstored.tokens.tokenRevoked(kept.token)).toBe(false);
+    expect(await unstored.tokens.tokenRevoked(after.token)).toBe(false);
+
+    // Another filter: a level of its own beside the old one, which still revokes 'confirm'.
+    await unstored.logOut.logOutEverywhere(subject, { includePurposes: ['user'] });
+    expect(await levelsOf(subject)).toEqual(expect.arrayContaining([legacy]));
+    expect(await levelsOf(subject)).toHaveLength(2);
+    await unstored.tokens.storeToken({ token: confirm.token, purpose: 'confirm' });
+    expect(await unstored.tokens.tokenRevoked(confirm.token)).toBe(true);
+    expect(await unstored.tokens.tokenRevoked(kept.token)).toBe(true);
+
+    // The old marker's own filter: merged into its level, as a log-out of that filter would be.
+    await unstored.logOut.logOutEverywhere(subject);
+    const levels = await levelsOf(subject);
+    expect(levels).toHaveLength(2);
+    const merged = levels.find((level) => level.includePurposes === undefined)!;
+    expect(merged.at).toBeGreaterThan(legacy.at);
+    expect(merged.exceptJti).toBeUndefined();
+    expect(merged.exceptRevokedUpTo).toBe(legacy.at);
+  });
+});
+
 describe('logOutMarkerRevokes', () => {
   const at = 1_763_900_000_123;
   it('is exact to the millisecond for issueToken\'s fractional iat, despite float rounding', () => {
@@ -305,6 +429,22 @@ describe('logOutMarkerRevokes', () => {
     for (let ms = at - 500; ms < at + 500; ms += 1) {
       expect(logOutMarkerRevokes({ at }, 'j', ms / 1000)).toBe(ms <= at);
     }
+  });
+  it('revokes when any level does, each level with its own filter and exceptJti', () => {
+    const marker = {
+      levels: {
+        everything: { at, exceptJti: 'kept', exceptRevokedUpTo: 0, excludePurposes: ['revocation'] },
+        confirmations: { at: at - 1000, includePurposes: ['confirm'], excludePurposes: [] },
+      },
+    };
+    // Kept by the wide level, but the narrower, earlier one covers it.
+    expect(logOutMarkerRevokes(marker, 'kept', (at - 2000) / 1000, 'confirm')).toBe(true);
+    expect(logOutMarkerRevokes(marker, 'kept', (at - 2000) / 1000)).toBe(true);
+    // Issued after the narrower one: only the wide level could, and it keeps it.
+    expect(logOutMarkerRevokes(marker, 'kept', (at - 500) / 1000, 'confirm')).toBe(false);
+    expect(logOutMarkerRevokes(marker, 'kept', (at - 2000) / 1000, 'user')).toBe(false);
+    expect(logOutMarkerRevokes(marker, 'other', at / 1000, 'user')).toBe(true);
+    expect(logOutMarkerRevokes(marker, 'other', (at + 1) / 1000, 'user')).toBe(false);
   });
   it('counts a whole-second iat in the same second, or a missing iat, as revoked', () => {
     expect(logOutMarkerRevokes({ at }, 'j', Math.floor(at / 1000))).toBe(true);

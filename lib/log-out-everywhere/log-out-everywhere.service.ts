@@ -7,7 +7,7 @@ import {
   TOKEN_RESOURCE_OPTIONS,
 } from '../token-resource.constants.js';
 import { TokenStore } from '../token.store.js';
-import { logOutMarkerJti, purposePasses } from './log-out-marker.js';
+import { canonicalPurposes, logOutMarkerJti, purposePasses } from './log-out-marker.js';
 
 /** Options of {@link LogOutEverywhereService.logOutEverywhere}. */
 export interface LogOutEverywhereOptions {
@@ -56,11 +56,16 @@ export class LogOutEverywhereService {
    * One statement does both halves of a log-out, so that it is atomic even in
    * autocommit and needs a single round trip:
    *
-   * 1. `marker` upserts the subject's marker row (`$8` says whether to). Computing the
-   *    new `extra_data` from the locked current row inside `ON CONFLICT DO UPDATE`
-   *    makes successive and concurrent log-outs compose: `at` never moves back (app
-   *    clocks may differ), the marker never expires earlier, and `exceptRevokedUpTo`
-   *    remembers whether earlier log-outs already revoked the token kept now.
+   * 1. `marker` upserts the subject's marker row (`$8` says whether to). The row keeps
+   *    one level per purpose filter, keyed by the canonical filter (`fresh.key`), and a
+   *    token is revoked when any level revokes it: a log-out with another filter adds or
+   *    updates its own level and leaves the others alone, so it can never spare what an
+   *    earlier log-out revoked. Computing the new `extra_data` from the locked current row
+   *    inside `ON CONFLICT DO UPDATE` makes successive and concurrent log-outs compose,
+   *    whatever their filters: within a level `at` never moves back (app clocks may
+   *    differ) and `exceptRevokedUpTo` remembers whether earlier log-outs of that level
+   *    already revoked the token kept now; the marker never expires earlier. A marker
+   *    written before levels existed (`{ at, ... }`) becomes the level of its filter.
    * 2. `revoked` flips every stored row of the subject whose purpose passes the filter
    *    to `'revocation'`, on the `subject` index. A row a concurrent `revoke` holds is
    *    re-checked after it commits and skipped, so each token is revoked exactly once.
@@ -70,26 +75,38 @@ export class LogOutEverywhereService {
    * token row: they cannot deadlock each other.
    */
   private readonly logOutStatement = this.store.statement('log_out_everywhere', `
-    WITH marker AS (
-      INSERT INTO ${this.store.table} AS t (jti, subject, expires_at, purpose, extra_data)
-      SELECT $2::text, $1::text, now() + make_interval(secs => $7::float8), '${LOG_OUT_EVERYWHERE_PURPOSE}',
+    WITH fresh AS (
+      SELECT jsonb_build_array(to_jsonb($3::text[]), to_jsonb($4::text[]))::text AS key,
              jsonb_strip_nulls(jsonb_build_object(
                'at', $6::float8, 'exceptJti', $5::text, 'exceptRevokedUpTo', 0,
-               'includePurposes', to_jsonb($3::text[]), 'excludePurposes', to_jsonb($4::text[])))
+               'includePurposes', to_jsonb($3::text[]), 'excludePurposes', to_jsonb($4::text[]))) AS level
+    ), marker AS (
+      INSERT INTO ${this.store.table} AS t (jti, subject, expires_at, purpose, extra_data)
+      SELECT $2::text, $1::text, now() + make_interval(secs => $7::float8), '${LOG_OUT_EVERYWHERE_PURPOSE}',
+             jsonb_build_object('levels', jsonb_build_object(fresh.key, fresh.level))
+        FROM fresh
        WHERE $8::boolean
       ON CONFLICT (jti) DO UPDATE SET
         subject = EXCLUDED.subject,
         purpose = EXCLUDED.purpose,
         expires_at = CASE WHEN t.purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}'
                           THEN GREATEST(t.expires_at, EXCLUDED.expires_at) ELSE EXCLUDED.expires_at END,
-        extra_data = EXCLUDED.extra_data || jsonb_build_object(
-          'at', GREATEST((EXCLUDED.extra_data->>'at')::float8,
-                         CASE WHEN t.purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN (t.extra_data->>'at')::float8 END),
-          'exceptRevokedUpTo', CASE
-            WHEN t.purpose <> '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN 0
-            WHEN (t.extra_data->>'exceptJti') IS NOT DISTINCT FROM $5::text
-              THEN COALESCE((t.extra_data->>'exceptRevokedUpTo')::float8, 0)
-            ELSE COALESCE((t.extra_data->>'at')::float8, 0) END),
+        extra_data = (
+          SELECT jsonb_build_object('levels', prior.levels || jsonb_build_object(fresh.key, fresh.level || jsonb_build_object(
+                   'at', GREATEST($6::float8, (old.level->>'at')::float8),
+                   'exceptRevokedUpTo', CASE
+                     WHEN old.level IS NULL THEN 0
+                     WHEN (old.level->>'exceptJti') IS NOT DISTINCT FROM $5::text
+                       THEN COALESCE((old.level->>'exceptRevokedUpTo')::float8, 0)
+                     ELSE COALESCE((old.level->>'at')::float8, 0) END)))
+            FROM fresh
+           CROSS JOIN LATERAL (SELECT CASE
+                    WHEN t.purpose <> '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN '{}'::jsonb
+                    WHEN t.extra_data->'levels' IS NOT NULL THEN t.extra_data->'levels'
+                    WHEN t.extra_data->'at' IS NOT NULL THEN jsonb_build_object(
+                      jsonb_build_array(t.extra_data->'includePurposes', t.extra_data->'excludePurposes')::text, t.extra_data)
+                    ELSE '{}'::jsonb END AS levels) AS prior
+           CROSS JOIN LATERAL (SELECT prior.levels->fresh.key AS level) AS old),
         updated_at = now()
       RETURNING 1
     ), revoked AS (
@@ -141,8 +158,8 @@ export class LogOutEverywhereService {
     const { rows } = await this.store.execute<{ revoked: number }>(this.logOutStatement, [
       subject,
       logOutMarkerJti(subject),
-      includePurposes ?? null,
-      excludePurposes ?? [],
+      canonicalPurposes(includePurposes) ?? null,
+      canonicalPurposes(excludePurposes ?? []),
       opts.exceptJti ?? null,
       Date.now(),
       defaults.markerLifetimeSeconds,
