@@ -20,27 +20,26 @@ import {
   TokenStore,
 } from '../lib/index.js';
 import { expungeLockKey } from '../lib/expunger/expunger.service.js';
-import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, TEST_SECRET, typeOrmOptions } from './support/token-app.js';
+import { useTokenTable } from './support/token-table.js';
 import { waitFor } from './support/wait-for.js';
 
 /** A second token table, through the module's custom-entity option. */
 @Entity('other_tokens')
 class OtherToken extends Token {}
 
-let db: TestDatabase;
-let admin: pg.Client;
-const apps: INestApplication[] = [];
+const fixture = useTokenTable();
+const { apps, countRows } = fixture;
 
 async function app(options: Parameters<typeof createTokenApp>[1] = {}): Promise<INestApplication> {
-  const created = await createTokenApp(db.url, options);
+  const created = await createTokenApp(fixture.db.url, options);
   apps.push(created);
   return created;
 }
 
 /** Inserts `count` rows `${prefix}-1..count` of `purpose` expiring at the SQL expression `expires` (may use `i`). */
 async function insertRows(prefix: string, count: number, purpose: string, expires: string): Promise<void> {
-  await admin.query(
+  await fixture.admin.query(
     `INSERT INTO tokens (jti, subject, expires_at, purpose)
      SELECT $1 || '-' || i, 'subject-' || (i % 17), ${expires}, $2 FROM generate_series(1, $3::int) AS i`,
     [prefix, purpose, count],
@@ -48,34 +47,9 @@ async function insertRows(prefix: string, count: number, purpose: string, expire
 }
 
 async function jtis(): Promise<string[]> {
-  const { rows } = await admin.query<{ jti: string }>('SELECT jti FROM tokens ORDER BY jti');
+  const { rows } = await fixture.admin.query<{ jti: string }>('SELECT jti FROM tokens ORDER BY jti');
   return rows.map((row) => row.jti);
 }
-
-async function countRows(where = 'true'): Promise<number> {
-  const { rows } = await admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM tokens WHERE ${where}`);
-  return rows[0].n;
-}
-
-beforeAll(async () => {
-  db = await createTestDatabase();
-  // The first app runs the migration that creates the table.
-  await app({ options: { expunge: { enabled: false } } });
-  admin = new pg.Client({ connectionString: db.url });
-  await admin.connect();
-});
-
-afterEach(async () => {
-  jest.restoreAllMocks();
-  await Promise.all(apps.splice(1).map((a) => a.close().catch(() => undefined)));
-  await admin.query('TRUNCATE tokens');
-});
-
-afterAll(async () => {
-  await Promise.all(apps.splice(0).map((a) => a.close().catch(() => undefined)));
-  await admin?.end();
-  await db?.drop();
-});
 
 describe('scheduling', () => {
   const idleTimeoutOf = (a: INestApplication) =>
@@ -134,20 +108,20 @@ describe('scheduling', () => {
     const registry = a.get(SchedulerRegistry);
     expect(registry.getIntervals().sort()).toEqual([EXPUNGE_JOB_NAME, `${EXPUNGE_JOB_NAME}:other_tokens`]);
     await insertRows('old', 20, 'user', `now() - interval '1 day'`);
-    await admin.query(`INSERT INTO other_tokens (jti, subject, expires_at, purpose)
+    await fixture.admin.query(`INSERT INTO other_tokens (jti, subject, expires_at, purpose)
                        SELECT 'other-' || i, 's', now() - interval '1 day', 'user' FROM generate_series(1, 20) AS i`);
-    const otherCount = async () => (await admin.query<{ n: number }>('SELECT count(*)::int AS n FROM other_tokens')).rows[0].n;
+    const otherCount = async () => (await fixture.admin.query<{ n: number }>('SELECT count(*)::int AS n FROM other_tokens')).rows[0].n;
     await waitFor(async () => (await countRows()) === 0 && (await otherCount()) === 0, 15_000, 'both tables to be expunged');
     await a.close();
     expect(registry.getIntervals()).toEqual([]);
-    await admin.query('DROP TABLE other_tokens');
+    await fixture.admin.query('DROP TABLE other_tokens');
   });
 
   it('fails at start-up with a clear error when ScheduleModule.forRoot() is missing', async () => {
     const build = (enabled: boolean) =>
       Test.createTestingModule({
         imports: [
-          TypeOrmModule.forRoot(typeOrmOptions(db.url)),
+          TypeOrmModule.forRoot(typeOrmOptions(fixture.db.url)),
           TokenResourceModule.forRoot({ jwt: { secret: TEST_SECRET }, expunge: { enabled } }),
         ],
       }).compile().then(async (moduleRef) => {
@@ -210,11 +184,7 @@ describe('run()', () => {
     let lockHolder: number | undefined;
     const execute = a.get(TokenStore).execute.bind(a.get(TokenStore));
     jest.spyOn(a.get(TokenStore), 'execute').mockImplementation(async (statement, values, manager) => {
-      const { rows } = await admin.query<{ pid: number }>(
-        `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND ((classid::bigint << 32) | objid::bigint) = $1::bigint`,
-        [key],
-      );
-      lockHolder = rows[0]?.pid;
+      lockHolder = (await fixture.advisoryLocks()).find((lock) => lock.key === String(key))?.pid;
       const [{ pid }] = (await manager!.query('SELECT pg_backend_pid() AS pid')) as Array<{ pid: number }>;
       batchPids.push(pid);
       return execute(statement, values, manager);
@@ -222,8 +192,7 @@ describe('run()', () => {
     expect((await a.get(ExpungerService).run()).deleted).toBe(35);
     expect(batchPids.length).toBeGreaterThanOrEqual(4);
     expect(new Set(batchPids)).toEqual(new Set([lockHolder]));
-    const { rows } = await admin.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory'`);
-    expect(rows).toHaveLength(0);
+    expect(await fixture.advisoryLocks()).toEqual([]);
   });
 
   it('skips at once while another session holds the lock of its table, and not of another table', async () => {
@@ -232,23 +201,23 @@ describe('run()', () => {
     const table = a.get(TokenStore).table;
     expect(expungeLockKey(table)).not.toBe(expungeLockKey('"other_tokens"'));
 
-    await admin.query('SELECT pg_advisory_lock($1::bigint)', [expungeLockKey('"other_tokens"')]);
-    await admin.query('SELECT pg_advisory_lock($1::bigint)', [expungeLockKey(table)]);
+    await fixture.admin.query('SELECT pg_advisory_lock($1::bigint)', [expungeLockKey('"other_tokens"')]);
+    await fixture.admin.query('SELECT pg_advisory_lock($1::bigint)', [expungeLockKey(table)]);
     const skipped = await a.get(ExpungerService).run();
     expect(skipped).toMatchObject({ deleted: 0, skipped: true });
     expect(skipped.durationMs).toBeLessThan(1000);
     expect(await countRows()).toBe(20);
 
-    await admin.query('SELECT pg_advisory_unlock($1::bigint)', [expungeLockKey(table)]);
+    await fixture.admin.query('SELECT pg_advisory_unlock($1::bigint)', [expungeLockKey(table)]);
     // Only the other table's expunger is locked out now.
     expect(await a.get(ExpungerService).run()).toMatchObject({ deleted: 20, skipped: false });
-    await admin.query('SELECT pg_advisory_unlock_all()');
+    await fixture.admin.query('SELECT pg_advisory_unlock_all()');
   });
 
   it('does not wait on expired rows another transaction holds: skips them, and the next run takes them', async () => {
     const a = await app({ options: { expunge: { enabled: false, batchSize: 10 } } });
     await insertRows('old', 45, 'user', `now() - interval '1 day' - i * interval '1 second'`);
-    const holder = new pg.Client({ connectionString: db.url });
+    const holder = new pg.Client({ connectionString: fixture.db.url });
     await holder.connect();
     try {
       await holder.query('BEGIN');
@@ -296,7 +265,6 @@ describe('run()', () => {
     // It stopped early, and its count is exactly what is gone.
     expect(result.deleted).toBeLessThan(30_000);
     expect(await countRows()).toBe(30_000 - result.deleted);
-    const { rows } = await admin.query(`SELECT 1 FROM pg_locks WHERE locktype = 'advisory'`);
-    expect(rows).toHaveLength(0);
+    expect(await fixture.advisoryLocks()).toEqual([]);
   });
 });

@@ -1,23 +1,15 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { Controller, Get, Logger, UseGuards, type INestApplication } from '@nestjs/common';
+import { Logger, type INestApplication } from '@nestjs/common';
 import pg from 'pg';
 import request from 'supertest';
 import { DataSource } from 'typeorm';
-import { RevokedTokenGuard, TokenClaims, TokenService } from '../lib/index.js';
+import { TokenService } from '../lib/index.js';
 import { createGuardApp, PLATFORMS, type Platform } from './support/guard-app.js';
+import { GuardedSubjectController } from './support/guarded-controller.js';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 
 const STORE_TIMEOUT_MS = 300;
-
-@Controller('guarded')
-@UseGuards(RevokedTokenGuard)
-class GuardedController {
-  @Get()
-  get(@TokenClaims('sub') sub: string) {
-    return { sub };
-  }
-}
 
 const UNAVAILABLE = { statusCode: 503, error: 'Service Unavailable', message: 'token store unavailable' };
 
@@ -39,10 +31,10 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
   let logged: jest.SpiedFunction<Logger['error']>;
 
   /** GETs the guarded route with the token; a hang fails the test after 5 s instead of passing. */
-  async function get(): Promise<{ status: number; body: unknown; ms: number }> {
+  async function get(): Promise<{ status: number; body: unknown; ms: number; challenge?: string }> {
     const started = performance.now();
     const res = await request(app.getHttpServer()).get('/guarded').set('Authorization', `Bearer ${token}`).timeout(5000);
-    return { status: res.status, body: res.body, ms: performance.now() - started };
+    return { status: res.status, body: res.body, ms: performance.now() - started, challenge: res.headers['www-authenticate'] };
   }
 
   /** Retries until the guard admits again (a few pooled connections may still be dying). */
@@ -72,7 +64,7 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     app = await createGuardApp(url.toString(), {
       platform,
       options: { storeTimeoutMs: STORE_TIMEOUT_MS },
-      controllers: [GuardedController],
+      controllers: [GuardedSubjectController],
     });
     ({ token } = await app.get(TokenService).issueToken({ subject: 'olivia' }));
   });
@@ -115,6 +107,8 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     const down = await get();
     expect(down.status).toBe(503);
     expect(down.body).toEqual(UNAVAILABLE);
+    // The token is not at fault: no WWW-Authenticate challenge asks for other credentials.
+    expect(down.challenge).toBeUndefined();
     expect(down.ms).toBeLessThan(STORE_TIMEOUT_MS + 1000);
     expectLoggedFailures(1);
     proxy.setMode('forward');
@@ -129,6 +123,7 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     for (const answer of answers) {
       expect(answer.status).toBe(503);
       expect(answer.body).toEqual(UNAVAILABLE);
+      expect(answer.challenge).toBeUndefined();
       expect(answer.ms).toBeGreaterThanOrEqual(STORE_TIMEOUT_MS - 20);
       expect(answer.ms).toBeLessThan(STORE_TIMEOUT_MS + 1500);
     }
@@ -141,13 +136,18 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
 
   it('recovers without a restart when every pooled connection goes silent mid-query (a partition that never heals)', async () => {
     const pool = (app.get(DataSource).driver as unknown as { master: pg.Pool & { options: { max: number } } }).master;
-    // Fill the pool with idle connections, so that every request below lands on one.
+    // Fill the pool with idle connections, so that the first `max` requests below land on one.
     const clients = await Promise.all(Array.from({ length: pool.options.max }, () => pool.connect()));
     for (const client of clients) client.release();
     expect(pool.totalCount).toBe(pool.options.max);
     proxy.freeze();
     const answers = await Promise.all(Array.from({ length: pool.options.max + 2 }, () => get()));
-    for (const answer of answers) expect(answer.status).toBe(503);
+    // Those on a frozen connection answer 503. The two queued behind them may get a new
+    // connection, which the proxy forwards, once pg's query_timeout has discarded a frozen
+    // one: that can beat the guard's own timer of the same length, and then they rightly
+    // answer 200. Nothing else is an acceptable answer.
+    expect(answers.filter((answer) => answer.status === 503).length).toBeGreaterThanOrEqual(pool.options.max);
+    for (const answer of answers) expect([200, 503]).toContain(answer.status);
     // The frozen connections never answer again; only if pg gave up on them (and the pool
     // dropped them) can new connections be made.
     expect(await recovered()).toBe(200);

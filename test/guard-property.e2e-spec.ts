@@ -1,23 +1,15 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from '@jest/globals';
-import { Controller, Get, UseGuards, type INestApplication } from '@nestjs/common';
+import type { INestApplication } from '@nestjs/common';
 import fc from 'fast-check';
 import { SignJWT } from 'jose';
 import request from 'supertest';
-import { RevokedTokenGuard, TOKEN_GUARD_MESSAGES, TokenClaims, TokenService } from '../lib/index.js';
+import { TOKEN_GUARD_MESSAGES, TokenService } from '../lib/index.js';
 import { createGuardApp, PLATFORMS, type Platform } from './support/guard-app.js';
+import { GuardedSubjectController } from './support/guarded-controller.js';
 import { nowSeconds } from './support/jwt-fixtures.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { TEST_SECRET } from './support/token-app.js';
-
-@Controller('guarded')
-@UseGuards(RevokedTokenGuard)
-class GuardedController {
-  @Get()
-  get(@TokenClaims('sub') sub: string) {
-    return { sub };
-  }
-}
 
 const REASONS_401 = [
   TOKEN_GUARD_MESSAGES.missingToken, TOKEN_GUARD_MESSAGES.invalidToken, TOKEN_GUARD_MESSAGES.expired,
@@ -41,7 +33,7 @@ const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
 
 beforeAll(async () => {
   db = await createTestDatabase();
-  for (const platform of PLATFORMS) apps.set(platform, await createGuardApp(db.url, { platform, controllers: [GuardedController] }));
+  for (const platform of PLATFORMS) apps.set(platform, await createGuardApp(db.url, { platform, controllers: [GuardedSubjectController] }));
   const tokens = apps.get('express')!.get(TokenService);
   valid = await Promise.all(Array.from({ length: 4 }, (_, i) => tokens.issueToken({ subject: `fuzz-${i}`, claims: { pad: 'x'.repeat(i * 300) } }).then((t) => t.token)));
   revoked = await Promise.all(Array.from({ length: 3 }, (_, i) => tokens.issueToken({ subject: `gone-${i}` }).then((t) => t.token)));
@@ -127,6 +119,10 @@ describe.each(PLATFORMS)('RevokedTokenGuard under generated bad input on %s', (p
         expect(res.status).toBe(401);
         expect(res.body).toEqual({ statusCode: 401, error: 'Unauthorized', message: expect.any(String) });
         expect(REASONS_401).toContain(res.body.message);
+        // Whatever the input, the RFC 6750 challenge is well-formed and matches the reason.
+        expect(res.headers['www-authenticate']).toBe(res.body.message === TOKEN_GUARD_MESSAGES.missingToken
+          ? 'Bearer'
+          : `Bearer error="invalid_token", error_description="${res.body.message}"`);
         statuses.set(res.body.message, (statuses.get(res.body.message) ?? 0) + 1);
       }),
       { numRuns: 1000 },

@@ -15,6 +15,7 @@ import {
   type TokenClaimsPayload,
 } from '../lib/index.js';
 import { createGuardApp, PLATFORMS, type Platform } from './support/guard-app.js';
+import { subjectController } from './support/guarded-controller.js';
 import { nowSeconds, unsignedTokenVariants } from './support/jwt-fixtures.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { TEST_SECRET } from './support/token-app.js';
@@ -63,14 +64,15 @@ class CookieTokenGuard extends RevokedTokenGuard {
   }
 }
 
-@Controller('cookie')
-@UseGuards(CookieTokenGuard)
-class CookieController {
-  @Get()
-  get(@TokenClaims('sub') sub: string) {
-    return { sub };
-  }
+const CookieController = subjectController('cookie', CookieTokenGuard);
+
+/** Names a realm, with characters that must be escaped in a quoted-string. */
+@Injectable()
+class RealmTokenGuard extends RevokedTokenGuard {
+  protected override readonly realm = 'the "inner" api\\v2';
 }
+
+const RealmController = subjectController('realm', RealmTokenGuard);
 
 /** Not decorated with the guard: only APP_GUARD protects it. */
 @Controller('global')
@@ -109,11 +111,17 @@ function bearer(token: string): Record<string, string> {
   return { Authorization: `Bearer ${token}` };
 }
 
+/** The RFC 6750 challenge of a 401 with this reason: no error code when there was no token. */
+function challengeFor(message: string): string {
+  return message === 'missing bearer token' ? 'Bearer' : `Bearer error="invalid_token", error_description="${message}"`;
+}
+
 async function expect401(app: INestApplication, path: string, headers: Record<string, string>, message: string): Promise<void> {
   const res = await request(app.getHttpServer()).get(path).set(headers);
-  expect({ status: res.status, body: res.body }).toEqual({
+  expect({ status: res.status, body: res.body, challenge: res.headers['www-authenticate'] }).toEqual({
     status: 401,
     body: { statusCode: 401, error: 'Unauthorized', message },
+    challenge: challengeFor(message),
   });
 }
 
@@ -132,7 +140,7 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
   let tokens: TokenService;
 
   beforeAll(async () => {
-    app = await createGuardApp(db.url, { platform, options: { jwt: JWT }, controllers: [GuardedController, PublicController, CookieController] });
+    app = await createGuardApp(db.url, { platform, options: { jwt: JWT }, controllers: [GuardedController, PublicController, CookieController, RealmController] });
     tokens = app.get(TokenService);
   });
 
@@ -212,6 +220,39 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
     await expect401(app, '/guarded', bearer(first.token), 'token revoked');
     await expect401(app, '/guarded', bearer(second), 'token revoked');
     expect((await request(app.getHttpServer()).get('/guarded').set(bearer(other.token))).status).toBe(200);
+  });
+
+  it('challenges every 401 with WWW-Authenticate (RFC 6750): plain Bearer without a token, invalid_token with the reason otherwise', async () => {
+    const challenge = async (headers: Record<string, string>) => {
+      const res = await request(app.getHttpServer()).get('/guarded').set(headers);
+      expect(res.status).toBe(401);
+      return res.headers['www-authenticate'];
+    };
+    expect(await challenge({})).toBe('Bearer');
+    expect(await challenge({ Authorization: 'Basic YTpi' })).toBe('Bearer');
+    expect(await challenge(bearer(await sign({}, { secret: 'another-secret-that-is-at-least-32-bytes!' }))))
+      .toBe('Bearer error="invalid_token", error_description="invalid token"');
+    expect(await challenge(bearer(await sign({ exp: nowSeconds() - 10 }))))
+      .toBe('Bearer error="invalid_token", error_description="token expired"');
+    const { token } = await tokens.issueToken({ subject: 'walter' });
+    const admitted = await request(app.getHttpServer()).get('/guarded').set(bearer(token));
+    expect({ status: admitted.status, challenge: admitted.headers['www-authenticate'] }).toEqual({ status: 200, challenge: undefined });
+    await tokens.revoke(token);
+    expect(await challenge(bearer(token))).toBe('Bearer error="invalid_token", error_description="token revoked"');
+  });
+
+  it('puts the realm of a subclass first in the challenge, quote-escaped', async () => {
+    const missing = await request(app.getHttpServer()).get('/realm');
+    expect({ status: missing.status, challenge: missing.headers['www-authenticate'] })
+      .toEqual({ status: 401, challenge: 'Bearer realm="the \\"inner\\" api\\\\v2"' });
+    const forged = await request(app.getHttpServer()).get('/realm').set(bearer('garbage'));
+    expect({ status: forged.status, challenge: forged.headers['www-authenticate'], message: forged.body.message }).toEqual({
+      status: 401,
+      challenge: 'Bearer realm="the \\"inner\\" api\\\\v2", error="invalid_token", error_description="invalid token"',
+      message: 'invalid token',
+    });
+    const { token } = await tokens.issueToken({ subject: 'xavier' });
+    expect((await request(app.getHttpServer()).get('/realm').set(bearer(token))).body).toEqual({ sub: 'xavier' });
   });
 
   it('lets @SkipTokenCheck() handlers through with no token or a bad one, without claims', async () => {
@@ -441,6 +482,8 @@ describe('with a remote JWKS', () => {
         status: 503,
         body: { statusCode: 503, error: 'Service Unavailable', message: 'token keys unavailable' },
       });
+      // The token is not at fault: no challenge asks the client for other credentials.
+      expect(res.headers['www-authenticate']).toBeUndefined();
       expect(logged).toHaveBeenCalledTimes(1);
     } finally {
       logged.mockRestore();
