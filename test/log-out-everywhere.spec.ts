@@ -184,6 +184,21 @@ describe('stored tokens', () => {
     expect(await stored.tokens.tokenRevoked(second.token)).toBe(false);
   });
 
+  it('repeatAfterCommit: logs out again once the caller\'s transaction commits; by default it does not', async () => {
+    for (const repeatAfterCommit of [true, undefined]) {
+      const subject = uniqueSubject();
+      const pending = await dataSource.transaction(async (manager) => {
+        await stored.logOut.logOutEverywhere(subject, { manager, repeatAfterCommit });
+        const [{ extra_data: inTransaction }] = await manager.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]);
+        await clockPast((Object.values(inTransaction.levels)[0] as LogOutLevel).at);
+        // Issued on another connection while the log-out is not committed yet.
+        return unstored.tokens.issueToken({ subject });
+      });
+      expect({ repeatAfterCommit, revoked: await unstored.tokens.tokenRevoked(pending.token) })
+        .toEqual({ repeatAfterCommit, revoked: repeatAfterCommit === true });
+    }
+  });
+
   it('rejects an empty subject and malformed lists', async () => {
     await expect(stored.logOut.logOutEverywhere('')).rejects.toThrow(TypeError);
     await expect(stored.logOut.logOutEverywhere('x', { includePurposes: [''] })).rejects.toThrow(TypeError);

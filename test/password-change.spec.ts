@@ -1,12 +1,26 @@
-import type { INestApplication } from '@nestjs/common';
-import { Column, Entity, PrimaryGeneratedColumn, type DataSource, type Repository } from 'typeorm';
+import { randomUUID } from 'node:crypto';
+import { jest } from '@jest/globals';
+import { Logger, type INestApplication } from '@nestjs/common';
+import {
+  Column,
+  Entity,
+  PrimaryGeneratedColumn,
+  type DataSource,
+  type EntityManager,
+  type EntitySubscriberInterface,
+  type Repository,
+} from 'typeorm';
 import {
   LogOutEverywhereService,
   REVOCATION_PURPOSE,
   Token,
+  TokenCodec,
   TokenResourceConfigError,
   TokenService,
 } from '../lib/index.js';
+import { logOutMarkerJti, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
+import { clockPast } from './support/clock.js';
+import { startTcpProxy } from './support/tcp-proxy.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
 
@@ -43,6 +57,7 @@ beforeAll(async () => {
   dataSource = dataSourceOf(app);
   await dataSource.query('CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL, "hashedPassword" text NOT NULL)');
   users = dataSource.getRepository(User);
+  dataSource.subscribers.push(commitHook);
 });
 
 afterAll(async () => {
@@ -67,6 +82,49 @@ async function userWithSessions(): Promise<{ user: User; stored: string; storedJ
 
 async function purposeOf(jti: string): Promise<string> {
   return (await dataSource.query('SELECT purpose FROM tokens WHERE jti = $1', [jti]))[0].purpose;
+}
+
+/** The latest log-out moment recorded for the user, as `manager` (default: autocommit) sees it. */
+async function loggedOutAt(user: User, manager: EntityManager = dataSource.manager): Promise<number> {
+  const [row] = await manager.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(String(user.id))]);
+  return Math.max(...Object.values<LogOutLevel>(row.extra_data.levels).map((level) => level.at));
+}
+
+/**
+ * A login on another connection while a password change is written but not committed
+ * (`changing` is the change's transaction): it still reads the old hash, and signs its
+ * tokens strictly after the log-out the change has recorded so far.
+ */
+async function racingLogin(user: User, changing: EntityManager): Promise<{ stored: { token: string; jti: string }; unstored: string }> {
+  await clockPast(await loggedOutAt(user, changing));
+  expect((await users.findOneByOrFail({ id: user.id })).hashedPassword).toBe('old-hash');
+  const stored = await tokens.issueToken({ subject: String(user.id) });
+  const iat = Date.now() / 1000;
+  const unstored = await app.get(TokenCodec).sign({ sub: String(user.id), jti: randomUUID(), iat, exp: Math.floor(iat) + 3600 });
+  return { stored, unstored };
+}
+
+/** Work to run in the next transaction of the data source just before it commits; see {@link beforeNextCommit}. */
+let nextCommitWork: ((manager: EntityManager) => Promise<void>) | undefined;
+
+/** Runs `work` inside the next transaction that commits, after everything else it did. */
+function beforeNextCommit(work: (manager: EntityManager) => Promise<void>): void {
+  nextCommitWork = work;
+}
+
+const commitHook: EntitySubscriberInterface = {
+  beforeTransactionCommit({ manager }) {
+    const work = nextCommitWork;
+    nextCommitWork = undefined;
+    return work?.(manager);
+  },
+};
+
+/** A login after the password change, and after the clock moved past its log-out: valid. */
+async function expectLaterLoginValid(user: User): Promise<void> {
+  await clockPast(await loggedOutAt(user));
+  const later = await tokens.issueToken({ subject: String(user.id) });
+  expect(await tokens.tokenRevoked(later.token)).toBe(false);
 }
 
 it('a password change by save inside a transaction revokes the user\'s tokens, stored and unstored', async () => {
@@ -148,6 +206,101 @@ it('logOutOnPasswordChange: for password changes made without save, in the calle
   expect(counted).toBe(1);
   expect(await tokens.tokenRevoked(stored)).toBe(true);
   expect(await tokens.tokenRevoked(unstored)).toBe(true);
+});
+
+describe('a login racing an uncommitted password change does not survive its commit', () => {
+  it('save inside the caller\'s transaction: logged out again when the caller commits', async () => {
+    const { user } = await userWithSessions();
+    const raced = await dataSource.transaction(async (manager) => {
+      user.hashedPassword = 'new-hash';
+      await manager.save(user);
+      return racingLogin(user, manager);
+    });
+    expect(await tokens.tokenRevoked(raced.stored.token)).toBe(true);
+    expect(await purposeOf(raced.stored.jti)).toBe(REVOCATION_PURPOSE);
+    expect(await tokens.tokenRevoked(raced.unstored)).toBe(true);
+    await expectLaterLoginValid(user);
+  });
+
+  it('a plain repository.save: logged out again when TypeORM\'s own transaction commits', async () => {
+    const { user } = await userWithSessions();
+    let raced!: Awaited<ReturnType<typeof racingLogin>>;
+    beforeNextCommit(async (manager) => { raced = await racingLogin(user, manager); });
+    await users.save({ id: user.id, hashedPassword: 'new-hash' });
+    expect(raced).toBeDefined();
+    expect(await tokens.tokenRevoked(raced.stored.token)).toBe(true);
+    expect(await tokens.tokenRevoked(raced.unstored)).toBe(true);
+    await expectLaterLoginValid(user);
+  });
+
+  it('logOutOnPasswordChange in the caller\'s transaction: logged out again after the commit too', async () => {
+    const { user } = await userWithSessions();
+    const logOut = app.get(LogOutEverywhereService);
+    const raced = await dataSource.transaction(async (manager) => {
+      await manager.update(User, { id: user.id }, { hashedPassword: 'by-update' });
+      await logOut.logOutOnPasswordChange(user, manager);
+      return racingLogin(user, manager);
+    });
+    expect(await tokens.tokenRevoked(raced.stored.token)).toBe(true);
+    expect(await tokens.tokenRevoked(raced.unstored)).toBe(true);
+    await expectLaterLoginValid(user);
+  });
+
+  it('a change in a savepoint: rolled back, nothing is repeated; released, repeated when the outer transaction commits', async () => {
+    const rolledBack = await userWithSessions();
+    const newSession = await dataSource.transaction(async (manager) => {
+      await expect(manager.transaction(async (savepoint) => {
+        rolledBack.user.hashedPassword = 'new-hash';
+        await savepoint.save(rolledBack.user);
+        throw new Error('roll back to the savepoint');
+      })).rejects.toThrow('roll back to the savepoint');
+      return tokens.issueToken({ subject: String(rolledBack.user.id) });
+    });
+    expect(await dataSource.query('SELECT 1 FROM tokens WHERE jti = $1', [logOutMarkerJti(String(rolledBack.user.id))])).toEqual([]);
+    for (const token of [rolledBack.stored, rolledBack.unstored, newSession.token]) expect(await tokens.tokenRevoked(token)).toBe(false);
+
+    const { user } = await userWithSessions();
+    const raced = await dataSource.transaction(async (manager) => {
+      await manager.transaction(async (savepoint) => {
+        user.hashedPassword = 'new-hash';
+        await savepoint.save(user);
+      });
+      // The savepoint is released, but the change is still not committed.
+      return racingLogin(user, manager);
+    });
+    expect(await tokens.tokenRevoked(raced.stored.token)).toBe(true);
+    expect(await tokens.tokenRevoked(raced.unstored)).toBe(true);
+  });
+
+  it('a repeat that fails after the commit is logged with the subject; the password change still succeeds', async () => {
+    const target = new URL(db.url);
+    const proxy = await startTcpProxy(target.hostname, Number(target.port || 5432));
+    const proxied = new URL(db.url);
+    proxied.hostname = '127.0.0.1';
+    proxied.port = String(proxy.port);
+    const viaProxy = await createTokenApp(proxied.toString(), {
+      options: { storeAllTokens: true, expunge: { enabled: false }, logOutEverywhere: { applyOnPasswordChange: true, userEntity: User } },
+      typeOrm: { entities: [Token, User] },
+    });
+    const logged = jest.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
+    // Ahead of the module's own subscriber: the database goes away right after the COMMIT.
+    const cutAfterCommit: EntitySubscriberInterface = { afterTransactionCommit: () => proxy.cut() };
+    const proxiedSubscribers = dataSourceOf(viaProxy).subscribers;
+    try {
+      const { user, stored } = await userWithSessions();
+      proxiedSubscribers.unshift(cutAfterCommit);
+      await dataSourceOf(viaProxy).getRepository(User).save({ id: user.id, hashedPassword: 'new-hash' });
+      proxiedSubscribers.splice(proxiedSubscribers.indexOf(cutAfterCommit), 1);
+      // Committed, with the log-out it made inside the transaction.
+      expect((await users.findOneByOrFail({ id: user.id })).hashedPassword).toBe('new-hash');
+      expect(await tokens.tokenRevoked(stored)).toBe(true);
+      expect(logged).toHaveBeenCalledWith(expect.stringContaining(`subject '${user.id}'`), expect.anything());
+    } finally {
+      logged.mockRestore();
+      await viaProxy.close();
+      await proxy.close();
+    }
+  });
 });
 
 it('without applyOnPasswordChange, a password save revokes nothing', async () => {

@@ -1,5 +1,5 @@
-import { Inject, Injectable } from '@nestjs/common';
-import type { EntityManager, ObjectLiteral } from 'typeorm';
+import { Inject, Injectable, Logger, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
+import type { DataSource, EntityManager, ObjectLiteral } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import {
   LOG_OUT_EVERYWHERE_PURPOSE,
@@ -8,6 +8,7 @@ import {
 } from '../token-resource.constants.js';
 import { TokenStore } from '../token.store.js';
 import { canonicalPurposes, logOutMarkerJti, purposePasses } from './log-out-marker.js';
+import { PostCommitLogOuts } from './post-commit-log-outs.js';
 
 /** Options of {@link LogOutEverywhereService.logOutEverywhere}. */
 export interface LogOutEverywhereOptions {
@@ -37,6 +38,33 @@ export interface LogOutEverywhereOptions {
    * user's sessions alone.
    */
   revokeUnstored?: boolean;
+  /**
+   * With a `manager` inside a transaction: once that transaction commits, log out once
+   * more (in autocommit, on the same connection), so that the recorded moment follows
+   * the commit rather than the statement. Tokens issued while the transaction was
+   * pending are then revoked too: a login on another connection that still read the old
+   * password hash, but also a token the same transaction issued after the log-out
+   * (issue it after the commit, or keep it with `exceptJti`). The transaction must be
+   * committed through TypeORM (`EntityManager.transaction()`, `QueryRunner.commitTransaction()`);
+   * a rollback, or a rollback to a savepoint taken before the log-out, repeats nothing.
+   * A repeat that fails (the database gone) is logged as an error naming the subject,
+   * not thrown: the transaction has committed by then.
+   *
+   * Default `false`; `true` for {@link LogOutEverywhereService.logOutOnPasswordChange}
+   * and so for `applyOnPasswordChange`.
+   */
+  repeatAfterCommit?: boolean;
+}
+
+/** One log-out, with every default resolved: the parameters of its statement. */
+interface LogOutArgs {
+  subject: string;
+  /** Canonical (see `canonicalPurposes`); `null`: every purpose. */
+  includePurposes: string[] | null;
+  /** Canonical. */
+  excludePurposes: string[];
+  exceptJti: string | null;
+  revokeUnstored: boolean;
 }
 
 function checkPurposeList(value: unknown, name: string): asserts value is string[] | undefined {
@@ -51,7 +79,12 @@ function checkPurposeList(value: unknown, name: string): asserts value is string
  * devices", and the automatic log-out on password change.
  */
 @Injectable()
-export class LogOutEverywhereService {
+export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
+  private readonly logger = new Logger(LogOutEverywhereService.name);
+  /** Log-outs made with `repeatAfterCommit` inside transactions that have not ended yet. */
+  private readonly postCommit = new PostCommitLogOuts<LogOutArgs>((args, manager) => this.run(args, manager), this.logger);
+  private dataSource?: DataSource;
+
   /**
    * One statement does both halves of a log-out, so that it is atomic even in
    * autocommit and needs a single round trip:
@@ -126,6 +159,20 @@ export class LogOutEverywhereService {
     private readonly store: TokenStore,
   ) {}
 
+  /** Listens for the commits and rollbacks of the token table's data source, for `repeatAfterCommit`. */
+  onModuleInit(): void {
+    this.dataSource = this.store.repository.manager.connection;
+    this.dataSource.subscribers.push(this.postCommit);
+  }
+
+  /** Stops listening, so that a closed application leaves no subscriber on a shared data source. */
+  onModuleDestroy(): void {
+    const subscribers = this.dataSource?.subscribers;
+    const index = subscribers?.indexOf(this.postCommit) ?? -1;
+    if (index >= 0) subscribers!.splice(index, 1);
+    this.dataSource = undefined;
+  }
+
   /**
    * Revokes, in one set-based statement, every stored token of `subject` whose purpose
    * passes the include/exclude lists (defaults from the module options), except
@@ -136,7 +183,8 @@ export class LogOutEverywhereService {
    * milliseconds), so a whole-second `iat` from another issuer in the same second
    * counts as revoked.
    *
-   * Given `opts.manager`, it runs in that manager's transaction and is undone with it.
+   * Given `opts.manager`, it runs in that manager's transaction and is undone with it;
+   * with `opts.repeatAfterCommit` too, it runs once more after that transaction commits.
    *
    * @returns how many stored tokens it revoked (not counting tokens already revoked,
    *   unstored tokens, or its own marker row).
@@ -153,18 +201,30 @@ export class LogOutEverywhereService {
     const excludePurposes = opts.excludePurposes ?? defaults.excludePurposes;
     checkPurposeList(includePurposes, 'includePurposes');
     checkPurposeList(excludePurposes, 'excludePurposes');
-    const revokeUnstored = opts.revokeUnstored
-      ?? purposePasses(this.options.authenticationPurpose, includePurposes, excludePurposes);
-    const { rows } = await this.store.execute<{ revoked: number }>(this.logOutStatement, [
+    const args: LogOutArgs = {
       subject,
-      logOutMarkerJti(subject),
-      canonicalPurposes(includePurposes) ?? null,
-      canonicalPurposes(excludePurposes ?? []),
-      opts.exceptJti ?? null,
+      includePurposes: canonicalPurposes(includePurposes) ?? null,
+      excludePurposes: canonicalPurposes(excludePurposes ?? []),
+      exceptJti: opts.exceptJti ?? null,
+      revokeUnstored: opts.revokeUnstored ?? purposePasses(this.options.authenticationPurpose, includePurposes, excludePurposes),
+    };
+    const revoked = await this.run(args, opts.manager);
+    const runner = opts.manager?.queryRunner;
+    if (opts.repeatAfterCommit && runner?.isTransactionActive) this.postCommit.add(runner, subject, args);
+    return revoked;
+  }
+
+  private async run(args: LogOutArgs, manager: EntityManager | undefined): Promise<number> {
+    const { rows } = await this.store.execute<{ revoked: number }>(this.logOutStatement, [
+      args.subject,
+      logOutMarkerJti(args.subject),
+      args.includePurposes,
+      args.excludePurposes,
+      args.exceptJti,
       Date.now(),
-      defaults.markerLifetimeSeconds,
-      revokeUnstored,
-    ], opts.manager);
+      this.options.logOutEverywhere.markerLifetimeSeconds,
+      args.revokeUnstored,
+    ], manager);
     return rows[0]?.revoked ?? 0;
   }
 
@@ -176,13 +236,24 @@ export class LogOutEverywhereService {
    * password, so that a rolled-back change revokes nothing. The subject is
    * `logOutEverywhere.subjectOf(user)` (default `String(user.id)`).
    *
+   * Inside a transaction it logs out again once the transaction commits
+   * (`repeatAfterCommit`, on by default here): a login that read the old password hash
+   * before the commit and issued its token before the repeat is revoked too. Issue the
+   * session of the user who changed the password after the commit, or keep it with
+   * `exceptJti`. A login that verified the old password before the commit but signs its
+   * token only after the repeat is not covered; to close that window as well, have
+   * logins read the user row with a shared lock (`lock: { mode: 'pessimistic_read' }`)
+   * in a transaction that lasts until the token is issued, so that they wait for a
+   * pending password change.
+   *
    * @param user the user whose password changed; only `subjectOf` reads it.
    * @param manager the password change's transaction. Default: autocommit.
-   * @param opts further options, for example `exceptJti` to keep the session that changed it.
-   * @returns how many stored tokens were revoked.
+   * @param opts further options, for example `exceptJti` to keep the session that changed
+   *   it; `repeatAfterCommit` defaults to `true`.
+   * @returns how many stored tokens were revoked (by the first log-out; the repeat's are not counted).
    */
   async logOutOnPasswordChange(user: ObjectLiteral, manager?: EntityManager, opts: Omit<LogOutEverywhereOptions, 'manager'> = {}): Promise<number> {
     const subject = this.options.logOutEverywhere.subjectOf(user);
-    return this.logOutEverywhere(subject, { ...opts, manager });
+    return this.logOutEverywhere(subject, { ...opts, repeatAfterCommit: opts.repeatAfterCommit ?? true, manager });
   }
 }

@@ -11,7 +11,10 @@ import { LogOutEverywhereService } from './log-out-everywhere.service.js';
  * `logOutEverywhere.userEntity`: when a `save` changes `passwordField`, it logs the
  * user out everywhere through the manager of the save's own transaction (TypeORM wraps
  * every `save` in one, or joins the caller's), so a password change that rolls back
- * revokes nothing, and one that commits cannot leave old sessions alive.
+ * revokes nothing, and one that commits cannot leave old sessions alive. Once that
+ * transaction commits (the caller's, for a `save` inside one) it logs the user out again
+ * (`repeatAfterCommit`), so that a login that still read the old password hash while the
+ * change was pending does not keep its token either.
  *
  * Only `save` (and `manager.save`) is seen with the old and new values; `update()`,
  * query builders and raw SQL are not, because TypeORM does not say which rows they
