@@ -29,10 +29,14 @@ import { DataSource } from 'typeorm';
 import {
   CreateTokensTable1763900000000,
   LOG_OUT_EVERYWHERE_PURPOSE,
+  LogOutMarkerCache,
+  TOKEN_RESOURCE_OPTIONS,
   Token,
   TokenCodec,
   TokenResourceModule,
   TokenService,
+  TokenStore,
+  type ResolvedTokenResourceOptions,
 } from '../lib/index.js';
 import { closedLoop, mergeResults, type LoadResult } from './support/closed-loop.js';
 import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';
@@ -79,7 +83,9 @@ async function fill(pool: pg.Pool): Promise<void> {
   await pool.query(`
     INSERT INTO tokens (jti, subject, expires_at, purpose, extra_data)
     SELECT '${MARKER_PREFIX}user-' || s, 'user-' || s, now() + interval '100 years', '${LOG_OUT_EVERYWHERE_PURPOSE}',
-           jsonb_build_object('at', (extract(epoch from now() - interval '1 day') * 1000)::bigint)
+           jsonb_build_object('levels', jsonb_build_object(jsonb_build_array(NULL, '["revocation"]'::jsonb)::text, jsonb_build_object(
+             'at', (extract(epoch from now() - interval '1 day') * 1000)::bigint, 'exceptRevokedUpTo', 0,
+             'excludePurposes', '["revocation"]'::jsonb)))
       FROM generate_series(0, ${SUBJECTS - 1}, 100) AS s`);
   await pool.query('VACUUM (ANALYZE) tokens');
 }
@@ -116,6 +122,14 @@ async function main(): Promise<void> {
 
     const service = app.get(TokenService);
     const codec = app.get(TokenCodec);
+    // The same library with logOutMarkerCache on. It is built over the application's own
+    // store, so that both library variants share one pool: a second application would need
+    // another BENCH_POOL connections, and PostgreSQL's default max_connections is 100.
+    const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
+    const markerCache = new LogOutMarkerCache({ ...options, logOutMarkerCache: { enabled: true, maxStalenessMs: 1000, maxSubjects: 100_000 } }, app.get(TokenStore));
+    markerCache.onApplicationBootstrap();
+    const cachedService = new TokenService(options, codec, app.get(TokenStore), markerCache);
+    while (!markerCache.fresh) await new Promise((resolve) => setTimeout(resolve, 10));
     const rows = probeRows();
     const jtis = rows.map(jtiOf);
     const iat = Date.now() / 1000;
@@ -133,7 +147,7 @@ async function main(): Promise<void> {
 
     // Every variant must give the right answers before it is timed.
     for (let k = 0; k < 400; k++) {
-      const answers = [await rawRevoked(jtis[k]), await service.jtiRevoked(jtis[k]), await service.tokenRevoked(tokens[k])];
+      const answers = [await rawRevoked(jtis[k]), await service.jtiRevoked(jtis[k]), await service.tokenRevoked(tokens[k]), await cachedService.tokenRevoked(tokens[k])];
       if (answers.some((answer) => answer !== expected[k])) throw new Error(`wrong answer for ${jtis[k]}: ${answers} (expected ${expected[k]})`);
     }
 
@@ -142,7 +156,8 @@ async function main(): Promise<void> {
     const query = ormPool.master.query;
     let sent = 0;
     ormPool.master.query = function (this: pg.Pool, ...args: unknown[]) {
-      sent++;
+      // The marker cache's heartbeats share the pool; they are not part of a check.
+      if (!(args[0] as { name?: string }).name?.startsWith('ntr_heartbeat')) sent++;
       return (query as (...a: unknown[]) => unknown).apply(this, args);
     } as typeof query;
     const roundTrips: string[] = [];
@@ -163,6 +178,7 @@ async function main(): Promise<void> {
         return raw.query({ name: selectBoth.name, text: selectBoth.text, values: [claims.jti, MARKER_PREFIX + claims.sub] });
       } },
       { name: 'TokenService.tokenRevoked', call: (i) => service.tokenRevoked(at(tokens, i)) },
+      { name: 'tokenRevoked, logOutMarkerCache on', call: (i) => cachedService.tokenRevoked(at(tokens, i)) },
     ];
 
     // BENCH_ONLY (a regular expression) times only the matching variants, for profiling.
@@ -214,6 +230,7 @@ async function main(): Promise<void> {
       ['jtiRevoked', 'TokenService.jtiRevoked', 'raw pg: prepared PK SELECT'],
       ['tokenRevoked vs verify+SELECT (fair)', 'TokenService.tokenRevoked', 'raw: jose verify + PK SELECT'],
       ['tokenRevoked vs verify+SELECT both keys', 'TokenService.tokenRevoked', 'raw: jose verify + SELECT own row & marker'],
+      ['tokenRevoked, marker cache, vs verify+SELECT (fair)', 'tokenRevoked, logOutMarkerCache on', 'raw: jose verify + PK SELECT'],
       ['tokenRevoked vs bare SELECT (no verify)', 'TokenService.tokenRevoked', 'raw pg: prepared PK SELECT'],
     ];
     for (const [label, ours, theirs] of ratios) {
@@ -225,6 +242,7 @@ async function main(): Promise<void> {
       const goal = label.includes('bare') ? '(informational: the baseline does no JWT verification)' : `(goal >= 0.8x: ${[1, CONCURRENCY].every((c) => throughput(ours, c) / throughput(theirs, c) >= 0.8) ? 'met' : 'MISSED'})`;
       console.log(`ratio ${label}: ${parts.join(', ')} ${goal}`);
     }
+    await markerCache.onModuleDestroy();
   } finally {
     await app.close().catch(() => undefined);
     await database.close();

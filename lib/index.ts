@@ -16,6 +16,7 @@ export * from './token.service.js';
 export { TokenStore } from './token.store.js';
 export { ExpungerService, type ExpungeRunResult } from './expunger/expunger.service.js';
 export { LogOutEverywhereService, type LogOutEverywhereOptions } from './log-out-everywhere/log-out-everywhere.service.js';
+export { LogOutMarkerCache } from './marker-cache/log-out-marker.cache.js';
 export { PasswordChangeSubscriber } from './log-out-everywhere/password-change.subscriber.js';
 export { RevokedTokenGuard } from './guard/revoked-token.guard.js';
 export { TokenClaims, getTokenClaims } from './guard/token-claims.decorator.js';

@@ -10,6 +10,7 @@ import type {
 import { TokenCodec } from './jwt/token-codec.js';
 import { LogOutEverywhereService } from './log-out-everywhere/log-out-everywhere.service.js';
 import { PasswordChangeSubscriber } from './log-out-everywhere/password-change.subscriber.js';
+import { LogOutMarkerCache } from './marker-cache/log-out-marker.cache.js';
 import {
   createAsyncOptionsProviders,
   createCoreProviders,
@@ -20,8 +21,8 @@ import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.const
 import { TokenService } from './token.service.js';
 import { TokenStore } from './token.store.js';
 
-const SERVICES = [TokenStore, TokenService, LogOutEverywhereService, ExpungerService, PasswordChangeSubscriber, RevokedTokenGuard];
-const EXPORTS = [TOKEN_RESOURCE_OPTIONS, TOKEN_REPOSITORY, TokenCodec, TokenStore, TokenService, LogOutEverywhereService, ExpungerService, RevokedTokenGuard];
+const SERVICES = [TokenStore, LogOutMarkerCache, TokenService, LogOutEverywhereService, ExpungerService, PasswordChangeSubscriber, RevokedTokenGuard];
+const EXPORTS = [TOKEN_RESOURCE_OPTIONS, TOKEN_REPOSITORY, TokenCodec, TokenStore, LogOutMarkerCache, TokenService, LogOutEverywhereService, ExpungerService, RevokedTokenGuard];
 
 /**
  * Revocable JWTs backed by a TypeORM/PostgreSQL token table. The host application

@@ -5,6 +5,7 @@ import type { Token } from './entities/token.entity.js';
 import { durationToSeconds } from './jwt/duration.js';
 import { TokenCodec, type TokenClaimsPayload } from './jwt/token-codec.js';
 import { logOutMarkerJti, logOutMarkerRevokes } from './log-out-everywhere/log-out-marker.js';
+import { LogOutMarkerCache } from './marker-cache/log-out-marker.cache.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
 import {
   DEFAULT_AUTHENTICATION_PURPOSE,
@@ -194,18 +195,29 @@ export class TokenService {
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
     private readonly codec: TokenCodec,
     private readonly store: TokenStore,
+    private readonly markerCache: LogOutMarkerCache,
   ) {}
 
   /**
    * Signs a new JWT for `subject` with a random `jti`, and stores it when `storeAllTokens` is on.
    * `iat` keeps millisecond precision so that a log-out in the same second is exact. The
    * `purpose` claim lets the guard refuse, say, a `'confirm'` token as a session.
+   *
+   * @throws TypeError for an empty subject or purpose, or a malformed `expiresIn`.
+   * @throws RangeError when `expiresIn` exceeds `logOutEverywhere.markerLifetime`: the
+   *   token would outlive the record of its subject's log-outs.
    */
   async issueToken(input: IssueTokenInput): Promise<IssuedToken> {
     requireNonEmpty(input?.subject, 'subject');
     const purpose = input.purpose ?? DEFAULT_AUTHENTICATION_PURPOSE;
     requireNonEmpty(purpose, 'purpose');
     const lifetimeSeconds = durationToSeconds(input.expiresIn ?? DEFAULT_EXPIRES_IN);
+    const { markerLifetimeSeconds } = this.options.logOutEverywhere;
+    if (lifetimeSeconds > markerLifetimeSeconds) {
+      // The subject's log-out marker would be expunged while the token is still valid,
+      // and a token that was logged out would be accepted again.
+      throw new RangeError(`expiresIn (${lifetimeSeconds} s) exceeds logOutEverywhere.markerLifetime (${markerLifetimeSeconds} s); shorten expiresIn or raise markerLifetime.`);
+    }
     const jti = randomUUID();
     const issuedAt = Date.now() / 1000;
     const exp = Math.floor(issuedAt + lifetimeSeconds);
@@ -266,17 +278,27 @@ export class TokenService {
 
   /**
    * Checks verified claims against the store in one round trip: revocation and, for the
-   * guard, presence as an unexpired token of the authentication purpose.
+   * guard, presence as an unexpired token of the authentication purpose. The subject's
+   * log-out marker is read along with the token's row, unless `LogOutMarkerCache` knows it.
    */
   async checkClaims(claims: TokenClaimsPayload): Promise<TokenCheck> {
     const jti = requireString(claims, 'jti');
     const subject = requireString(claims, 'sub');
-    const markerJti = logOutMarkerJti(subject);
-    const { rows } = await this.store.query<TokenStateRow>(this.store.tokenStateStatement(), [jti, markerJti]);
-    const own = rows.find((row) => row.jti === jti && row.jti !== markerJti);
-    const marker = rows.find((row) => row.jti === markerJti && row.purpose === LOG_OUT_EVERYWHERE_PURPOSE)?.marker;
+    let marker = this.markerCache.lookup(subject);
+    let rows: TokenStateRow[];
+    if (marker !== undefined) {
+      ({ rows } = await this.store.query<TokenStateRow>(this.store.ownStateStatement(), [jti]));
+    } else {
+      const ticket = this.markerCache.ticket();
+      const markerJti = logOutMarkerJti(subject);
+      ({ rows } = await this.store.query<TokenStateRow>(this.store.tokenStateStatement(), [jti, markerJti]));
+      marker = rows.find((row) => row.jti === markerJti && row.purpose === LOG_OUT_EVERYWHERE_PURPOSE)?.marker ?? null;
+      this.markerCache.remember(subject, marker, ticket);
+    }
+    // A marker row is never a token's own row, even when a token's jti names one.
+    const own = rows.find((row) => row.jti === jti && row.purpose !== LOG_OUT_EVERYWHERE_PURPOSE);
     const revoked = own?.purpose === REVOCATION_PURPOSE
-      || (marker !== undefined && marker !== null && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
+      || (marker !== null && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
     const presentForAuthentication = own !== undefined
       && own.purpose === this.options.authenticationPurpose
       && own.live;

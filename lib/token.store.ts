@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Inject, Injectable } from '@nestjs/common';
-import type { Pool, QueryConfig } from 'pg';
+import type { Client as PgClient, Pool, QueryConfig } from 'pg';
 import type { EntityManager, Repository } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
 import {
@@ -56,6 +56,12 @@ export class TokenStore {
   /** The revoked-check statements, built on first use rather than on every request. */
   private jtiRevoked?: Statement;
   private tokenState?: Statement;
+  private ownState?: Statement;
+  /**
+   * The PostgreSQL channel on which log-outs everywhere of this table are announced, for
+   * the marker caches of every application instance (`LogOutMarkerCache`).
+   */
+  readonly logOutChannel: string;
 
   constructor(
     @Inject(TOKEN_REPOSITORY) readonly repository: Repository<Token>,
@@ -64,6 +70,16 @@ export class TokenStore {
     const driver = repository.manager.connection.driver;
     this.table = repository.metadata.tablePath.split('.').map((part) => driver.escape(part)).join('.');
     this.driver = driver as unknown as { master?: Pool };
+    this.logOutChannel = `ntr_log_out_${createHash('sha1').update(this.table).digest('hex').slice(0, 16)}`;
+  }
+
+  /**
+   * A new, unconnected `pg` client with the pool's own class and connection options, for
+   * a session that must outlive a pooled checkout (`LISTEN`).
+   */
+  createSessionClient(): PgClient {
+    const pool = this.pool as Pool & { Client: new (options: unknown) => PgClient; options: object };
+    return new pool.Client({ ...pool.options, keepAlive: true });
   }
 
   /**
@@ -145,6 +161,15 @@ export class TokenStore {
     } catch (error) {
       throw asUnavailable(error);
     }
+  }
+
+  /**
+   * The SQL that reads only a token's own row, for when the subject's log-out marker is
+   * already known (`LogOutMarkerCache`): the same one-key probe as `jtiRevoked`.
+   */
+  ownStateStatement(): Statement {
+    return this.ownState ??= this.checkStatement('own_state', `
+      SELECT jti, purpose, expires_at > now() AS live FROM ${this.table} WHERE jti = $1`);
   }
 
   /** The SQL that flips or inserts a revocation row; returns a row only if this call revoked. */

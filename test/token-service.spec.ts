@@ -445,6 +445,16 @@ describe('issueToken', () => {
     await expect(tokens.issueToken({ subject: 'kate', expiresIn })).rejects.toThrow(/seconds|duration/);
   });
 
+  it('refuses a lifetime longer than logOutEverywhere.markerLifetime, which would outlive its log-outs', async () => {
+    const shortMemory = await appWith({ logOutEverywhere: { markerLifetime: '30d' }, storeAllTokens: true });
+    const before = await countRows(dataSource);
+    await expect(shortMemory.issueToken({ subject: 'lena', expiresIn: '31d' }))
+      .rejects.toThrow(/expiresIn \(2678400 s\) exceeds logOutEverywhere.markerLifetime \(2592000 s\)/);
+    expect(await countRows(dataSource)).toBe(before);
+    await expect(shortMemory.issueToken({ subject: 'lena', expiresIn: '30d' })).resolves.toMatchObject({ jti: expect.any(String) });
+    await expect(tokens.issueToken({ subject: 'lena', expiresIn: '366d' })).rejects.toBeInstanceOf(RangeError);
+  });
+
   it('rejects a missing subject', async () => {
     await expect(tokens.issueToken({ subject: '' })).rejects.toThrow(/subject/);
   });

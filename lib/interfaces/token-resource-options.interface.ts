@@ -63,6 +63,33 @@ export interface TokenResourceLogOutEverywhereOptions {
   markerLifetime?: string | number;
 }
 
+/**
+ * Options of the in-process cache of log-out-everywhere markers (`LogOutMarkerCache`).
+ *
+ * With it, the revoked-check reads one primary key (the token's own row) instead of two
+ * for subjects whose marker it knows. It is kept fresh by PostgreSQL `LISTEN/NOTIFY` on
+ * one extra connection per application instance. A log-out everywhere takes effect at
+ * once on the instance that ran it, and on every other instance within
+ * `maxStalenessMs` of its commit; while the instance cannot prove that bound (listener
+ * down, notifications delayed), it checks the database directly.
+ */
+export interface TokenResourceLogOutMarkerCacheOptions {
+  /**
+   * Turn the cache on. It needs a session-level PostgreSQL connection for `LISTEN` (not a
+   * transaction-pooling PgBouncer; there it stays unused and every check reads both
+   * keys). Default `false`.
+   */
+  enabled?: boolean;
+  /**
+   * The longest time, in milliseconds, a log-out everywhere committed on another instance
+   * may go unseen here. Heartbeats sent every quarter of it must come back through
+   * `LISTEN` for the cache to be used. Default `1000`.
+   */
+  maxStalenessMs?: number;
+  /** How many subjects it remembers (least recently used are dropped first). Default `100000`. */
+  maxSubjects?: number;
+}
+
 /** Options of `TokenResourceModule.forRoot`. */
 export interface TokenResourceModuleOptions {
   /** Name of the TypeORM data source. Default `'default'`. */
@@ -86,6 +113,8 @@ export interface TokenResourceModuleOptions {
   expunge?: TokenResourceExpungeOptions;
   /** Log-out-everywhere options. */
   logOutEverywhere?: TokenResourceLogOutEverywhereOptions;
+  /** Cache log-out-everywhere markers in memory, with a bounded staleness. Default: off. */
+  logOutMarkerCache?: TokenResourceLogOutMarkerCacheOptions;
   /** Register the module globally. Default `false`. */
   isGlobal?: boolean;
 }

@@ -6,6 +6,7 @@ import {
   REVOCATION_PURPOSE,
   TOKEN_RESOURCE_OPTIONS,
 } from '../token-resource.constants.js';
+import { LogOutMarkerCache } from '../marker-cache/log-out-marker.cache.js';
 import { TokenStore } from '../token.store.js';
 import { canonicalPurposes, logOutMarkerJti, purposePasses } from './log-out-marker.js';
 import { PostCommitLogOuts } from './post-commit-log-outs.js';
@@ -67,6 +68,9 @@ interface LogOutArgs {
   revokeUnstored: boolean;
 }
 
+/** The longest subject a notification carries; PostgreSQL's payload limit is 8000 bytes. */
+const MAX_ANNOUNCED_SUBJECT_BYTES = 7000;
+
 function checkPurposeList(value: unknown, name: string): asserts value is string[] | undefined {
   if (value === undefined) return;
   if (!Array.isArray(value) || value.some((purpose) => typeof purpose !== 'string' || purpose === '')) {
@@ -102,6 +106,10 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * 2. `revoked` flips every stored row of the subject whose purpose passes the filter
    *    to `'revocation'`, on the `subject` index. A row a concurrent `revoke` holds is
    *    re-checked after it commits and skipped, so each token is revoked exactly once.
+   * 3. `announced` notifies the marker caches of every instance (`LogOutMarkerCache`)
+   *    on the table's channel. A notification is delivered when, and only if, the
+   *    transaction commits, which is what bounds how stale a cache may be. A subject too
+   *    long for a payload is announced with an empty one, which empties the caches.
    *
    * The marker is evaluated first (the scalar subqueries run left to right), so
    * concurrent log-outs of one subject queue on the marker row before they lock any
@@ -152,11 +160,14 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
          AND ($5::text IS NULL OR jti <> $5::text)
       RETURNING 1
     )
-    SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked`);
+    SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked,
+           (SELECT count(*) FROM (SELECT pg_notify('${this.store.logOutChannel}',
+              CASE WHEN octet_length($1::text) <= ${MAX_ANNOUNCED_SUBJECT_BYTES} THEN $1::text ELSE '' END) FROM marker) AS announced)::int AS announced`);
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
     private readonly store: TokenStore,
+    private readonly markerCache: LogOutMarkerCache,
   ) {}
 
   /** Listens for the commits and rollbacks of the token table's data source, for `repeatAfterCommit`. */
@@ -225,6 +236,8 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
       this.options.logOutEverywhere.markerLifetimeSeconds,
       args.revokeUnstored,
     ], manager);
+    // Other instances hear of it when it commits; this one must not wait for its own echo.
+    this.markerCache.forget(args.subject);
     return rows[0]?.revoked ?? 0;
   }
 

@@ -28,6 +28,7 @@ export interface ResolvedTokenResourceOptions {
     subjectOf: (user: any) => string;
     markerLifetimeSeconds: number;
   };
+  logOutMarkerCache: { enabled: boolean; maxStalenessMs: number; maxSubjects: number };
   isGlobal: boolean;
 }
 
@@ -39,6 +40,14 @@ function positiveNumber(value: number | undefined, fallback: number, name: strin
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
     fail(`${name} must be a positive ${integer ? 'integer' : 'number'}, got ${String(value)}.`);
+  }
+  return value;
+}
+
+function atLeast(value: number | undefined, fallback: number, minimum: number, name: string): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < minimum) {
+    fail(`${name} must be a number >= ${minimum}, got ${String(value)}.`);
   }
   return value;
 }
@@ -90,6 +99,7 @@ export function resolveOptions(options: TokenResourceModuleOptions | undefined):
     fail(`logOutEverywhere.markerLifetime: ${(error as Error).message}`);
   }
   const expunge = options.expunge ?? {};
+  const markerCache = options.logOutMarkerCache ?? {};
   return {
     dataSource: options.dataSource ?? 'default',
     entity: options.entity ?? Token,
@@ -111,6 +121,11 @@ export function resolveOptions(options: TokenResourceModuleOptions | undefined):
       passwordField: logOut.passwordField ?? 'hashedPassword',
       subjectOf: logOut.subjectOf ?? ((user: { id: unknown }) => String(user.id)),
       markerLifetimeSeconds,
+    },
+    logOutMarkerCache: {
+      enabled: markerCache.enabled ?? false,
+      maxStalenessMs: atLeast(markerCache.maxStalenessMs, 1000, 100, 'logOutMarkerCache.maxStalenessMs'),
+      maxSubjects: positiveNumber(markerCache.maxSubjects, 100_000, 'logOutMarkerCache.maxSubjects', true),
     },
     isGlobal: options.isGlobal ?? false,
   };

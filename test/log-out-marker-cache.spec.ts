@@ -1,0 +1,267 @@
+import type { INestApplication } from '@nestjs/common';
+import { jest } from '@jest/globals';
+import type { Client as PgClient } from 'pg';
+import { LogOutEverywhereService, LogOutMarkerCache, TokenService, TokenStore } from '../lib/index.js';
+import { createTestDatabase, type TestDatabase } from './support/test-database.js';
+import { createTokenApp, dataSourceOf } from './support/token-app.js';
+import { waitFor } from './support/wait-for.js';
+
+/** LogOutMarkerCache (issue 7): one-key checks, with a tested bound on how stale a log-out may be. */
+
+const MAX_STALENESS_MS = 600;
+const CACHED = { logOutMarkerCache: { enabled: true, maxStalenessMs: MAX_STALENESS_MS }, expunge: { enabled: false } };
+
+let db: TestDatabase;
+/** Two application instances sharing one database, both caching markers. */
+let here: INestApplication;
+let there: INestApplication;
+const apps: INestApplication[] = [];
+
+async function instance(options: object): Promise<INestApplication> {
+  const app = await createTokenApp(db.url, { options });
+  apps.push(app);
+  return app;
+}
+
+function subject(): string {
+  return `cached-${Math.random().toString(36).slice(2)}`;
+}
+
+/** The names of the revoked-check statements an instance sends while `work` runs. */
+async function statementsDuring(app: INestApplication, work: () => Promise<unknown>): Promise<string[]> {
+  const store = app.get(TokenStore);
+  const query = jest.spyOn(store, 'query');
+  try {
+    await work();
+    // Heartbeats share the pool; they are not part of a check.
+    return query.mock.calls.map(([statement]) => statement.name.replace(/_[0-9a-f]+$/, '')).filter((name) => name !== 'ntr_heartbeat');
+  } finally {
+    query.mockRestore();
+  }
+}
+
+async function freshCache(app: INestApplication): Promise<LogOutMarkerCache> {
+  const cache = app.get(LogOutMarkerCache);
+  await waitFor(() => cache.fresh, 10_000, 'the marker cache to be fresh');
+  return cache;
+}
+
+/** The connection the cache listens on (private: the tests reach in to cut it). */
+function listenerOf(app: INestApplication): PgClient {
+  const listener = (app.get(LogOutMarkerCache) as unknown as { listener?: PgClient }).listener;
+  if (!listener) throw new Error('the cache is not listening');
+  return listener;
+}
+
+/** The socket of that connection: pausing it stops notifications as a partition would, unseen by the client. */
+function listenerSocketOf(app: INestApplication): { pause(): void; resume(): void } {
+  return (listenerOf(app) as unknown as { connection: { stream: { pause(): void; resume(): void } } }).connection.stream;
+}
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  here = await instance(CACHED);
+  there = await instance(CACHED);
+});
+
+afterAll(async () => {
+  for (const app of apps) await app.close();
+  await db.drop();
+});
+
+describe('LogOutMarkerCache', () => {
+  it('is off by default: every check reads both keys and nothing listens', async () => {
+    const plain = await instance({ expunge: { enabled: false } });
+    const { token } = await plain.get(TokenService).issueToken({ subject: subject() });
+    const sent = await statementsDuring(plain, async () => {
+      for (let i = 0; i < 3; i++) await plain.get(TokenService).tokenRevoked(token);
+    });
+    expect(sent).toEqual(['ntr_token_state', 'ntr_token_state', 'ntr_token_state']);
+    expect(plain.get(LogOutMarkerCache).fresh).toBe(false);
+  });
+
+  it('listens on one connection per instance and answers repeat checks with the one-key probe', async () => {
+    await freshCache(here);
+    const listening = await dataSourceOf(here).query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'`);
+    expect(listening[0].n).toBe(2);
+
+    const tokens = here.get(TokenService);
+    const { token } = await tokens.issueToken({ subject: subject() });
+    const sent = await statementsDuring(here, async () => {
+      expect(await tokens.tokenRevoked(token)).toBe(false);
+      expect(await tokens.tokenRevoked(token)).toBe(false);
+    });
+    expect(sent).toEqual(['ntr_token_state', 'ntr_own_state']);
+  });
+
+  it('still reads revocations of single tokens on every check', async () => {
+    await freshCache(here);
+    const tokens = here.get(TokenService);
+    const { token } = await tokens.issueToken({ subject: subject() });
+    expect(await tokens.tokenRevoked(token)).toBe(false);
+    await there.get(TokenService).revoke(token);
+    expect(await tokens.tokenRevoked(token)).toBe(true);
+  });
+
+  it('sees a log-out on its own instance at once', async () => {
+    await freshCache(here);
+    const user = subject();
+    const { token } = await here.get(TokenService).issueToken({ subject: user });
+    expect(await here.get(TokenService).tokenRevoked(token)).toBe(false);
+    // Its own notification must not be what it relies on: hold the listener's socket.
+    const socket = listenerSocketOf(here);
+    socket.pause();
+    try {
+      await here.get(LogOutEverywhereService).logOutEverywhere(user);
+      expect(here.get(LogOutMarkerCache).fresh).toBe(true);
+      expect(await here.get(TokenService).tokenRevoked(token)).toBe(true);
+    } finally {
+      socket.resume();
+    }
+  });
+
+  it('sees a log-out on another instance within maxStalenessMs', async () => {
+    await freshCache(there);
+    const user = subject();
+    const { token } = await there.get(TokenService).issueToken({ subject: user });
+    expect(await there.get(TokenService).tokenRevoked(token)).toBe(false);
+    expect(there.get(LogOutMarkerCache).lookup(user)).toBeNull();
+
+    await here.get(LogOutEverywhereService).logOutEverywhere(user);
+    const committedAt = Date.now();
+    await waitFor(async () => there.get(TokenService).tokenRevoked(token), 5000, 'the other instance to see the log-out', 5);
+    expect(Date.now() - committedAt).toBeLessThanOrEqual(MAX_STALENESS_MS);
+  });
+
+  it('announces a log-out inside a transaction when it commits, and never when it rolls back', async () => {
+    await freshCache(there);
+    const rolledBack = subject();
+    const committed = subject();
+    const tokensThere = there.get(TokenService);
+    const a = (await tokensThere.issueToken({ subject: rolledBack })).token;
+    const b = (await tokensThere.issueToken({ subject: committed })).token;
+    expect(await tokensThere.tokenRevoked(a)).toBe(false);
+    expect(await tokensThere.tokenRevoked(b)).toBe(false);
+
+    const logOut = here.get(LogOutEverywhereService);
+    await expect(dataSourceOf(here).transaction(async (manager) => {
+      await logOut.logOutEverywhere(rolledBack, { manager });
+      throw new Error('roll back');
+    })).rejects.toThrow('roll back');
+    await dataSourceOf(here).transaction(async (manager) => {
+      await logOut.logOutEverywhere(committed, { manager });
+      // Not committed yet: the other instance must still say "not revoked", from its cache or not.
+      expect(await tokensThere.tokenRevoked(b)).toBe(false);
+    });
+    await waitFor(async () => tokensThere.tokenRevoked(b), MAX_STALENESS_MS, 'the other instance to see the committed log-out', 5);
+    // The rolled-back log-out left the cached "no marker" in place: still the one-key probe.
+    const sent = await statementsDuring(there, async () => expect(await tokensThere.tokenRevoked(a)).toBe(false));
+    expect(sent).toEqual(['ntr_own_state']);
+  });
+
+  it('does not keep an answer read before a log-out that was announced while the read was in flight', async () => {
+    await freshCache(there);
+    const user = subject();
+    const tokensThere = there.get(TokenService);
+    const { token } = await tokensThere.issueToken({ subject: user });
+    const cache = there.get(LogOutMarkerCache);
+    const store = there.get(TokenStore);
+    const query = store.query.bind(store);
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => { release = resolve; });
+    let readSent = false;
+    const read = jest.spyOn(store, 'query').mockImplementation(async (statement, values) => {
+      const result = await query(statement, values);
+      if (statement.name.startsWith('ntr_token_state') && !readSent) {
+        readSent = true;
+        await gate;
+      }
+      return result;
+    });
+    try {
+      // The read sees no marker; the log-out commits and is announced before the answer lands.
+      const stale = tokensThere.tokenRevoked(token);
+      await waitFor(() => readSent, 5000, 'the read to be answered');
+      const ticket = cache.ticket();
+      await here.get(LogOutEverywhereService).logOutEverywhere(user);
+      await waitFor(() => cache.ticket() !== ticket, MAX_STALENESS_MS, 'the log-out to be announced');
+      release();
+      expect(await stale).toBe(false);
+    } finally {
+      release();
+      read.mockRestore();
+    }
+    expect(cache.lookup(user)).toBeUndefined();
+    expect(await tokensThere.tokenRevoked(token)).toBe(true);
+  });
+
+  it('announces the log-out of a subject too long for a notification payload', async () => {
+    await freshCache(there);
+    const user = 'x'.repeat(9000);
+    const { token } = await there.get(TokenService).issueToken({ subject: user });
+    expect(await there.get(TokenService).tokenRevoked(token)).toBe(false);
+    await here.get(LogOutEverywhereService).logOutEverywhere(user);
+    await waitFor(async () => there.get(TokenService).tokenRevoked(token), MAX_STALENESS_MS, 'the other instance to see the log-out', 5);
+  });
+
+  it('stops answering when its listener connection is killed, and listens again', async () => {
+    const cache = await freshCache(there);
+    const user = subject();
+    const tokensThere = there.get(TokenService);
+    const { token } = await tokensThere.issueToken({ subject: user });
+    expect(await tokensThere.tokenRevoked(token)).toBe(false);
+
+    const pid = (listenerOf(there) as unknown as { processID: number }).processID;
+    await dataSourceOf(here).query('SELECT pg_terminate_backend($1)', [pid]);
+    await waitFor(() => !cache.fresh, 5000, 'the cache to stop answering');
+    // Nothing is announced to it now, so it must read the marker from the database.
+    await here.get(LogOutEverywhereService).logOutEverywhere(user);
+    const sent = await statementsDuring(there, async () => expect(await tokensThere.tokenRevoked(token)).toBe(true));
+    expect(sent).toEqual(['ntr_token_state']);
+
+    await freshCache(there);
+    expect((listenerOf(there) as unknown as { processID: number }).processID).not.toBe(pid);
+  });
+
+  it('stops answering within maxStalenessMs when notifications silently stop arriving', async () => {
+    const cache = await freshCache(there);
+    const user = subject();
+    const tokensThere = there.get(TokenService);
+    const { token } = await tokensThere.issueToken({ subject: user });
+    expect(await tokensThere.tokenRevoked(token)).toBe(false);
+
+    // A partition the client cannot see: the listener's socket is simply not read any more.
+    const socket = listenerSocketOf(there);
+    socket.pause();
+    try {
+      await here.get(LogOutEverywhereService).logOutEverywhere(user);
+      const committedAt = Date.now();
+      await waitFor(async () => tokensThere.tokenRevoked(token), 5000, 'the silent instance to see the log-out', 5);
+      // The bound itself, plus a margin for timers and polling on a loaded machine.
+      expect(Date.now() - committedAt).toBeLessThanOrEqual(MAX_STALENESS_MS + 300);
+      expect(cache.fresh).toBe(false);
+    } finally {
+      socket.resume();
+    }
+    await freshCache(there);
+  });
+
+  it('remembers at most maxSubjects subjects, dropping the least recently used', async () => {
+    const small = await instance({ ...CACHED, logOutMarkerCache: { ...CACHED.logOutMarkerCache, maxSubjects: 2 } });
+    const cache = await freshCache(small);
+    const tokens = small.get(TokenService);
+    const [first, second, third] = [subject(), subject(), subject()];
+    for (const user of [first, second]) await tokens.tokenRevoked((await tokens.issueToken({ subject: user })).token);
+    expect(cache.lookup(first)).toBeNull();
+    await tokens.tokenRevoked((await tokens.issueToken({ subject: third })).token);
+    expect(cache.lookup(second)).toBeUndefined();
+    expect(cache.lookup(first)).toBeNull();
+    expect(cache.lookup(third)).toBeNull();
+  });
+
+  it('rejects a maxStalenessMs below 100 ms at start-up', async () => {
+    await expect(instance({ logOutMarkerCache: { enabled: true, maxStalenessMs: 10 } }))
+      .rejects.toThrow(/logOutMarkerCache\.maxStalenessMs must be a number >= 100/);
+  });
+});
