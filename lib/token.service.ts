@@ -18,7 +18,7 @@ import {
   TOKEN_RESOURCE_OPTIONS,
 } from './token-resource.constants.js';
 import { InvalidTokenError, TokenAlreadyRevokedError } from './token-resource.exceptions.js';
-import { TokenStore, type Statement, type TokenStateRow } from './token.store.js';
+import { TokenStore, type OwnStateRow, type Statement, type TokenStateRow } from './token.store.js';
 
 /** Input of {@link TokenService.issueToken}. */
 export interface IssueTokenInput {
@@ -285,18 +285,19 @@ export class TokenService {
     const jti = requireString(claims, 'jti');
     const subject = requireString(claims, 'sub');
     let marker = this.markerCache.lookup(subject);
-    let rows: TokenStateRow[];
+    let own: OwnStateRow | undefined;
     if (marker !== undefined) {
-      ({ rows } = await this.store.query<TokenStateRow>(this.store.ownStateStatement(), [jti]));
+      own = (await this.store.query<OwnStateRow>(this.store.ownStateStatement(), [jti])).rows[0];
     } else {
       const ticket = this.markerCache.ticket();
       const markerJti = logOutMarkerJti(subject);
-      ({ rows } = await this.store.query<TokenStateRow>(this.store.tokenStateStatement(), [jti, markerJti]));
+      const { rows } = await this.store.query<TokenStateRow>(this.store.tokenStateStatement(), [jti, markerJti]);
+      own = rows.find((row) => row.jti === jti);
       marker = rows.find((row) => row.jti === markerJti && row.purpose === LOG_OUT_EVERYWHERE_PURPOSE)?.marker ?? null;
       this.markerCache.remember(subject, marker, ticket);
     }
     // A marker row is never a token's own row, even when a token's jti names one.
-    const own = rows.find((row) => row.jti === jti && row.purpose !== LOG_OUT_EVERYWHERE_PURPOSE);
+    if (own?.purpose === LOG_OUT_EVERYWHERE_PURPOSE) own = undefined;
     const revoked = own?.purpose === REVOCATION_PURPOSE
       || (marker !== null && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
     const presentForAuthentication = own !== undefined

@@ -31,12 +31,16 @@ export interface StatementResult<Row> {
   rowCount: number;
 }
 
-/** The columns of a token row that decide whether it is revoked or admitted. */
-export interface TokenStateRow {
-  jti: string;
+/** The columns of a token's own row that decide whether it is revoked or admitted. */
+export interface OwnStateRow {
   purpose: string;
   /** `expires_at > now()`, judged by the database as `getToken` is; a boolean parses faster than a timestamp. */
   live: boolean;
+}
+
+/** A row of the two-key revoked-check: the token's own row or its subject's log-out marker. */
+export interface TokenStateRow extends OwnStateRow {
+  jti: string;
   /** Only set on log-out-everywhere marker rows. */
   marker: LogOutMarker | null;
 }
@@ -169,7 +173,7 @@ export class TokenStore {
    */
   ownStateStatement(): Statement {
     return this.ownState ??= this.checkStatement('own_state', `
-      SELECT jti, purpose, expires_at > now() AS live FROM ${this.table} WHERE jti = $1`);
+      SELECT purpose, expires_at > now() AS live FROM ${this.table} WHERE jti = $1`);
   }
 
   /** The SQL that flips or inserts a revocation row; returns a row only if this call revoked. */
