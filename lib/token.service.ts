@@ -288,7 +288,11 @@ export class TokenService {
     let own: OwnStateRow | undefined;
     if (marker !== undefined) {
       own = (await this.store.query<OwnStateRow>(this.store.ownStateStatement(), [jti])).rows[0];
-    } else {
+      // The wait for a pooled connection may have outlasted the cache's bound, or a
+      // log-out been announced meanwhile: then read the marker after all.
+      if (!this.markerCache.confirms(subject, marker)) marker = undefined;
+    }
+    if (marker === undefined) {
       const ticket = this.markerCache.ticket();
       const markerJti = logOutMarkerJti(subject);
       const { rows } = await this.store.query<TokenStateRow>(this.store.tokenStateStatement(), [jti, markerJti]);

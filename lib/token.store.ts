@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Inject, Injectable } from '@nestjs/common';
-import type { Client as PgClient, Pool, QueryConfig } from 'pg';
+import type { Client as PgClient, Pool, QueryConfig, QueryResult } from 'pg';
 import type { EntityManager, Repository } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
 import {
@@ -18,9 +18,10 @@ export interface Statement {
   name: string;
   text: string;
   /**
-   * Outside a transaction, how long `pg` waits for the answer before it fails the query and
-   * the pool discards the connection. Without it a connection whose peer went silent
-   * mid-query (a network partition) would stay checked out for good.
+   * Outside a transaction, how long a call may wait for a connection and its answer
+   * together before it fails with TokenResourceUnavailableError. It is also `pg`'s
+   * `query_timeout`, after which the pool discards the connection: without it a connection
+   * whose peer went silent mid-query (a network partition) would stay checked out for good.
    */
   timeoutMs?: number;
 }
@@ -80,10 +81,20 @@ export class TokenStore {
   /**
    * A new, unconnected `pg` client with the pool's own class and connection options, for
    * a session that must outlive a pooled checkout (`LISTEN`).
+   *
+   * @param session.role appended to the pool's `application_name`.
+   * @param session.connectionTimeoutMillis used when the pool sets none.
    */
-  createSessionClient(): PgClient {
-    const pool = this.pool as Pool & { Client: new (options: unknown) => PgClient; options: object };
-    return new pool.Client({ ...pool.options, keepAlive: true });
+  createSessionClient(session: { role: string; connectionTimeoutMillis: number }): PgClient {
+    const pool = this.pool as Pool & { Client: new (options: unknown) => PgClient; options: { connectionTimeoutMillis?: number; application_name?: string } };
+    return new pool.Client({
+      ...pool.options,
+      keepAlive: true,
+      // The pool's own limit wins; a session must not wait forever where the pool would not.
+      connectionTimeoutMillis: pool.options.connectionTimeoutMillis || session.connectionTimeoutMillis,
+      // Names the session in pg_stat_activity, next to the application's own name.
+      application_name: [pool.options.application_name, session.role].filter(Boolean).join(' '),
+    });
   }
 
   /**
@@ -149,10 +160,18 @@ export class TokenStore {
     }
     // `query_timeout` is honoured by pg's Client.query but missing from @types/pg's QueryConfig.
     const config = { name: statement.name, text: statement.text, values, query_timeout: statement.timeoutMs } as QueryConfig;
-    return pool.query(config).then(
-      (result) => ({ rows: result.rows as Row[], rowCount: result.rowCount ?? result.rows.length }),
-      (error: unknown) => { throw asUnavailable(error); },
-    );
+    const answer = pool.query(config);
+    const timeoutMs = statement.timeoutMs;
+    if (timeoutMs === undefined) return answer.then(toResult<Row>, rethrowAsUnavailable);
+    // pg's query_timeout only starts once a connection is checked out, and the pool may wait
+    // for one forever (connectionTimeoutMillis defaults to none): bound the whole call.
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new TokenResourceUnavailableError(`the token store gave no answer within ${timeoutMs} ms`)), timeoutMs);
+      answer.then(
+        (result) => { clearTimeout(timer); resolve(toResult<Row>(result)); },
+        (error: unknown) => { clearTimeout(timer); reject(asUnavailable(error)); },
+      );
+    });
   }
 
   /**
@@ -221,6 +240,14 @@ export class TokenStore {
   }
 }
 
+function toResult<Row>(result: QueryResult): StatementResult<Row> {
+  return { rows: result.rows as Row[], rowCount: result.rowCount ?? result.rows.length };
+}
+
+function rethrowAsUnavailable(error: unknown): never {
+  throw asUnavailable(error);
+}
+
 /** A connection error as TokenResourceUnavailableError; any other error as it is. */
 function asUnavailable(error: unknown): unknown {
   if (!isConnectionError(error)) return error;
@@ -236,5 +263,5 @@ function isConnectionError(error: unknown): boolean {
   const code = (error as { code?: unknown })?.code;
   if (typeof code === 'string' && CONNECTION_ERROR_CODES.has(code)) return true;
   const message = (error as Error)?.message ?? '';
-  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Cannot use a pool after calling end|Connection is not established|not connected|Driver not Connected/i.test(message);
+  return /Connection terminated|timeout exceeded when trying to connect|Query read timeout|Client has encountered a connection error|Cannot use a pool after calling end|Connection is not established|not connected|Driver not Connected/i.test(message);
 }

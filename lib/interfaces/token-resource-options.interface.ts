@@ -88,6 +88,13 @@ export interface TokenResourceLogOutMarkerCacheOptions {
   maxStalenessMs?: number;
   /** How many subjects it remembers (least recently used are dropped first). Default `100000`. */
   maxSubjects?: number;
+  /**
+   * How long, in milliseconds, it trusts what it read about one subject. Log-outs through
+   * `LogOutEverywhereService` are announced and need no expiry; this bounds markers written
+   * any other way (raw SQL, an instance running an older version). At least
+   * `maxStalenessMs`. Default `60000`.
+   */
+  maxEntryAgeMs?: number;
 }
 
 /** Options of `TokenResourceModule.forRoot`. */

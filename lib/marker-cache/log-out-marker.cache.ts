@@ -5,10 +5,23 @@ import type { Client as PgClient, Notification } from 'pg';
 import type { LogOutMarker } from '../log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
-import { TokenStore, type Statement } from '../token.store.js';
+import { TokenStore } from '../token.store.js';
 
 /** The first and the longest wait before the listener connects again after losing its connection. */
 const RECONNECT_DELAYS_MS = { first: 250, max: 30_000 };
+
+/** How the listener's session shows in `pg_stat_activity.application_name`. */
+export const LISTENER_APPLICATION_NAME = 'nestjs-token-resource log-out listener';
+
+/** How long the listener may take to connect before it gives up and tries again later. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+interface CacheEntry {
+  /** The marker, or `null`: the subject had none. */
+  marker: LogOutMarker | null;
+  /** `performance.now()` when the database said so. */
+  filledAt: number;
+}
 
 /**
  * Remembers subjects' log-out-everywhere markers (or that a subject has none), so that the
@@ -18,13 +31,15 @@ const RECONNECT_DELAYS_MS = { first: 250, max: 30_000 };
  * {@link TokenStore.logOutChannel} with `pg_notify`, in the log-out's own transaction, so
  * the announcement is delivered when (and only if) it commits. Each instance listens on
  * one dedicated connection and drops the subject on receipt. Every quarter of
- * `maxStalenessMs` it also sends a heartbeat, through the pool, on a channel of its own.
+ * `maxStalenessMs` it also sends a heartbeat, on that connection, on a channel of its own.
  * PostgreSQL delivers notifications in commit order, so once a heartbeat sent at time
  * `s` comes back, every log-out committed before `s` has been applied. The cache answers
  * only while its newest returned heartbeat is at most `maxStalenessMs` old; otherwise it
  * empties itself and the check reads the marker from the database, until heartbeats flow
  * again. A listener that dies, a notification path that silently stops (a network
  * partition, a transaction-pooling proxy) and a stalled event loop all end in that state.
+ * Entries also expire after `maxEntryAgeMs`, which bounds writes that are never announced
+ * (raw SQL, an older version of this library).
  *
  * **Why a fill cannot undo an invalidation.** A check that misses takes a ticket (the
  * epoch) before it queries, and stores its answer only if no notification, local
@@ -35,18 +50,21 @@ const RECONNECT_DELAYS_MS = { first: 250, max: 30_000 };
 @Injectable()
 export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestroy {
   private readonly logger = new Logger(LogOutMarkerCache.name);
-  /** Subject to marker (`null`: no marker), in least-recently-used-first order. */
-  private readonly markers = new Map<string, LogOutMarker | null>();
+  /** Subject to what is known of its marker, in least-recently-used-first order. */
+  private readonly entries = new Map<string, CacheEntry>();
   private readonly settings: ResolvedTokenResourceOptions['logOutMarkerCache'];
   /** A channel no other instance uses, so that each instance hears only its own heartbeats. */
   private readonly heartbeatChannel = `ntr_heartbeat_${randomBytes(8).toString('hex')}`;
-  private readonly heartbeatStatement: Statement;
   private epoch = 0;
   /** `performance.now()` at which the newest heartbeat that came back was sent. */
   private confirmedAt = -Infinity;
   /** When the current listener started listening; older heartbeats vouch for nothing it missed. */
   private listeningSince = Infinity;
   private listener?: PgClient;
+  /** A client still connecting, so that shutdown can end it too. */
+  private connecting?: PgClient;
+  /** Whether a heartbeat is on its way; the next one waits for it rather than piling up. */
+  private beating = false;
   private heartbeatTimer?: NodeJS.Timeout;
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectDelayMs = RECONNECT_DELAYS_MS.first;
@@ -57,7 +75,6 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     private readonly store: TokenStore,
   ) {
     this.settings = options.logOutMarkerCache;
-    this.heartbeatStatement = { ...store.statement('heartbeat', 'SELECT pg_notify($1, $2)'), timeoutMs: this.settings.maxStalenessMs };
   }
 
   /** Whether the cache may answer now: enabled, listening, and a heartbeat came back within `maxStalenessMs`. */
@@ -68,22 +85,42 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
   /**
    * The marker of `subject` as the cache knows it: the marker, `null` when the subject has
    * none, or `undefined` when the cache does not know or cannot vouch for its answer now
-   * (read the database then, and offer the answer to {@link remember}).
+   * (read the database then, and offer the answer to {@link remember}). An answer used
+   * after an `await` must be re-checked with {@link confirms}.
+   *
+   * @internal used by `TokenService.checkClaims`.
    */
   lookup(subject: string): LogOutMarker | null | undefined {
     if (!this.fresh) {
-      if (this.markers.size > 0) this.forgetAll();
+      if (this.entries.size > 0) this.forgetAll();
       return undefined;
     }
-    const marker = this.markers.get(subject);
-    if (marker !== undefined) {
-      this.markers.delete(subject);
-      this.markers.set(subject, marker);
-    }
-    return marker;
+    const entry = this.entries.get(subject);
+    if (entry === undefined) return undefined;
+    this.entries.delete(subject);
+    // Writes that bypass LogOutEverywhereService are never announced; an age limit bounds them too.
+    if (performance.now() - entry.filledAt > this.settings.maxEntryAgeMs) return undefined;
+    this.entries.set(subject, entry);
+    return entry.marker;
   }
 
-  /** A ticket to pass to {@link remember}, taken before reading a marker from the database. */
+  /**
+   * Whether `marker`, returned by {@link lookup} before the caller waited (for a pooled
+   * connection, say), is still what the cache would answer: nothing about the subject was
+   * announced meanwhile and the cache is still fresh. If not, the wait may have outlasted
+   * the bound, and the caller must read the marker from the database.
+   *
+   * @internal used by `TokenService.checkClaims`.
+   */
+  confirms(subject: string, marker: LogOutMarker | null): boolean {
+    return this.fresh && this.entries.get(subject)?.marker === marker;
+  }
+
+  /**
+   * A ticket to pass to {@link remember}, taken before reading a marker from the database.
+   *
+   * @internal used by `TokenService.checkClaims`.
+   */
   ticket(): number {
     return this.epoch;
   }
@@ -91,23 +128,26 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
   /**
    * Stores what the database said about `subject`'s marker, unless anything was
    * invalidated since `ticket` was taken (the answer may predate a log-out then).
+   *
+   * @internal used by `TokenService.checkClaims`.
    */
   remember(subject: string, marker: LogOutMarker | null, ticket: number): void {
     if (ticket !== this.epoch || !this.fresh) return;
-    this.markers.set(subject, marker);
-    if (this.markers.size > this.settings.maxSubjects) this.markers.delete(this.markers.keys().next().value!);
+    this.entries.delete(subject);
+    this.entries.set(subject, { marker, filledAt: performance.now() });
+    if (this.entries.size > this.settings.maxSubjects) this.entries.delete(this.entries.keys().next().value!);
   }
 
   /** Drops what is known about `subject`; `LogOutEverywhereService` calls it after each log-out here. */
   forget(subject: string): void {
     this.epoch++;
-    this.markers.delete(subject);
+    this.entries.delete(subject);
   }
 
   /** Drops everything. */
   forgetAll(): void {
     this.epoch++;
-    this.markers.clear();
+    this.entries.clear();
   }
 
   onApplicationBootstrap(): void {
@@ -120,15 +160,15 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     this.stopped = true;
     clearInterval(this.heartbeatTimer);
     clearTimeout(this.reconnectTimer);
-    const listener = this.listener;
-    this.lose(listener);
-    await listener?.end().catch(() => undefined);
+    const clients = [this.listener, this.connecting];
+    this.lose(this.listener);
+    await Promise.all(clients.map((client) => client?.end().catch(() => undefined)));
   }
 
   private async listen(): Promise<void> {
     let client: PgClient;
     try {
-      client = this.store.createSessionClient();
+      client = this.store.createSessionClient({ role: LISTENER_APPLICATION_NAME, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
     } catch {
       this.reconnectLater();
       return;
@@ -136,14 +176,17 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     client.on('notification', (message) => this.receive(client, message));
     client.on('error', (error) => this.lose(client, error));
     client.on('end', () => this.lose(client, new Error('connection ended')));
+    this.connecting = client;
     try {
       await client.connect();
       await client.query(`LISTEN "${this.store.logOutChannel}"; LISTEN "${this.heartbeatChannel}"`);
     } catch (error) {
-      this.logger.warn(`cannot listen for log-outs (${(error as Error).message}); checking markers in the database meanwhile`);
+      if (!this.stopped) this.logger.warn(`cannot listen for log-outs (${(error as Error).message}); checking markers in the database meanwhile`);
       await client.end().catch(() => undefined);
       this.reconnectLater();
       return;
+    } finally {
+      this.connecting = undefined;
     }
     if (this.stopped) {
       await client.end().catch(() => undefined);
@@ -161,7 +204,8 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     if (client !== this.listener) return;
     if (channel === this.heartbeatChannel) {
       const sentAt = Number(payload);
-      if (sentAt >= this.listeningSince && sentAt > this.confirmedAt) this.confirmedAt = sentAt;
+      // Anyone who may NOTIFY could send a heartbeat from the future and pin the cache fresh.
+      if (sentAt >= this.listeningSince && sentAt > this.confirmedAt && sentAt <= performance.now()) this.confirmedAt = sentAt;
     } else if (payload) {
       this.forget(payload);
     } else {
@@ -170,7 +214,11 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     }
   }
 
-  /** Sends a heartbeat through the pool; drops a listener whose heartbeats stopped coming back. */
+  /**
+   * Sends a heartbeat on the listener's own connection: the session receives its own
+   * notification in the same commit order as everyone else's, and needs no pool slot.
+   * Drops a listener whose heartbeats stopped coming back.
+   */
   private beat(): void {
     const listener = this.listener;
     if (!listener) return;
@@ -181,13 +229,18 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
       void listener.end().catch(() => undefined);
       return;
     }
-    // A failed heartbeat needs no handling: the cache goes stale and stops answering.
-    this.store.query(this.heartbeatStatement, [this.heartbeatChannel, String(now)]).catch(() => undefined);
+    if (this.beating) return;
+    this.beating = true;
+    // A failed heartbeat needs no handling here: the connection reports its error, or the cache goes stale.
+    listener.query('SELECT pg_notify($1, $2)', [this.heartbeatChannel, String(now)])
+      .catch(() => undefined)
+      .finally(() => { this.beating = false; });
   }
 
   private lose(client: PgClient | undefined, error?: Error): void {
     if (client === undefined || client !== this.listener) return;
     this.listener = undefined;
+    this.beating = false;
     this.listeningSince = Infinity;
     this.confirmedAt = -Infinity;
     this.forgetAll();

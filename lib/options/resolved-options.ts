@@ -28,7 +28,7 @@ export interface ResolvedTokenResourceOptions {
     subjectOf: (user: any) => string;
     markerLifetimeSeconds: number;
   };
-  logOutMarkerCache: { enabled: boolean; maxStalenessMs: number; maxSubjects: number };
+  logOutMarkerCache: { enabled: boolean; maxStalenessMs: number; maxSubjects: number; maxEntryAgeMs: number };
   isGlobal: boolean;
 }
 
@@ -100,6 +100,7 @@ export function resolveOptions(options: TokenResourceModuleOptions | undefined):
   }
   const expunge = options.expunge ?? {};
   const markerCache = options.logOutMarkerCache ?? {};
+  const maxStalenessMs = atLeast(markerCache.maxStalenessMs, 1000, 100, 'logOutMarkerCache.maxStalenessMs');
   return {
     dataSource: options.dataSource ?? 'default',
     entity: options.entity ?? Token,
@@ -124,8 +125,9 @@ export function resolveOptions(options: TokenResourceModuleOptions | undefined):
     },
     logOutMarkerCache: {
       enabled: markerCache.enabled ?? false,
-      maxStalenessMs: atLeast(markerCache.maxStalenessMs, 1000, 100, 'logOutMarkerCache.maxStalenessMs'),
+      maxStalenessMs,
       maxSubjects: positiveNumber(markerCache.maxSubjects, 100_000, 'logOutMarkerCache.maxSubjects', true),
+      maxEntryAgeMs: atLeast(markerCache.maxEntryAgeMs, Math.max(60_000, maxStalenessMs), maxStalenessMs, 'logOutMarkerCache.maxEntryAgeMs'),
     },
     isGlobal: options.isGlobal ?? false,
   };
