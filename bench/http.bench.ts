@@ -4,7 +4,7 @@
  * `RevokedTokenGuard` (verify + one store round trip). Each is loaded for the same time
  * by autocannon in a separate process; requests/s and p99 of both and their ratio. Then
  * again with `storeAllTokens` and `requireTokenPresenceForAuthentication` (every token sent
- * is a stored one).
+ * is a stored one), and with `logOutMarkerCache` on.
  *
  *   npm run bench:http
  *
@@ -36,6 +36,7 @@ import { jwtVerify } from 'jose';
 import type pg from 'pg';
 import {
   CreateTokensTable1763900000000,
+  LogOutMarkerCache,
   RevokedTokenGuard,
   Token,
   TokenCodec,
@@ -148,6 +149,7 @@ const SCENARIOS: Scenario[] = [
     options: { storeAllTokens: true, requireTokenPresenceForAuthentication: true },
     rows: () => unrevoked(TOKENS, true),
   },
+  { name: 'logOutMarkerCache', options: { logOutMarkerCache: { enabled: true } }, rows: () => unrevoked(TOKENS, false) },
 ];
 
 async function main(): Promise<void> {
@@ -165,6 +167,8 @@ async function main(): Promise<void> {
           filled = true;
         }
         await app.listen(0, '127.0.0.1');
+        // The cache answers only once its first heartbeat has come back.
+        while (scenario.options.logOutMarkerCache && !app.get(LogOutMarkerCache).fresh) await new Promise((resolve) => setTimeout(resolve, 10));
         const { port } = app.getHttpServer().address() as AddressInfo;
         const codec = app.get(TokenCodec);
         const iat = Date.now() / 1000;
