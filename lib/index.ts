@@ -10,9 +10,12 @@ export {
 } from './token-resource.constants.js';
 export * from './token-resource.exceptions.js';
 export { TokenResourceModule } from './token-resource.module.js';
+export * from './token.service.js';
+// Building blocks for subclasses of RevokedTokenGuard and for benchmarks. They are exported
+// so that the guard's protected hooks can be typed and overridden, but their shapes may
+// change in a minor release; applications should use the services above.
 export type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
 export { TokenCodec, type TokenClaimsPayload } from './jwt/token-codec.js';
-export * from './token.service.js';
 export { TokenStore } from './token.store.js';
 export { ExpungerService, type ExpungeRunResult } from './expunger/expunger.service.js';
 export { LogOutEverywhereService, type LogOutEverywhereOptions } from './log-out-everywhere/log-out-everywhere.service.js';

@@ -36,22 +36,31 @@ export interface IssueTokenInput {
 
 /** What {@link TokenService.issueToken} returns. */
 export interface IssuedToken {
+  /** The signed JWT, to hand to the client. It is never stored. */
   token: string;
+  /** Its random `jti` (a UUID), the key of its row and of its revocation. */
   jti: string;
+  /** Its `exp` as a date (whole seconds). */
   expiresAt: Date;
 }
 
 /** Input of {@link TokenService.storeToken}. */
 export interface StoreTokenInput {
+  /** The JWT; verified, and its `jti`, `sub` and `exp` become the row's key, subject and expiry. */
   token: string;
+  /** Purpose of the row, for example `'user'` or `'confirm'`; not `'revocation'`. */
   purpose: string;
+  /** Stored in the row's `extraData`. Default `null`. */
   extraData?: Record<string, unknown>;
 }
 
 /** Query of {@link TokenService.getToken}: `jti` or `token` is required. */
 export interface GetTokenQuery {
+  /** A JWT, verified first; its `jti` is looked up. Wins over `jti`. */
   token?: string;
+  /** The `jti` to look up. */
   jti?: string;
+  /** Only a row of this purpose. Default: any purpose. */
   purpose?: string;
 }
 
@@ -63,7 +72,10 @@ export interface RevokeOptions {
    * whether or not the row exists, so this only documents the caller's intent.
    */
   storeAllTokens?: boolean;
-  /** Revoke inside this manager's transaction. */
+  /**
+   * Revoke inside this manager's transaction; it must belong to the token table's data
+   * source. Default: an autocommit statement on the pool.
+   */
   manager?: EntityManager;
 }
 
@@ -75,7 +87,9 @@ export interface RevokeJtiOptions extends RevokeOptions {
 
 /** Input of {@link TokenService.storeConfirmationChanges}. */
 export interface StoreConfirmationChangesInput {
+  /** The confirmation JWT (verified); the changes are kept on its `jti` until its `exp`. */
   token: string;
+  /** What to apply once the token is confirmed, for example `{ email: 'new@example.com' }`. */
   changes: Record<string, unknown>;
   /** Default `'confirm'`. */
   purpose?: string;
@@ -83,6 +97,7 @@ export interface StoreConfirmationChangesInput {
 
 /** Options of {@link TokenService.listTokens}. */
 export interface ListTokensOptions {
+  /** Only rows of this purpose. Default: every purpose except the internal marker rows. */
   purpose?: string;
   /** Also list rows whose `expiresAt` has passed. Default `false`. */
   includeExpired?: boolean;
