@@ -6,6 +6,7 @@ import { ROUTE_ARGS_METADATA } from '@nestjs/common/constants.js';
 import { Reflector } from '@nestjs/core';
 import { ExecutionContextHost } from '@nestjs/core/helpers/execution-context-host.js';
 import {
+  getTokenClaims,
   InvalidTokenError,
   RevokedTokenGuard,
   SkipTokenCheck,
@@ -22,14 +23,19 @@ import { bearerChallenge } from '../lib/guard/bearer-challenge.js';
 
 const CLAIMS: TokenClaimsPayload = { jti: 'j-1', sub: 'alice', exp: 2_000_000_000 };
 const GOOD = 'good-token';
+/** Verifies, but the store has it revoked. */
+const REVOKED = 'revoked-token';
 
 const codec = {
   verify: async (token: string) => {
+    if (token === REVOKED) return { ...CLAIMS, jti: 'j-revoked' };
     if (token !== GOOD) throw new InvalidTokenError('bad signature');
     return { ...CLAIMS };
   },
 } as unknown as TokenCodec;
-const tokenService = { checkClaims: async () => ({ revoked: false, presentForAuthentication: true }) } as unknown as TokenService;
+const tokenService = {
+  checkClaims: async (claims: TokenClaimsPayload) => ({ revoked: claims.jti === 'j-revoked', presentForAuthentication: true }),
+} as unknown as TokenService;
 const options = { authenticationPurpose: 'user', storeTimeoutMs: 1000, requireTokenPresenceForAuthentication: false } as ResolvedTokenResourceOptions;
 
 class Handlers {
@@ -79,19 +85,58 @@ async function rejection(work: Promise<unknown>): Promise<unknown> {
 }
 
 describe('RevokedTokenGuard and @TokenClaims() outside HTTP', () => {
-  it('leaves the claims on the RPC transport context and the WebSocket client, where @TokenClaims() reads them, not on message data', async () => {
+  it('hands the claims of an RPC call and a WebSocket message to @TokenClaims() and getTokenClaims(context) of that call, writing nothing on the data, the transport context or the client', async () => {
     const data = { hello: 'world' };
     const rpc = new FakeRpcContext({ authorization: `Bearer ${GOOD}` });
     await expect(guard(MessageTokenGuard).canActivate(contextOf('rpc', [data, rpc]))).resolves.toBe(true);
     expect(param('checked', 0, contextOf('rpc', [data, rpc]))).toEqual(CLAIMS);
     expect(param('checked', 1, contextOf('rpc', [data, rpc]))).toBe('alice');
+    expect(getTokenClaims(contextOf('rpc', [data, rpc]))).toEqual(CLAIMS);
     expect(data).toEqual({ hello: 'world' });
+    expect(Object.keys(rpc)).toEqual(['headers']);
 
-    const client = { handshake: { headers: { authorization: `Bearer ${GOOD}` } } };
+    const handshake = { headers: { authorization: `Bearer ${GOOD}` } };
+    const client = { handshake };
     const message = { text: 'hi' };
     await expect(guard(MessageTokenGuard).canActivate(contextOf('ws', [client, message, 'chat']))).resolves.toBe(true);
     expect(param('checked', 1, contextOf('ws', [client, message, 'chat']))).toBe('alice');
+    expect(getTokenClaims(contextOf('ws', [client, message, 'chat']))).toEqual(CLAIMS);
     expect(message).toEqual({ text: 'hi' });
+    // The socket outlives the message: claims left on it would reach later messages.
+    expect(client).toEqual({ handshake });
+  });
+
+  it('keeps the claims of an admitted WebSocket message from a later refused message and a skipped handler on the same client', async () => {
+    const client = { handshake: { headers: { authorization: `Bearer ${GOOD}` } } };
+    const first = { n: 1 };
+    await expect(guard(MessageTokenGuard).canActivate(contextOf('ws', [client, first, 'chat']))).resolves.toBe(true);
+    expect(param('checked', 0, contextOf('ws', [client, first, 'chat']))).toEqual(CLAIMS);
+
+    client.handshake.headers.authorization = `Bearer ${REVOKED}`;
+    const second = { n: 2 };
+    const refused = await rejection(guard(MessageTokenGuard).canActivate(contextOf('ws', [client, second, 'chat'])));
+    expect((refused as UnauthorizedException).message).toBe('token revoked');
+    expect(param('checked', 0, contextOf('ws', [client, second, 'chat']))).toBeUndefined();
+    expect(getTokenClaims(client)).toBeUndefined();
+
+    const third = { n: 3 };
+    await expect(guard(MessageTokenGuard).canActivate(contextOf('ws', [client, third, 'chat'], 'skipped'))).resolves.toBe(true);
+    expect(param('skipped', 0, contextOf('ws', [client, third, 'chat'], 'skipped'))).toBeUndefined();
+  });
+
+  it('clears claims already on the request before the skip check, so a skipped or refused call has none', async () => {
+    const stale = { jti: 'old', sub: 'mallory' };
+    const skippedRequest = { headers: {}, tokenClaims: stale };
+    await expect(guard(RevokedTokenGuard).canActivate(contextOf('http', [skippedRequest, {}], 'skipped'))).resolves.toBe(true);
+    expect(param('skipped', 0, contextOf('http', [skippedRequest, {}], 'skipped'))).toBeUndefined();
+
+    const refusedRequest = { headers: { authorization: 'Bearer forged' }, tokenClaims: stale };
+    await rejection(guard(RevokedTokenGuard).canActivate(contextOf('http', [refusedRequest, {}])));
+    expect(refusedRequest).not.toHaveProperty('tokenClaims');
+
+    const admitted = { headers: { authorization: `Bearer ${GOOD}` }, tokenClaims: stale };
+    await expect(guard(RevokedTokenGuard).canActivate(contextOf('http', [admitted, {}]))).resolves.toBe(true);
+    expect(param('checked', 0, contextOf('http', [admitted, {}]))).toEqual(CLAIMS);
   });
 
   it('never yields claims a client wrote into RPC message data', async () => {
@@ -182,4 +227,96 @@ describe('the WWW-Authenticate challenge', () => {
     expect((error as UnauthorizedException).getResponse()).toEqual({ statusCode: 401, error: 'Unauthorized', message: 'refused: "invalid token"\n' });
     expect(response.setHeader).toHaveBeenCalledWith('WWW-Authenticate', 'Bearer error="invalid_token", error_description="refused: \'invalid token\'?"');
   });
+
+  it("throws a 401 a subclass's verifyToken makes itself as it is, adding only the challenge, without calling unauthorized()", async () => {
+    const cause = new Error('upstream said no');
+    let thrown: UnauthorizedException | undefined;
+    let unauthorizedCalls = 0;
+    @Injectable()
+    class OwnRefusalGuard extends RevokedTokenGuard {
+      protected override async verifyToken(token: string): Promise<TokenClaimsPayload> {
+        if (token === 'custom') throw (thrown = new UnauthorizedException({ code: 'SESSION_GONE', message: 'sign in again' }, { cause }));
+        return super.verifyToken(token);
+      }
+
+      protected override unauthorized(context: ExecutionContext, reason: string, error?: string): UnauthorizedException {
+        unauthorizedCalls++;
+        return super.unauthorized(context, reason, error);
+      }
+    }
+    const response = new FakeResponse();
+    const error = await rejection(guard(OwnRefusalGuard).canActivate(contextOf('http', [{ headers: { authorization: 'Bearer custom' } }, response])));
+    expect(error).toBe(thrown);
+    expect((error as UnauthorizedException).getResponse()).toEqual({ code: 'SESSION_GONE', message: 'sign in again' });
+    expect((error as UnauthorizedException).cause).toBe(cause);
+    expect(response.set).toEqual([['WWW-Authenticate', 'Bearer error="invalid_token", error_description="sign in again"']]);
+    expect(unauthorizedCalls).toBe(0);
+
+    // The guard's own 401s from verifyToken still go through unauthorized(), once each.
+    const own = new FakeResponse();
+    const refused = await rejection(guard(OwnRefusalGuard).canActivate(contextOf('http', [{ headers: { authorization: 'Bearer forged' } }, own])));
+    expect((refused as UnauthorizedException).getResponse()).toEqual({ statusCode: 401, error: 'Unauthorized', message: 'invalid token' });
+    expect(own.set).toEqual([['WWW-Authenticate', 'Bearer error="invalid_token", error_description="invalid token"']]);
+    expect(unauthorizedCalls).toBe(1);
+  });
+
+  it("keeps a challenge already on the response when passing on a subclass's own 401", async () => {
+    @Injectable()
+    class ScopeGuard extends RevokedTokenGuard {
+      protected override async verifyToken(): Promise<TokenClaimsPayload> {
+        throw new UnauthorizedException('needs the admin scope');
+      }
+    }
+    const response = new FakeResponse();
+    response.setHeader('WWW-Authenticate', 'Bearer error="insufficient_scope"');
+    const error = await rejection(guard(ScopeGuard).canActivate(contextOf('http', [{ headers: { authorization: `Bearer ${GOOD}` } }, response])));
+    expect((error as UnauthorizedException).message).toBe('needs the admin scope');
+    expect(response.getHeader('WWW-Authenticate')).toBe('Bearer error="insufficient_scope"');
+    expect(response.set).toHaveLength(1);
+  });
 });
+
+describe('setChallenge()', () => {
+  it('sets the challenge of every 401, so that overriding it changes the header alone', async () => {
+    @Injectable()
+    class TaggedChallengeGuard extends RevokedTokenGuard {
+      readonly calls: Array<[string | undefined, string | undefined]> = [];
+      protected override setChallenge(context: ExecutionContext, error?: string, description?: string): void {
+        this.calls.push([error, description]);
+        super.setChallenge(context, error, description && `${description} (see /docs/auth)`);
+      }
+    }
+    const tagged = guard(TaggedChallengeGuard);
+    const challenges: unknown[] = [];
+    const bodies: unknown[] = [];
+    for (const authorization of [undefined, 'Bearer forged', `Bearer ${REVOKED}`]) {
+      const response = new FakeResponse();
+      const error = await rejection(tagged.canActivate(contextOf('http', [{ headers: { authorization } }, response])));
+      challenges.push(response.getHeader('WWW-Authenticate'));
+      bodies.push((error as UnauthorizedException).message);
+    }
+    expect(tagged.calls).toEqual([[undefined, undefined], ['invalid_token', 'invalid token'], ['invalid_token', 'token revoked']]);
+    expect(challenges).toEqual([
+      'Bearer',
+      'Bearer error="invalid_token", error_description="invalid token (see /docs/auth)"',
+      'Bearer error="invalid_token", error_description="token revoked (see /docs/auth)"',
+    ]);
+    // The bodies are unaffected.
+    expect(bodies).toEqual(['missing bearer token', 'invalid token', 'token revoked']);
+  });
+});
+
+/** An Express-like response that records the headers set on it. */
+class FakeResponse {
+  readonly set: Array<[string, string]> = [];
+  private readonly headers = new Map<string, string>();
+
+  setHeader(name: string, value: string): void {
+    this.set.push([name, value]);
+    this.headers.set(name.toLowerCase(), value);
+  }
+
+  getHeader(name: string): string | undefined {
+    return this.headers.get(name.toLowerCase());
+  }
+}

@@ -1,14 +1,14 @@
 import type { ExecutionContext } from '@nestjs/common';
 
 /**
- * The per-call object {@link RevokedTokenGuard} reads the token from and leaves the verified
- * claims on, and that `@TokenClaims()` reads them back from, by the type of the context:
+ * The object {@link RevokedTokenGuard} reads the token from by default, by the type of the
+ * context (over HTTP, and in contexts other than `rpc` and `ws`, it also leaves the claims
+ * there as `tokenClaims`; see `call-claims.ts` for RPC and WebSockets):
  *
  * - `http`: the request (Express or Fastify).
  * - `rpc`: the transport context (`switchToRpc().getContext()`). Never the message data: the
- *   client writes that, so claims read from it could be forged on a handler the guard did
- *   not check.
- * - `ws`: the client socket (`switchToWs().getClient()`).
+ *   client writes that.
+ * - `ws`: the client socket (`switchToWs().getClient()`), whose handshake carries the headers.
  * - anything else (GraphQL, ...): the first handler argument, as `switchToHttp().getRequest()`
  *   gives it. Such contexts need a guard subclass and a decorator of their own (see
  *   `TokenClaims`).

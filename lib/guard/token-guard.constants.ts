@@ -2,8 +2,11 @@
 export const SKIP_TOKEN_CHECK_KEY = 'nestjs-token-resource:skip-token-check';
 
 /**
- * Property of the request object on which {@link RevokedTokenGuard} leaves the verified
- * JWT payload (`request.tokenClaims`), for `@TokenClaims()`, interceptors and pipes.
+ * Property of the HTTP request on which {@link RevokedTokenGuard} leaves the verified JWT
+ * payload (`request.tokenClaims`), for `@TokenClaims()`, interceptors and pipes; also of the
+ * object a subclass's `getRequest` returns in contexts other than RPC and WebSockets. For RPC
+ * calls and WebSocket messages the claims are on no object (see `TokenClaims`): read them with
+ * `@TokenClaims()` or `getTokenClaims(context)`.
  */
 export const TOKEN_CLAIMS_KEY = 'tokenClaims';
 

@@ -1,0 +1,92 @@
+import type { ExecutionContext } from '@nestjs/common';
+import type { TokenClaimsPayload } from '../jwt/token-codec.js';
+import { requestOf } from './request-of.js';
+import { TOKEN_CLAIMS_KEY } from './token-guard.constants.js';
+
+/**
+ * The claims of WebSocket messages and RPC calls, keyed by an object that exists for that one
+ * call (see {@link callKeyOf}).
+ *
+ * Not a property of the client socket, as it once was: the socket lives as long as the
+ * connection, so the claims of an admitted message stayed there after a later message was
+ * refused (revoked or expired token) and reached `@SkipTokenCheck()` handlers, and concurrent
+ * messages on one socket overwrote each other's. Nor a property of the per-call object: a
+ * WebSocket payload is written by the client, and a property there could be forged where the
+ * guard did not run. A `WeakMap` entry can only be made by the guard and goes with its key.
+ *
+ * Nest hands guards and parameter decorators different argument arrays and different
+ * `ExecutionContext`s for one call (`@nestjs/core` `ExternalContextCreator`, and the WebSocket
+ * and RPC context creators built like it, spread the guard's array into the parameter
+ * factories), so neither can be the key; the elements of the array are the same objects.
+ */
+const claimsByCall = new WeakMap<object, TokenClaimsPayload>();
+
+/**
+ * The object that stands for one WebSocket message or RPC call, `undefined` for other
+ * contexts (whose claims are a property of the request) or when the call has none:
+ *
+ * - `rpc`: the transport context (`switchToRpc().getContext()`), which every Nest transport
+ *   creates per message (`TcpContext`, `NatsContext`, gRPC's metadata, ...).
+ * - `ws`: the message payload (`switchToWs().getData()`) when it is an object, which the
+ *   adapters parse afresh for every message. A payload that is no object (a string, a number,
+ *   none) has no identity of its own; the only other candidate, the client socket, outlives
+ *   the call, so such a message gets no claims at all rather than another message's.
+ */
+export function callKeyOf(context: ExecutionContext): object | undefined {
+  switch (context.getType()) {
+    case 'rpc': return objectOrUndefined(context.switchToRpc().getContext());
+    case 'ws': return objectOrUndefined(context.switchToWs().getData());
+    default: return undefined;
+  }
+}
+
+/** Whether the claims of `context` live in {@link claimsByCall} rather than on the request. */
+function keyedByCall(context: ExecutionContext): boolean {
+  const type = context.getType();
+  return type === 'ws' || type === 'rpc';
+}
+
+/**
+ * Leaves `claims` where {@link readCallClaims} finds them for this call, or with `undefined`
+ * removes whatever is there: over HTTP (and in contexts other than `ws` and `rpc`) the
+ * `tokenClaims` property of `request`, the object the guard read the token from; for
+ * WebSocket messages and RPC calls an entry keyed by {@link callKeyOf}.
+ */
+export function writeCallClaims(context: ExecutionContext, request: unknown, claims: TokenClaimsPayload | undefined): void {
+  if (keyedByCall(context)) {
+    const key = callKeyOf(context);
+    if (key === undefined) return;
+    if (claims === undefined) claimsByCall.delete(key);
+    else claimsByCall.set(key, claims);
+    return;
+  }
+  if (request === null || typeof request !== 'object') return;
+  // This runs on every request, skipped ones too: touch the request only when it has claims
+  // to lose.
+  if (claims !== undefined) (request as Record<string, unknown>)[TOKEN_CLAIMS_KEY] = claims;
+  else if (Object.hasOwn(request, TOKEN_CLAIMS_KEY)) delete (request as Record<string, unknown>)[TOKEN_CLAIMS_KEY];
+}
+
+/**
+ * The claims the guard left for the call of `context`: the `tokenClaims` property of the
+ * request the default `getRequest` returns (HTTP and other contexts), or the entry of the
+ * WebSocket message or RPC call. Never a property of RPC or WebSocket message data.
+ */
+export function readCallClaims(context: ExecutionContext): TokenClaimsPayload | undefined {
+  if (keyedByCall(context)) {
+    const key = callKeyOf(context);
+    return key === undefined ? undefined : claimsByCall.get(key);
+  }
+  return requestClaims(requestOf(context));
+}
+
+/** The `tokenClaims` property of a request object, if it is one. */
+export function requestClaims(request: unknown): TokenClaimsPayload | undefined {
+  return request !== null && typeof request === 'object'
+    ? (request as Record<string, TokenClaimsPayload | undefined>)[TOKEN_CLAIMS_KEY]
+    : undefined;
+}
+
+function objectOrUndefined(value: unknown): object | undefined {
+  return (typeof value === 'object' && value !== null) || typeof value === 'function' ? value as object : undefined;
+}
