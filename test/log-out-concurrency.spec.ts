@@ -16,6 +16,7 @@ import { clockPast } from './support/clock.js';
 import { createRoomyDatabase, type RoomyDatabase } from './support/roomy-server.js';
 import { sleep } from './support/jwt-fixtures.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
+import { waitFor } from './support/wait-for.js';
 
 /**
  * "Concurrent log-out-everywhere and revoke on the same tokens: no errors, every token
@@ -171,29 +172,37 @@ it('concurrent log-outs with different purpose filters: each filter keeps its ow
   ];
   const probes = { a: await unstoredToken(), b: await unstoredToken(), user: await unstoredToken(), other: await unstoredToken() };
 
-  let open!: () => void;
-  const gate = new Promise<void>((resolve) => { open = resolve; });
-  let inFlight = 0;
-  let mostInFlight = 0;
-  const calls = Array.from({ length: 8 * filters.length }, (_, i) => gate.then(async () => {
-    inFlight += 1;
-    mostInFlight = Math.max(mostInFlight, inFlight);
-    const options = filters[i % filters.length];
-    try {
+  // Another transaction inserts the subject's marker row and keeps it uncommitted: every
+  // log-out's INSERT ... ON CONFLICT then waits for it inside PostgreSQL, so the calls pile up
+  // there, each on a backend of its own, and all start together when it rolls back.
+  const blocker = dataSource.createQueryRunner();
+  await blocker.connect();
+  let counts: number[];
+  let openedAt: number;
+  try {
+    await blocker.startTransaction();
+    const [{ pid }] = await blocker.query('SELECT pg_backend_pid() AS pid');
+    await blocker.query(`INSERT INTO tokens (jti, subject, expires_at, purpose) VALUES ($1, $2, now() + interval '1 day', 'placeholder')`,
+      [`log-out-everywhere:${subject}`, subject]);
+    openedAt = Date.now();
+    const calls = Array.from({ length: 8 * filters.length }, (_, i) => {
+      const options = filters[i % filters.length];
       // Half in autocommit, half inside a caller's transaction.
       return i % 2 === 0
-        ? await logOut.logOutEverywhere(subject, options)
-        : await dataSource.transaction((manager) => logOut.logOutEverywhere(subject, { ...options, manager }));
-    } finally {
-      inFlight -= 1;
-    }
-  }));
-  const openedAt = Date.now();
-  open();
-  const counts = await Promise.all(calls);
+        ? logOut.logOutEverywhere(subject, options)
+        : dataSource.transaction((manager) => logOut.logOutEverywhere(subject, { ...options, manager }));
+    });
+    const waiting = async () => (await dataSource.query(
+      'SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))', [pid]))[0].n as number;
+    // Every call is in flight in the database at once, not merely pending in the pool.
+    await waitFor(async () => (await waiting()) === calls.length, 10_000, `all ${calls.length} log-outs to wait in PostgreSQL`);
+    await blocker.rollbackTransaction();
+    counts = await Promise.all(calls);
+  } finally {
+    if (blocker.isTransactionActive) await blocker.rollbackTransaction();
+    await blocker.release();
+  }
   const closedAt = Date.now();
-  // All were outstanding at once, each on a pooled connection of its own (the pool holds more, already open).
-  expect(mostInFlight).toBe(calls.length);
 
   // Every stored token the filters cover was revoked exactly once, the kept one not at all.
   expect(counts.reduce((sum, count) => sum + count, 0)).toBe(stored.length);

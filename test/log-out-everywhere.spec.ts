@@ -1,9 +1,11 @@
 import type { INestApplication } from '@nestjs/common';
 import { SignJWT } from 'jose';
+import type { Client as PgClient } from 'pg';
 import type { DataSource } from 'typeorm';
 import {
   LOG_OUT_EVERYWHERE_PURPOSE,
   LogOutEverywhereService,
+  LogOutMarkerCache,
   REVOCATION_PURPOSE,
   TokenService,
 } from '../lib/index.js';
@@ -11,6 +13,7 @@ import { logOutMarkerJti, logOutMarkerRevokes, type LogOutLevel } from '../lib/l
 import { clockPast } from './support/clock.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';
+import { waitFor } from './support/wait-for.js';
 
 /** LogOutEverywhereService (API.md, issue 5) against real PostgreSQL. */
 
@@ -319,6 +322,45 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
     } finally {
       await app.close();
     }
+  });
+});
+
+describe('with the marker cache on, a log-out inside a transaction takes effect on its own instance as soon as it commits', () => {
+  let cachedApp: INestApplication;
+  let socket: { pause(): void; resume(): void };
+
+  beforeAll(async () => {
+    // A bound far longer than the test: the cache stays fresh while its listener is held.
+    cachedApp = await createTokenApp(db.url, { options: { expunge: { enabled: false }, logOutMarkerCache: { enabled: true, maxStalenessMs: 60_000 } } });
+    const cache = cachedApp.get(LogOutMarkerCache);
+    await waitFor(() => cache.fresh, 10_000, 'the marker cache to be fresh');
+    // Its own notification must not be what it relies on: stop reading the listener's socket
+    // (the private `listener` of LogOutMarkerCache), as test/log-out-marker-cache.spec.ts does.
+    const listener = (cache as unknown as { listener: PgClient }).listener;
+    socket = (listener as unknown as { connection: { stream: { pause(): void; resume(): void } } }).connection.stream;
+    socket.pause();
+  });
+
+  afterAll(async () => {
+    socket?.resume();
+    await cachedApp?.close();
+  });
+
+  it.each(['the transaction', 'a released savepoint'])('log-out in %s, a check before the commit re-caches "no marker", the commit drops it', async (where) => {
+    const tokens = cachedApp.get(TokenService);
+    const logOut = cachedApp.get(LogOutEverywhereService);
+    const subject = uniqueSubject();
+    const { token } = await tokens.issueToken({ subject });
+    expect(await tokens.tokenRevoked(token)).toBe(false);
+    await dataSourceOf(cachedApp).transaction(async (manager) => {
+      if (where === 'the transaction') await logOut.logOutEverywhere(subject, { manager });
+      else await manager.transaction((savepoint) => logOut.logOutEverywhere(subject, { manager: savepoint }));
+      // Not committed: a check on another connection reads the old state, and caches it.
+      expect(await tokens.tokenRevoked(token)).toBe(false);
+      expect(cachedApp.get(LogOutMarkerCache).lookup(subject)).toBeNull();
+    });
+    expect(cachedApp.get(LogOutMarkerCache).fresh).toBe(true);
+    expect(await tokens.tokenRevoked(token)).toBe(true);
   });
 });
 

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { jest } from '@jest/globals';
+import pg from 'pg';
 import { Logger, type INestApplication } from '@nestjs/common';
 import {
   Column,
@@ -23,6 +24,7 @@ import { clockPast } from './support/clock.js';
 import { startTcpProxy } from './support/tcp-proxy.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
+import { waitFor } from './support/wait-for.js';
 
 /**
  * logOutEverywhere.applyOnPasswordChange (API.md, issue 5): a `save` that changes the
@@ -300,6 +302,118 @@ describe('a login racing an uncommitted password change does not survive its com
       await viaProxy.close();
       await proxy.close();
     }
+  });
+});
+
+describe('the repeats after a commit wait for locks at most storeTimeoutMs in all', () => {
+  const STORE_TIMEOUT_MS = 1000;
+  /**
+   * Leeway for a loaded machine. Far below what an unbounded wait takes here (until the other
+   * transaction ends), and below a budget spent once per subject (2 x STORE_TIMEOUT_MS).
+   */
+  const MARGIN_MS = 800;
+  let bounded: INestApplication;
+
+  beforeAll(async () => {
+    bounded = await createTokenApp(db.url, {
+      options: { storeAllTokens: true, storeTimeoutMs: STORE_TIMEOUT_MS, expunge: { enabled: false }, logOutEverywhere: { applyOnPasswordChange: true, userEntity: User } },
+      typeOrm: { entities: [Token, User] },
+    });
+  });
+
+  afterAll(async () => {
+    await bounded?.close();
+  });
+
+  /**
+   * Commits `change` (password saves of `changed`, through `bounded`) while another, long
+   * transaction holds the marker rows of those users, which the repeats need.
+   *
+   * @returns how long the commit took, from just before the COMMIT until `change` resolved.
+   */
+  async function commitWhileMarkersLocked(changed: User[], change: (boundedUsers: Repository<User>) => Promise<unknown>): Promise<number> {
+    const markers = changed.map((user) => logOutMarkerJti(String(user.id)));
+    // The markers must exist, committed, for another transaction to lock them.
+    for (const user of changed) await app.get(LogOutEverywhereService).logOutEverywhere(String(user.id));
+    const blocker = new pg.Client({ connectionString: db.url });
+    await blocker.connect();
+    const subscribers = dataSourceOf(bounded).subscribers;
+    let committingAt = 0;
+    let locked: Promise<pg.QueryResult> | undefined;
+    // Just before the change commits, the other transaction asks for the marker rows, which
+    // the change's first log-outs hold: it gets them at the COMMIT and keeps them.
+    const lockWhileCommitting: EntitySubscriberInterface = {
+      async beforeTransactionCommit() {
+        const [{ pid }] = (await blocker.query('BEGIN; SELECT pg_backend_pid() AS pid') as unknown as pg.QueryResult[])[1].rows;
+        locked = blocker.query('SELECT 1 FROM tokens WHERE jti = ANY ($1) ORDER BY jti FOR UPDATE', [markers]);
+        await waitFor(async () => (await dataSource.query('SELECT cardinality(pg_blocking_pids($1)) > 0 AS waiting', [pid]))[0].waiting, 5000, 'the other transaction to wait for the marker rows');
+        committingAt = Date.now();
+      },
+      // Ahead of the module's own subscriber, on the committed connection: the repeats queue
+      // behind this, so the other transaction takes the rows (their new versions) first.
+      afterTransactionCommit({ queryRunner }) {
+        return queryRunner.query('SELECT pg_sleep(0.3)');
+      },
+    };
+    subscribers.unshift(lockWhileCommitting);
+    let timer!: NodeJS.Timeout;
+    try {
+      const tooLate = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error('the commit still waits for the repeats')), 5000 + STORE_TIMEOUT_MS + 3 * MARGIN_MS);
+      });
+      await Promise.race([change(dataSourceOf(bounded).getRepository(User)), tooLate]);
+      const took = Date.now() - committingAt;
+      expect(committingAt).toBeGreaterThan(0);
+      // The other transaction holds every row, and still does.
+      expect((await locked!).rowCount).toBe(changed.length);
+      return took;
+    } finally {
+      clearTimeout(timer);
+      subscribers.splice(subscribers.indexOf(lockWhileCommitting), 1);
+      await blocker.query('ROLLBACK').catch(() => undefined);
+      await blocker.end();
+    }
+  }
+
+  /** No connection was given back to the pool inside a transaction (a failed repeat must roll back). */
+  async function expectNoTransactionLeftOpen(): Promise<void> {
+    expect(await dataSource.query(
+      `SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`)).toEqual([]);
+  }
+
+  it('a plain repository.save: the committed save resolves in time, and the failed repeat is logged with the subject', async () => {
+    const logged = jest.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
+    try {
+      const { user, stored } = await userWithSessions();
+      const took = await commitWhileMarkersLocked([user], (boundedUsers) => boundedUsers.save({ id: user.id, hashedPassword: 'new-hash' }));
+      expect(took).toBeLessThan(STORE_TIMEOUT_MS + MARGIN_MS);
+      expect(logged).toHaveBeenCalledWith(expect.stringMatching(new RegExp(`subject '${user.id}'.*lock timeout`)), expect.anything());
+      // Committed, with the log-out made inside the transaction.
+      expect((await users.findOneByOrFail({ id: user.id })).hashedPassword).toBe('new-hash');
+      expect(await tokens.tokenRevoked(stored)).toBe(true);
+    } finally {
+      logged.mockRestore();
+    }
+    await expectNoTransactionLeftOpen();
+  });
+
+  it('two users\' passwords changed in one transaction: one budget for both repeats, each failure logged with its subject', async () => {
+    const logged = jest.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
+    try {
+      const [first, second] = [await userWithSessions(), await userWithSessions()];
+      const took = await commitWhileMarkersLocked([first.user, second.user], (boundedUsers) => boundedUsers.manager.transaction(async (manager) => {
+        await manager.save(User, { id: first.user.id, hashedPassword: 'new-hash' });
+        await manager.save(User, { id: second.user.id, hashedPassword: 'new-hash' });
+      }));
+      expect(took).toBeLessThan(STORE_TIMEOUT_MS + MARGIN_MS);
+      for (const { user, stored } of [first, second]) {
+        expect(logged).toHaveBeenCalledWith(expect.stringMatching(new RegExp(`subject '${user.id}'.*lock timeout`)), expect.anything());
+        expect(await tokens.tokenRevoked(stored)).toBe(true);
+      }
+    } finally {
+      logged.mockRestore();
+    }
+    await expectNoTransactionLeftOpen();
   });
 });
 

@@ -1,5 +1,5 @@
 import { Inject, Injectable, Logger, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
-import type { DataSource, EntityManager, ObjectLiteral } from 'typeorm';
+import type { DataSource, EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import {
   LOG_OUT_EVERYWHERE_PURPOSE,
@@ -41,15 +41,24 @@ export interface LogOutEverywhereOptions {
   revokeUnstored?: boolean;
   /**
    * With a `manager` inside a transaction: once that transaction commits, log out once
-   * more (in autocommit, on the same connection), so that the recorded moment follows
-   * the commit rather than the statement. Tokens issued while the transaction was
-   * pending are then revoked too: a login on another connection that still read the old
-   * password hash, but also a token the same transaction issued after the log-out
-   * (issue it after the commit, or keep it with `exceptJti`). The transaction must be
-   * committed through TypeORM (`EntityManager.transaction()`, `QueryRunner.commitTransaction()`);
-   * a rollback, or a rollback to a savepoint taken before the log-out, repeats nothing.
-   * A repeat that fails (the database gone) is logged as an error naming the subject,
-   * not thrown: the transaction has committed by then.
+   * more (in a short transaction of its own, on the same connection), so that the recorded
+   * moment follows the commit rather than the statement. Tokens issued while the
+   * transaction was pending are then revoked too: a login on another connection that still
+   * read the old password hash, but also a token the same transaction issued after the
+   * log-out (issue it after the commit, or keep it with `exceptJti`). The transaction must
+   * be committed through TypeORM (`EntityManager.transaction()`,
+   * `QueryRunner.commitTransaction()`); a rollback, or a rollback to a savepoint taken
+   * before the log-out, repeats nothing.
+   *
+   * The repeat runs inside `commitTransaction()` (TypeORM awaits its subscribers), so its
+   * lock waits are bounded (PostgreSQL's `lock_timeout`): a long transaction holding the
+   * subject's marker row must not hang a committed `save()`. The bound is the module's
+   * `storeTimeoutMs` (default 2000 ms), one budget counted from the commit for all the
+   * repeats of that commit; each wait for a lock may last what remained of it when its
+   * repeat started (so a repeat that finds several rows held in turn may wait once per
+   * row). A repeat that fails (the wait ran out, the database gone) is logged as an error
+   * naming the subject, not thrown: the transaction has committed by then, and the
+   * log-out it made stands.
    *
    * Default `false`; `true` for {@link LogOutEverywhereService.logOutOnPasswordChange}
    * and so for `applyOnPasswordChange`.
@@ -81,12 +90,31 @@ function checkPurposeList(value: unknown, name: string): asserts value is string
 /**
  * Revokes all of a subject's tokens at once: "log out everywhere", "log out my other
  * devices", and the automatic log-out on password change.
+ *
+ * **Every log-out runs `pg_notify`.** Its statement announces the subject on the token
+ * table's channel, for the marker caches (`logOutMarkerCache`) of all the application's
+ * instances, whether or not this instance has its cache on: this one cannot know that no
+ * other does. What that implies:
+ *
+ * - A transaction that contains a log-out (a password change's, say) cannot be prepared
+ *   for two-phase commit: PostgreSQL refuses `PREPARE TRANSACTION` after `NOTIFY`.
+ * - PostgreSQL's notification queue is shared by the whole cluster (every database), and
+ *   is emptied only as fast as its slowest listening session reads it. A session anywhere
+ *   that `LISTEN`s and then stops reading, or stays in one transaction for hours, lets it
+ *   fill (8 GB by default; the server log warns from half full, naming that session), and
+ *   then every transaction with a log-out fails at its COMMIT ("too many notifications in
+ *   the NOTIFY queue"), a password change with it, until that session is ended.
+ * - Transactions that notified commit one at a time across the cluster (PostgreSQL takes
+ *   a global lock at their commit to keep notifications in commit order).
  */
 @Injectable()
 export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
   private readonly logger = new Logger(LogOutEverywhereService.name);
-  /** Log-outs made with `repeatAfterCommit` inside transactions that have not ended yet. */
-  private readonly postCommit = new PostCommitLogOuts<LogOutArgs>((args, manager) => this.run(args, manager), this.logger);
+  /** Log-outs made inside transactions that have not ended yet, to be followed up when they commit. */
+  private readonly postCommit = new PostCommitLogOuts<LogOutArgs>({
+    forget: (subject) => this.markerCache.forget(subject),
+    repeat: (args, runner, lockTimeoutMs) => this.repeat(args, runner, lockTimeoutMs),
+  }, this.logger, this.options.storeTimeoutMs);
   private dataSource?: DataSource;
 
   /**
@@ -101,8 +129,12 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    *    inside `ON CONFLICT DO UPDATE` makes successive and concurrent log-outs compose,
    *    whatever their filters: within a level `at` never moves back (app clocks may
    *    differ) and `exceptRevokedUpTo` remembers whether earlier log-outs of that level
-   *    already revoked the token kept now; the marker never expires earlier. A marker
-   *    written before levels existed (`{ at, ... }`) becomes the level of its filter.
+   *    already revoked the token kept now; the marker never expires earlier. It expires
+   *    `markerLifetime` after the log-out moment `$6` of the application's clock, the clock
+   *    of `at`, of the `exp` of the tokens it revokes and of the expunger's cutoff, or after
+   *    the database's `now()` if that is later: an application clock ahead of the
+   *    database's must not let the expunger delete a marker while tokens it revokes live.
+   *    A marker written before levels existed (`{ at, ... }`) becomes the level of its filter.
    * 2. `revoked` flips every stored row of the subject whose purpose passes the filter
    *    to `'revocation'`, on the `subject` index. A row a concurrent `revoke` holds is
    *    re-checked after it commits and skipped, so each token is revoked exactly once.
@@ -123,7 +155,8 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
                'includePurposes', to_jsonb($3::text[]), 'excludePurposes', to_jsonb($4::text[]))) AS level
     ), marker AS (
       INSERT INTO ${this.store.table} AS t (jti, subject, expires_at, purpose, extra_data)
-      SELECT $2::text, $1::text, now() + make_interval(secs => $7::float8), '${LOG_OUT_EVERYWHERE_PURPOSE}',
+      SELECT $2::text, $1::text, GREATEST(now(), to_timestamp($6::float8 / 1000)) + make_interval(secs => $7::float8),
+             '${LOG_OUT_EVERYWHERE_PURPOSE}',
              jsonb_build_object('levels', jsonb_build_object(fresh.key, fresh.level))
         FROM fresh
        WHERE $8::boolean
@@ -197,6 +230,12 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * Given `opts.manager`, it runs in that manager's transaction and is undone with it;
    * with `opts.repeatAfterCommit` too, it runs once more after that transaction commits.
    *
+   * It takes effect on this instance at once: in autocommit when the statement returns,
+   * inside a transaction when TypeORM commits it (this instance's marker cache forgets the
+   * subject again then, for a check made before the commit cached the state before it). On
+   * other instances it takes effect when their caches hear of the commit (`pg_notify`, see
+   * the class), within `logOutMarkerCache.maxStalenessMs`.
+   *
    * @returns how many stored tokens it revoked (not counting tokens already revoked,
    *   unstored tokens, or its own marker row).
    * @throws TypeError for an empty subject or malformed purpose lists.
@@ -220,11 +259,42 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
       revokeUnstored: opts.revokeUnstored ?? purposePasses(this.options.authenticationPurpose, includePurposes, excludePurposes),
     };
     const revoked = await this.run(args, opts.manager);
+    // Other instances hear of it when it commits; this one must not wait for its own echo.
+    this.markerCache.forget(subject);
     const runner = opts.manager?.queryRunner;
-    if (opts.repeatAfterCommit && runner?.isTransactionActive) this.postCommit.add(runner, subject, args);
+    if (runner && !runner.isReleased && runner.isTransactionActive) {
+      this.postCommit.add(runner, subject, args, opts.repeatAfterCommit === true);
+    }
     return revoked;
   }
 
+  /**
+   * Makes a log-out again after its transaction committed, on that transaction's
+   * connection, in a transaction of its own whose lock waits end after `lockTimeoutMs`
+   * (`SET LOCAL` needs one, and it resets on its own at the end). Leaves the connection
+   * outside any transaction, whatever happens: the caller gives it back to the pool next.
+   * The statements go straight to the runner rather than through
+   * `startTransaction()`, which would broadcast transaction events to every subscriber
+   * while TypeORM is still broadcasting the commit. TypeORM runs those subscribers side by
+   * side: a query another one sends on this connection meanwhile lands in this
+   * transaction, under its lock timeout.
+   */
+  private async repeat(args: LogOutArgs, runner: QueryRunner, lockTimeoutMs: number): Promise<void> {
+    try {
+      // A whole number of milliseconds, at most PostgreSQL's limit (INT_MAX); 0 would mean no limit.
+      const ms = Math.min(Math.max(1, Math.ceil(lockTimeoutMs)), 2_147_483_647);
+      await runner.query(`BEGIN; SET LOCAL lock_timeout = ${ms}`);
+      await this.run(args, runner.manager);
+      await runner.query('COMMIT');
+    } catch (error) {
+      // A failed statement leaves the transaction aborted; a dead connection fails this too.
+      await runner.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    }
+    this.markerCache.forget(args.subject);
+  }
+
+  /** Runs the log-out statement through `manager` (its transaction, if any); forgets nothing. */
   private async run(args: LogOutArgs, manager: EntityManager | undefined): Promise<number> {
     const { rows } = await this.store.execute<{ revoked: number }>(this.logOutStatement, [
       args.subject,
@@ -236,8 +306,6 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
       this.options.logOutEverywhere.markerLifetimeSeconds,
       args.revokeUnstored,
     ], manager);
-    // Other instances hear of it when it commits; this one must not wait for its own echo.
-    this.markerCache.forget(args.subject);
     return rows[0]?.revoked ?? 0;
   }
 

@@ -1,6 +1,5 @@
 import type { LoggerService } from '@nestjs/common';
 import type {
-  EntityManager,
   EntitySubscriberInterface,
   QueryRunner,
   TransactionCommitEvent,
@@ -8,10 +7,12 @@ import type {
   TransactionStartEvent,
 } from 'typeorm';
 
-/** A log-out made inside a transaction, to be made again once that transaction commits. */
+/** A log-out made inside a transaction, to be followed up once that transaction commits. */
 interface PendingLogOut<Args> {
   subject: string;
   args: Args;
+  /** Whether to make it again after the commit (`repeatAfterCommit`), or only forget the subject. */
+  repeat: boolean;
   /**
    * The savepoint level it was made at, counted from the level the first pending log-out
    * of its query runner was made at (`0`). Rolling back to a savepoint below it undoes it.
@@ -23,20 +24,53 @@ interface PendingLogOut<Args> {
 interface RunnerState<Args> {
   /** The current savepoint level, on the same scale as {@link PendingLogOut.depth}. */
   depth: number;
-  /** By the log-out's arguments, so that repeated log-outs of one transaction are made again once. */
+  /**
+   * Keyed by subject for the log-outs that only forget, and by arguments for those that
+   * repeat, so that repeated log-outs of one transaction are followed up once.
+   */
   logOuts: Map<string, PendingLogOut<Args>>;
 }
 
+/** What {@link PostCommitLogOuts} does once a transaction with log-outs commits. */
+export interface PostCommitActions<Args> {
+  /**
+   * Drops what this instance's marker cache knows about `subject`. Run for every log-out
+   * of the transaction, at once after the COMMIT: a check on this instance between the
+   * log-out's statement and the commit read (and cached) the state before it.
+   */
+  forget(subject: string): void;
+  /**
+   * Makes a log-out again on `runner` (the committed transaction's, now outside any
+   * transaction), so that it needs no second connection from the pool, waiting at most
+   * `lockTimeoutMs` for any one lock. It must leave the connection outside any transaction,
+   * whatever happens: its owner releases it to the pool next.
+   */
+  repeat(args: Args, runner: QueryRunner, lockTimeoutMs: number): Promise<unknown>;
+}
+
 /**
- * Repeats log-outs made inside a transaction once it commits, in autocommit on the same
- * connection. A log-out inside a transaction records its moment when its statement runs,
- * but takes effect only at the commit: a token issued in between, for example by a login
- * on another connection that still read the old password hash, is newer than the moment
- * and would survive. Made again after the commit, the log-out records a moment after it.
+ * Follows up log-outs made inside a transaction once it commits, on the same connection:
+ *
+ * - Every one: the subject is forgotten by this instance's marker cache right after the
+ *   COMMIT. A log-out takes effect at its commit, and a check on this instance in between
+ *   still read, and may have cached, the state before it; the announcement that would
+ *   correct that (`pg_notify`) may take up to `maxStalenessMs` to come back.
+ * - Those made with `repeatAfterCommit`: made again in a short transaction of their own. A
+ *   log-out inside a transaction records its moment when its statement runs, but takes
+ *   effect only at the commit: a token issued in between, for example by a login on
+ *   another connection that still read the old password hash, is newer than the moment
+ *   and would survive. Made again after the commit, the log-out records a moment after it.
+ *
+ * The repeats run inside TypeORM's `commitTransaction()`, which awaits its subscribers, so
+ * their lock waits (a long transaction holding the subject's marker row) are bounded by one
+ * budget, `lockBudgetMs` counted from the commit, however many subjects the transaction
+ * logged out: each repeat may wait for a lock what remains of it. They never throw: a
+ * repeat that fails is logged as an error naming the subject, because the transaction has
+ * committed by then and the log-out it made stands.
  *
  * A TypeORM subscriber of transaction events only, on the token table's data source. It
  * follows savepoints (`manager.transaction()` inside a transaction): a log-out whose
- * savepoint is rolled back is forgotten, one whose savepoint is released waits for the
+ * savepoint is rolled back is dropped, one whose savepoint is released waits for the
  * enclosing transaction. Transactions committed or rolled back without TypeORM (raw
  * `COMMIT`) are not seen.
  *
@@ -46,22 +80,27 @@ export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
   private readonly pending = new WeakMap<QueryRunner, RunnerState<Args>>();
 
   /**
-   * @param repeat makes a log-out again through `manager` (the committed transaction's,
-   *   now in autocommit), so that it needs no second connection from the pool.
+   * @param actions what to do after the commit.
    * @param logger where a failed repeat is reported; it is never thrown out of the commit.
+   * @param lockBudgetMs how long after one commit its repeats may still wait for a lock.
    */
   constructor(
-    private readonly repeat: (args: Args, manager: EntityManager) => Promise<unknown>,
+    private readonly actions: PostCommitActions<Args>,
     private readonly logger: LoggerService,
+    private readonly lockBudgetMs: number,
   ) {}
 
-  /** Remembers a log-out of `subject` made in `runner`'s current transaction. */
-  add(runner: QueryRunner, subject: string, args: Args): void {
+  /**
+   * Remembers a log-out of `subject` made in `runner`'s current transaction.
+   *
+   * @param repeat make it again after the commit, rather than only forget the subject.
+   */
+  add(runner: QueryRunner, subject: string, args: Args, repeat: boolean): void {
     let state = this.pending.get(runner);
     if (!state) this.pending.set(runner, state = { depth: 0, logOuts: new Map() });
-    const key = JSON.stringify(args);
+    const key = repeat ? `repeat:${JSON.stringify(args)}` : `forget:${subject}`;
     // One made earlier is at the same savepoint level or an enclosing one: it covers this one.
-    if (!state.logOuts.has(key)) state.logOuts.set(key, { subject, args, depth: state.depth });
+    if (!state.logOuts.has(key)) state.logOuts.set(key, { subject, args, repeat, depth: state.depth });
   }
 
   /** TypeORM: a transaction or a savepoint started. */
@@ -71,7 +110,7 @@ export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
   }
 
   /** TypeORM: the transaction committed (or a savepoint was released). */
-  afterTransactionCommit({ queryRunner, manager }: TransactionCommitEvent): Promise<void> | void {
+  afterTransactionCommit({ queryRunner }: TransactionCommitEvent): Promise<void> | void {
     const state = this.pending.get(queryRunner);
     if (!state) return;
     if (queryRunner.isTransactionActive) {
@@ -81,7 +120,11 @@ export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
       return;
     }
     this.pending.delete(queryRunner);
-    return this.repeatAll(state.logOuts.values(), manager);
+    const logOuts = [...state.logOuts.values()];
+    // Before any await: a check that starts after the commit must not find the pre-commit answer.
+    for (const { subject } of logOuts) this.actions.forget(subject);
+    const repeats = logOuts.filter((logOut) => logOut.repeat);
+    if (repeats.length > 0) return this.repeatAll(repeats, queryRunner);
   }
 
   /** TypeORM: the transaction rolled back (or rolled back to a savepoint). */
@@ -98,10 +141,13 @@ export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
     }
   }
 
-  private async repeatAll(logOuts: Iterable<PendingLogOut<Args>>, manager: EntityManager): Promise<void> {
+  private async repeatAll(logOuts: Iterable<PendingLogOut<Args>>, runner: QueryRunner): Promise<void> {
+    // One budget for the whole commit: several subjects must not wait several times over.
+    const deadline = Date.now() + this.lockBudgetMs;
     for (const { subject, args } of logOuts) {
       try {
-        await this.repeat(args, manager);
+        // Past the deadline, still try: a repeat that finds no lock held waits for none.
+        await this.actions.repeat(args, runner, Math.max(1, deadline - Date.now()));
       } catch (error) {
         // The transaction has committed: throwing would only make its caller believe it
         // failed. The log-out it made stands; only the window up to the commit is open.
