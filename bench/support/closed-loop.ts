@@ -6,6 +6,12 @@ export interface LoadResult {
   elapsedMs: number;
   /** Latency of each completed call, in milliseconds. */
   latenciesMs: number[];
+  /**
+   * CPU time this process spent in the window (user + system, µs). Unlike throughput it
+   * hardly moves with the load of other processes, so per call it shows the client-side
+   * cost of a variant even on a shared machine.
+   */
+  cpuMicros: number;
 }
 
 /**
@@ -14,6 +20,7 @@ export interface LoadResult {
  */
 export async function closedLoop(call: (i: number) => Promise<unknown>, concurrency: number, durationMs: number): Promise<LoadResult> {
   const latenciesMs: number[] = [];
+  const cpuBefore = process.cpuUsage();
   const started = performance.now();
   const deadline = started + durationMs;
   let next = 0;
@@ -26,7 +33,8 @@ export async function closedLoop(call: (i: number) => Promise<unknown>, concurre
       if (after <= deadline) latenciesMs.push(after - before);
     }
   }));
-  return { ops: latenciesMs.length, elapsedMs: durationMs, latenciesMs };
+  const cpu = process.cpuUsage(cpuBefore);
+  return { ops: latenciesMs.length, elapsedMs: durationMs, latenciesMs, cpuMicros: cpu.user + cpu.system };
 }
 
 /** Sums several windows of the same variant into one. */
@@ -35,5 +43,6 @@ export function mergeResults(results: LoadResult[]): LoadResult {
     ops: results.reduce((sum, r) => sum + r.ops, 0),
     elapsedMs: results.reduce((sum, r) => sum + r.elapsedMs, 0),
     latenciesMs: results.flatMap((r) => r.latenciesMs),
+    cpuMicros: results.reduce((sum, r) => sum + r.cpuMicros, 0),
   };
 }
