@@ -6,7 +6,7 @@
  *   npm run bench:expunge
  *
  * Environment: DATABASE_URL (else an embedded PostgreSQL), BENCH_ROWS (expired rows, and
- * as many live ones; default 1,000,000), BENCH_BATCH_SIZE (default: the module's default, 10,000),
+ * as many live ones; default 1,000,000), BENCH_BATCH_SIZE (default: the module's default, 20,000),
  * BENCH_CHECK_RATE (jtiRevoked calls per second sent during each; default 1000; 0 for
  * BENCH_CHECKERS back-to-back loops, default 4).
  */

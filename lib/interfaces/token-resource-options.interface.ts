@@ -34,9 +34,9 @@ export interface TokenResourceExpungeOptions {
   /** Hours between runs; fractions allowed. Default `12`. */
   intervalHours?: number;
   /**
-   * Rows deleted per batch. Each batch is its own short statement (about 8 ms for 10,000
-   * rows here), so none holds locks for long while per-statement overhead stays small.
-   * Default `10000`.
+   * Rows deleted per batch. Each batch is its own short statement (about 20 ms for 10,000
+   * rows in bench:expunge), so none holds locks for long while per-statement overhead stays
+   * small: 10,000 measured 1.32x a single raw DELETE, 20,000 1.11x. Default `20000`.
    */
   batchSize?: number;
 }

@@ -112,7 +112,7 @@ export function resolveOptions(options: TokenResourceModuleOptions | undefined):
     expunge: {
       enabled: expunge.enabled ?? true,
       intervalHours: positiveNumber(expunge.intervalHours, 12, 'expunge.intervalHours'),
-      batchSize: positiveNumber(expunge.batchSize, 10_000, 'expunge.batchSize', true),
+      batchSize: positiveNumber(expunge.batchSize, 20_000, 'expunge.batchSize', true),
     },
     logOutEverywhere: {
       includePurposes: purposeList(logOut.includePurposes, 'logOutEverywhere.includePurposes'),
