@@ -308,16 +308,17 @@ describe('LogOutMarkerCache', () => {
     expect(Date.now() - writtenAt).toBeLessThanOrEqual(SHORT_BOUND_MS + MARGIN_MS);
   });
 
-  it('remembers at most maxSubjects subjects, dropping the least recently used', async () => {
+  it('remembers at most maxSubjects subjects, dropping the oldest answer first', async () => {
     const small = await instance({ ...CACHED, logOutMarkerCache: { ...CACHED.logOutMarkerCache, maxSubjects: 2 } });
     const cache = await freshCache(small);
     const tokens = small.get(TokenService);
     const [first, second, third] = [subject(), subject(), subject()];
     for (const user of [first, second]) await tokens.tokenRevoked((await tokens.issueToken({ subject: user })).token);
     expect(cache.lookup(first)).toBeNull();
+    expect(cache.lookup(second)).toBeNull();
     await tokens.tokenRevoked((await tokens.issueToken({ subject: third })).token);
-    expect(cache.lookup(second)).toBeUndefined();
-    expect(cache.lookup(first)).toBeNull();
+    expect(cache.lookup(first)).toBeUndefined();
+    expect(cache.lookup(second)).toBeNull();
     expect(cache.lookup(third)).toBeNull();
   });
 

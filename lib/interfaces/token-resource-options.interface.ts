@@ -36,7 +36,7 @@ export interface TokenResourceExpungeOptions {
   /**
    * Rows deleted per batch. Each batch is its own short statement (about 20 ms for 10,000
    * rows in bench:expunge), so none holds locks for long while per-statement overhead stays
-   * small: 10,000 measured 1.32x a single raw DELETE, 20,000 1.11x. Default `20000`.
+   * small: 10,000 measured 1.32x a single raw DELETE, 20,000 0.88x to 1.11x. Default `20000`.
    */
   batchSize?: number;
 }
@@ -86,7 +86,7 @@ export interface TokenResourceLogOutMarkerCacheOptions {
    * `LISTEN` for the cache to be used. Default `1000`.
    */
   maxStalenessMs?: number;
-  /** How many subjects it remembers (least recently used are dropped first). Default `100000`. */
+  /** How many subjects it remembers; beyond it the oldest answer is dropped first. Default `100000`. */
   maxSubjects?: number;
   /**
    * How long, in milliseconds, it trusts what it read about one subject. Log-outs through

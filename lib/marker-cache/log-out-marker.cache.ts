@@ -50,7 +50,11 @@ interface CacheEntry {
 @Injectable()
 export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestroy {
   private readonly logger = new Logger(LogOutMarkerCache.name);
-  /** Subject to what is known of its marker, in least-recently-used-first order. */
+  /**
+   * Subject to what is known of its marker, oldest answer first. A hit does not move an
+   * entry (that churn showed on every request); a subject in use is read again once its
+   * entry ages out, which moves it to the end.
+   */
   private readonly entries = new Map<string, CacheEntry>();
   private readonly settings: ResolvedTokenResourceOptions['logOutMarkerCache'];
   /** A channel no other instance uses, so that each instance hears only its own heartbeats. */
@@ -97,10 +101,11 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     }
     const entry = this.entries.get(subject);
     if (entry === undefined) return undefined;
-    this.entries.delete(subject);
     // Writes that bypass LogOutEverywhereService are never announced; an age limit bounds them too.
-    if (performance.now() - entry.filledAt > this.settings.maxEntryAgeMs) return undefined;
-    this.entries.set(subject, entry);
+    if (performance.now() - entry.filledAt > this.settings.maxEntryAgeMs) {
+      this.entries.delete(subject);
+      return undefined;
+    }
     return entry.marker;
   }
 
