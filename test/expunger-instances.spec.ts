@@ -1,7 +1,7 @@
 import { jest } from '@jest/globals';
 import { Logger } from '@nestjs/common';
 import { ExpungerService, REVOCATION_PURPOSE, type ExpungeRunResult } from '../lib/index.js';
-import { startTcpProxy } from './support/tcp-proxy.js';
+import { proxyDatabase } from './support/tcp-proxy.js';
 import { createTokenApp } from './support/token-app.js';
 import { useTokenTable } from './support/token-table.js';
 import { waitFor } from './support/wait-for.js';
@@ -44,14 +44,10 @@ it('three application instances expunging at once: one works, the others skip, e
 });
 
 it('a run failing because the database is unreachable is logged, and the next scheduled run succeeds', async () => {
-  const target = new URL(fixture.db.url);
-  const proxy = await startTcpProxy(target.hostname, Number(target.port || 5432));
-  const proxiedUrl = new URL(fixture.db.url);
-  proxiedUrl.hostname = '127.0.0.1';
-  proxiedUrl.port = String(proxy.port);
+  const { proxy, url: proxiedUrl } = await proxyDatabase(fixture.db.url);
   const error = jest.spyOn(Logger.prototype, 'error');
   const log = jest.spyOn(Logger.prototype, 'log');
-  const instance = await createTokenApp(proxiedUrl.toString(), {
+  const instance = await createTokenApp(proxiedUrl, {
     options: { expunge: { intervalHours: 0.0005 } }, // every 1.8 s
     typeOrm: { migrationsRun: false, extra: { connectionTimeoutMillis: 1000 } },
   });

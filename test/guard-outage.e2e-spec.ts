@@ -6,7 +6,7 @@ import { DataSource } from 'typeorm';
 import { TokenService } from '../lib/index.js';
 import { createGuardApp, PLATFORMS, type Platform } from './support/guard-app.js';
 import { GuardedSubjectController } from './support/guarded-controller.js';
-import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js';
+import { proxyDatabase, type TcpProxy } from './support/tcp-proxy.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 
 const STORE_TIMEOUT_MS = 300;
@@ -57,11 +57,9 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
 
   beforeAll(async () => {
     db = await createTestDatabase();
-    const url = new URL(db.url);
-    proxy = await startTcpProxy(url.hostname, Number(url.port || 5432));
-    url.hostname = '127.0.0.1';
-    url.port = String(proxy.port);
-    app = await createGuardApp(url.toString(), {
+    let url: string;
+    ({ proxy, url } = await proxyDatabase(db.url));
+    app = await createGuardApp(url, {
       platform,
       options: { storeTimeoutMs: STORE_TIMEOUT_MS },
       controllers: [GuardedSubjectController],

@@ -66,6 +66,32 @@ function listenerSocketOf(app: INestApplication): { pause(): void; resume(): voi
   return (listenerOf(app) as unknown as { connection: { stream: { pause(): void; resume(): void } } }).connection.stream;
 }
 
+/**
+ * Holds the first statement whose name starts with `name` on its way through the store,
+ * either before it is sent (a check waiting for a pooled connection) or once its answer
+ * is in (a read in flight), until `release()`.
+ */
+function holdFirst(store: TokenStore, name: string, where: 'before it is sent' | 'once it is answered') {
+  const query = store.query.bind(store);
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => { release = resolve; });
+  const state = { reached: false, release: () => release(), restore: () => { release(); spy.mockRestore(); } };
+  const spy = jest.spyOn(store, 'query').mockImplementation(async (statement, values) => {
+    const mine = statement.name.startsWith(name) && !state.reached;
+    if (mine && where === 'before it is sent') {
+      state.reached = true;
+      await gate;
+    }
+    const result = await query(statement, values);
+    if (mine && where === 'once it is answered') {
+      state.reached = true;
+      await gate;
+    }
+    return result;
+  });
+  return state;
+}
+
 beforeAll(async () => {
   db = await createTestDatabase();
   here = await instance(CACHED);
@@ -154,28 +180,16 @@ describe('LogOutMarkerCache', () => {
 
     // The check has looked up "no marker" and now waits for a pooled connection, during
     // which the subject is logged out and the log-out announced.
-    const store = there.get(TokenStore);
-    const query = store.query.bind(store);
-    let release!: () => void;
-    const gate = new Promise<void>((resolve) => { release = resolve; });
-    let waiting = false;
-    const pool = jest.spyOn(store, 'query').mockImplementation(async (statement, values) => {
-      if (statement.name.startsWith('ntr_own_state') && !waiting) {
-        waiting = true;
-        await gate;
-      }
-      return query(statement, values);
-    });
+    const held = holdFirst(there.get(TokenStore), 'ntr_own_state', 'before it is sent');
     try {
       const check = tokensThere.tokenRevoked(token);
-      await waitFor(() => waiting, 5000, 'the check to wait');
+      await waitFor(() => held.reached, 5000, 'the check to wait');
       await here.get(LogOutEverywhereService).logOutEverywhere(user);
       await waitFor(() => cache.lookup(user) === undefined, MAX_STALENESS_MS, 'the log-out to be announced');
-      release();
+      held.release();
       expect(await check).toBe(true);
     } finally {
-      release();
-      pool.mockRestore();
+      held.restore();
     }
   });
 
@@ -211,31 +225,18 @@ describe('LogOutMarkerCache', () => {
     const tokensThere = there.get(TokenService);
     const { token } = await tokensThere.issueToken({ subject: user });
     const cache = there.get(LogOutMarkerCache);
-    const store = there.get(TokenStore);
-    const query = store.query.bind(store);
-    let release!: () => void;
-    const gate = new Promise<void>((resolve) => { release = resolve; });
-    let readSent = false;
-    const read = jest.spyOn(store, 'query').mockImplementation(async (statement, values) => {
-      const result = await query(statement, values);
-      if (statement.name.startsWith('ntr_token_state') && !readSent) {
-        readSent = true;
-        await gate;
-      }
-      return result;
-    });
+    const held = holdFirst(there.get(TokenStore), 'ntr_token_state', 'once it is answered');
     try {
       // The read sees no marker; the log-out commits and is announced before the answer lands.
       const stale = tokensThere.tokenRevoked(token);
-      await waitFor(() => readSent, 5000, 'the read to be answered');
+      await waitFor(() => held.reached, 5000, 'the read to be answered');
       const ticket = cache.ticket();
       await here.get(LogOutEverywhereService).logOutEverywhere(user);
       await waitFor(() => cache.ticket() !== ticket, MAX_STALENESS_MS, 'the log-out to be announced');
-      release();
+      held.release();
       expect(await stale).toBe(false);
     } finally {
-      release();
-      read.mockRestore();
+      held.restore();
     }
     expect(cache.lookup(user)).toBeUndefined();
     expect(await tokensThere.tokenRevoked(token)).toBe(true);

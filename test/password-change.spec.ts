@@ -21,7 +21,7 @@ import {
 } from '../lib/index.js';
 import { logOutMarkerJti, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
 import { clockPast } from './support/clock.js';
-import { startTcpProxy } from './support/tcp-proxy.js';
+import { proxyDatabase } from './support/tcp-proxy.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';
@@ -275,12 +275,8 @@ describe('a login racing an uncommitted password change does not survive its com
   });
 
   it('a repeat that fails after the commit is logged with the subject; the password change still succeeds', async () => {
-    const target = new URL(db.url);
-    const proxy = await startTcpProxy(target.hostname, Number(target.port || 5432));
-    const proxied = new URL(db.url);
-    proxied.hostname = '127.0.0.1';
-    proxied.port = String(proxy.port);
-    const viaProxy = await createTokenApp(proxied.toString(), {
+    const { proxy, url: proxied } = await proxyDatabase(db.url);
+    const viaProxy = await createTokenApp(proxied, {
       options: { storeAllTokens: true, expunge: { enabled: false }, logOutEverywhere: { applyOnPasswordChange: true, userEntity: User } },
       typeOrm: { entities: [Token, User] },
     });

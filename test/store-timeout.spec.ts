@@ -1,6 +1,6 @@
 import type { INestApplication } from '@nestjs/common';
 import { TokenResourceUnavailableError, TokenService } from '../lib/index.js';
-import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.js';
+import { proxyDatabase, type TcpProxy } from './support/tcp-proxy.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp } from './support/token-app.js';
 
@@ -18,11 +18,9 @@ let app: INestApplication;
 
 beforeAll(async () => {
   db = await createTestDatabase();
-  const url = new URL(db.url);
-  proxy = await startTcpProxy(url.hostname, Number(url.port || 5432));
-  url.hostname = '127.0.0.1';
-  url.port = String(proxy.port);
-  app = await createTokenApp(url.toString(), { options: { storeTimeoutMs: STORE_TIMEOUT_MS, expunge: { enabled: false } } });
+  let url: string;
+  ({ proxy, url } = await proxyDatabase(db.url));
+  app = await createTokenApp(url, { options: { storeTimeoutMs: STORE_TIMEOUT_MS, expunge: { enabled: false } } });
 });
 
 afterAll(async () => {

@@ -94,3 +94,12 @@ export async function startTcpProxy(upstreamHost: string, upstreamPort: number):
     },
   };
 }
+
+/** A proxy in front of the server of `databaseUrl`, and the same URL pointing at the proxy. */
+export async function proxyDatabase(databaseUrl: string): Promise<{ proxy: TcpProxy; url: string }> {
+  const url = new URL(databaseUrl);
+  const proxy = await startTcpProxy(url.hostname, Number(url.port || 5432));
+  url.hostname = '127.0.0.1';
+  url.port = String(proxy.port);
+  return { proxy, url: url.toString() };
+}
