@@ -301,6 +301,37 @@ describe('a login racing an uncommitted password change does not survive its com
   });
 });
 
+it('keeps the committed connection until its repeat is done, even when another commit subscriber fails', async () => {
+  const { user } = await userWithSessions();
+  const before = await loggedOutAt(user).catch(() => 0);
+  // TypeORM awaits the commit subscribers together; one that fails makes save() release
+  // the connection at once, while the repeat may still be inside its own transaction.
+  const failing: EntitySubscriberInterface = { afterTransactionCommit: () => Promise.reject(new Error('audit trail failed')) };
+  dataSource.subscribers.push(failing);
+  try {
+    await expect(users.save({ id: user.id, hashedPassword: 'new-hash' })).rejects.toThrow('audit trail failed');
+  } finally {
+    dataSource.subscribers.splice(dataSource.subscribers.indexOf(failing), 1);
+  }
+  expect((await users.findOneByOrFail({ id: user.id })).hashedPassword).toBe('new-hash');
+  // The repeat ran to its COMMIT on that connection before the pool got it back.
+  expect(await loggedOutAt(user)).toBeGreaterThan(before);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  expect(await dataSource.query(
+    `SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`)).toEqual([]);
+  // And the pool's connections commit what they are given.
+  const { jti } = await tokens.issueToken({ subject: 'after-failed-broadcast' });
+  await Promise.all(Array.from({ length: 12 }, (_, i) => tokens.revokeJti(`${jti}-${i}`, 'after-failed-broadcast')));
+  const other = new pg.Client({ connectionString: db.url });
+  await other.connect();
+  try {
+    const { rows } = await other.query('SELECT count(*)::int AS n FROM tokens WHERE subject = $1 AND purpose = $2', ['after-failed-broadcast', REVOCATION_PURPOSE]);
+    expect(rows[0].n).toBe(12);
+  } finally {
+    await other.end();
+  }
+});
+
 describe('the repeats after a commit wait for locks at most storeTimeoutMs in all', () => {
   const STORE_TIMEOUT_MS = 1000;
   /**

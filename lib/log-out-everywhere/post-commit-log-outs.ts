@@ -124,7 +124,27 @@ export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
     // Before any await: a check that starts after the commit must not find the pre-commit answer.
     for (const { subject } of logOuts) this.actions.forget(subject);
     const repeats = logOuts.filter((logOut) => logOut.repeat);
-    if (repeats.length > 0) return this.repeatAll(repeats, queryRunner);
+    if (repeats.length > 0) return this.holdingConnection(queryRunner, this.repeatAll(repeats, queryRunner));
+  }
+
+  /**
+   * Keeps `runner` from going back to the pool until `work` is done. TypeORM awaits its
+   * commit subscribers together: when another one fails, `commitTransaction()` rejects at
+   * once and the caller releases the runner while a repeat may be between its `BEGIN` and
+   * `COMMIT`; the pool would then hand out a connection inside that transaction, and the
+   * next borrower's statements would never commit.
+   */
+  private async holdingConnection(runner: QueryRunner, work: Promise<void>): Promise<void> {
+    const release = runner.release;
+    runner.release = async () => {
+      await work;
+      return release.call(runner);
+    };
+    try {
+      await work;
+    } finally {
+      if (runner.release !== release) runner.release = release;
+    }
   }
 
   /** TypeORM: the transaction rolled back (or rolled back to a savepoint). */
