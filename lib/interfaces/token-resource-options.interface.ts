@@ -91,8 +91,8 @@ export interface TokenResourceLogOutMarkerCacheOptions {
   /**
    * How long, in milliseconds, it trusts what it read about one subject. Log-outs through
    * `LogOutEverywhereService` are announced and need no expiry; this bounds markers written
-   * any other way (raw SQL, an instance running an older version). At least
-   * `maxStalenessMs`. Default `60000`.
+   * any other way (raw SQL, an instance running an older version), to this age plus the
+   * time a check may take (`storeTimeoutMs`). At least `maxStalenessMs`. Default `60000`.
    */
   maxEntryAgeMs?: number;
 }
