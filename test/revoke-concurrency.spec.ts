@@ -55,6 +55,22 @@ async function raceOnPool(call: (i: number) => Promise<void>): Promise<Tally> {
 }
 
 /**
+ * Runs `work` in the open transaction of `runner`, commits it, or rolls it back when `work`
+ * threw (rethrowing), and releases the runner either way, as an application would.
+ */
+async function finishTransaction(runner: QueryRunner, work: (manager: EntityManager) => Promise<void>): Promise<void> {
+  try {
+    await work(runner.manager);
+    await runner.commitTransaction();
+  } catch (error) {
+    await runner.rollbackTransaction();
+    throw error;
+  } finally {
+    await runner.release();
+  }
+}
+
+/**
  * Runs `CALLERS` calls, each inside its own transaction on its own QueryRunner, all
  * started before the gate opens. A caller commits when its call resolved and rolls
  * back when it threw, as an application would.
@@ -72,17 +88,7 @@ async function raceInTransactions(call: (i: number, manager: EntityManager) => P
   expect(new Set(pids).size).toBe(CALLERS);
   let open!: () => void;
   const gate = new Promise<void>((resolve) => { open = resolve; });
-  const calls = runners.map((runner, i) => gate.then(async () => {
-    try {
-      await call(i, runner.manager);
-      await runner.commitTransaction();
-    } catch (error) {
-      await runner.rollbackTransaction();
-      throw error;
-    } finally {
-      await runner.release();
-    }
-  }));
+  const calls = runners.map((runner, i) => gate.then(() => finishTransaction(runner, (manager) => call(i, manager))));
   open();
   return tally(await Promise.allSettled(calls));
 }
@@ -202,17 +208,7 @@ describe('callers at REPEATABLE READ or SERIALIZABLE', () => {
       await runner.query('SELECT 1');
       runners.push(runner);
     }
-    const results = await Promise.allSettled(runners.map(async (runner) => {
-      try {
-        await tokens.revoke(token, { manager: runner.manager });
-        await runner.commitTransaction();
-      } catch (error) {
-        await runner.rollbackTransaction();
-        throw error;
-      } finally {
-        await runner.release();
-      }
-    }));
+    const results = await Promise.allSettled(runners.map((runner) => finishTransaction(runner, (manager) => tokens.revoke(token, { manager }))));
     const serializationFailures = results.filter((r) => r.status === 'rejected'
       && (r.reason as { driverError?: { code?: string } }).driverError?.code === '40001').length;
     const counts = tally(results);
@@ -237,15 +233,7 @@ describe('a rolled-back revocation does not count', () => {
       const runner = dataSource.createQueryRunner();
       await runner.connect();
       await runner.startTransaction();
-      try {
-        await tokens.revoke(token, { manager: runner.manager });
-        await runner.commitTransaction();
-      } catch (error) {
-        await runner.rollbackTransaction();
-        throw error;
-      } finally {
-        await runner.release();
-      }
+      await finishTransaction(runner, (manager) => tokens.revoke(token, { manager }));
     });
     await new Promise((resolve) => setTimeout(resolve, 200));
     await first.rollbackTransaction();
