@@ -19,26 +19,20 @@
  * BENCH_ONLY (a regular expression: time only the variants it matches, for profiling).
  */
 import 'reflect-metadata';
-import type { DynamicModule } from '@nestjs/common';
-import { Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import { ScheduleModule } from '@nestjs/schedule';
-import { TypeOrmModule } from '@nestjs/typeorm';
 import { jwtVerify } from 'jose';
 import type pg from 'pg';
 import { DataSource } from 'typeorm';
 import {
-  CreateTokensTable1763900000000,
   LOG_OUT_EVERYWHERE_PURPOSE,
   LogOutMarkerCache,
   TOKEN_RESOURCE_OPTIONS,
-  Token,
   TokenCodec,
-  TokenResourceModule,
   TokenService,
   TokenStore,
   type ResolvedTokenResourceOptions,
 } from '../lib/index.js';
+import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
 import { closedLoop, mergeResults, type LoadResult } from './support/closed-loop.js';
 import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';
 
@@ -49,25 +43,7 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
 const PROBES = 20_000;
 const SUBJECTS = 50_000;
-const SECRET = 'bench-secret-that-is-at-least-32-bytes-long!!';
 const MARKER_PREFIX = 'log-out-everywhere:';
-
-@Module({})
-class CheckBenchModule {}
-
-function appModule(url: string): DynamicModule {
-  return {
-    module: CheckBenchModule,
-    imports: [
-      TypeOrmModule.forRoot({
-        type: 'postgres', url, entities: [Token], logging: false, poolSize: POOL,
-        migrations: [CreateTokensTable1763900000000], migrationsRun: true,
-      }),
-      ScheduleModule.forRoot(),
-      TokenResourceModule.forRoot({ jwt: { secret: SECRET }, expunge: { enabled: false } }),
-    ],
-  };
-}
 
 /** Row `i` of the table: `jti` bench-i, every tenth a revocation; `i > ROWS` is never stored. */
 const jtiOf = (i: number) => `bench-${i}`;
@@ -113,7 +89,7 @@ interface Variant {
 
 async function main(): Promise<void> {
   const database = await openBenchDatabase();
-  const app = await NestFactory.createApplicationContext(appModule(database.url), { logger: ['error', 'warn'] });
+  const app = await NestFactory.createApplicationContext(benchAppModule(database.url, { poolSize: POOL }), { logger: ['error', 'warn'] });
   try {
     const raw = database.pool(POOL);
     console.log(`filling tokens with ${ROWS} rows (10% revoked) ...`);
@@ -140,7 +116,7 @@ async function main(): Promise<void> {
     // The baselines: what a hand-written check would send on a raw pool, the key imported once.
     const selectOne = { name: 'raw_jti_revoked', text: `SELECT 1 FROM tokens WHERE jti = $1 AND purpose = 'revocation'` };
     const selectBoth = { name: 'raw_token_state', text: `SELECT jti, purpose, expires_at, extra_data FROM tokens WHERE jti IN ($1, $2)` };
-    const key = await crypto.subtle.importKey('raw', new TextEncoder().encode(SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
+    const key = await crypto.subtle.importKey('raw', new TextEncoder().encode(BENCH_SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
     // Query configs are written out as literals: a spread (`{ ...selectOne, values }`) measured
     // 5-10% slower in pg and would flatter the library.
     const rawRevoked = async (jti: string) => ((await raw.query({ name: selectOne.name, text: selectOne.text, values: [jti] })).rowCount ?? 0) > 0;

@@ -25,13 +25,13 @@ import {
   TokenService,
   TokenStore,
 } from '../lib/index.js';
+import { BENCH_SECRET } from './support/bench-app.js';
 import { describeMachine, openBenchDatabase, percentile, printTable, type BenchDatabase } from './support/bench-kit.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const BATCH_SIZE = process.env.BENCH_BATCH_SIZE ? Number(process.env.BENCH_BATCH_SIZE) : undefined;
 const CHECKERS = Number(process.env.BENCH_CHECKERS ?? 4);
 const CHECK_RATE = Number(process.env.BENCH_CHECK_RATE ?? 1000);
-const SECRET = 'bench-secret-that-is-at-least-32-bytes-long!!';
 
 /** The baseline's identical table, reached through the module's custom-entity option. */
 @Entity('tokens_baseline')
@@ -50,7 +50,7 @@ function appModule(url: string, entity: typeof Token, first: boolean): DynamicMo
       }),
       ScheduleModule.forRoot(),
       TokenResourceModule.forRoot({
-        jwt: { secret: SECRET }, entity, dataSource: first ? 'default' : 'baseline', expunge: { batchSize: BATCH_SIZE },
+        jwt: { secret: BENCH_SECRET }, entity, dataSource: first ? 'default' : 'baseline', expunge: { batchSize: BATCH_SIZE },
       }),
     ],
   };

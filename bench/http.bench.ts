@@ -21,29 +21,23 @@ import {
   Controller,
   Get,
   Injectable,
-  Module,
   UnauthorizedException,
   UseGuards,
   type CanActivate,
-  type DynamicModule,
   type ExecutionContext,
   type INestApplication,
 } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import { ScheduleModule } from '@nestjs/schedule';
-import { TypeOrmModule } from '@nestjs/typeorm';
 import { jwtVerify } from 'jose';
 import type pg from 'pg';
 import {
-  CreateTokensTable1763900000000,
   LogOutMarkerCache,
   RevokedTokenGuard,
-  Token,
   TokenCodec,
-  TokenResourceModule,
   type TokenResourceModuleOptions,
 } from '../lib/index.js';
 import type { LoadJob, LoadReport } from './support/autocannon-loader.js';
+import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
 import { describeMachine, openBenchDatabase, printTable } from './support/bench-kit.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
@@ -52,13 +46,12 @@ const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 1);
 const TOKENS = 5_000;
-const SECRET = 'bench-secret-that-is-at-least-32-bytes-long!!';
 const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
 
 /** The baseline: verifies the bearer JWT with jose (key imported once) and nothing else. */
 @Injectable()
 class JoseOnlyGuard implements CanActivate {
-  private static readonly key = crypto.subtle.importKey('raw', new TextEncoder().encode(SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
+  private static readonly key = crypto.subtle.importKey('raw', new TextEncoder().encode(BENCH_SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
 
   async canActivate(context: ExecutionContext): Promise<boolean> {
     const request = context.switchToHttp().getRequest();
@@ -86,25 +79,6 @@ class BenchController {
   guarded(): { ok: true } {
     return { ok: true };
   }
-}
-
-@Module({})
-class HttpBenchModule {}
-
-function appModule(url: string, options: Partial<TokenResourceModuleOptions>): DynamicModule {
-  return {
-    module: HttpBenchModule,
-    imports: [
-      TypeOrmModule.forRoot({
-        type: 'postgres', url, entities: [Token], logging: false, poolSize: POOL,
-        migrations: [CreateTokensTable1763900000000], migrationsRun: true,
-      }),
-      ScheduleModule.forRoot(),
-      TokenResourceModule.forRoot({ jwt: { secret: SECRET }, expunge: { enabled: false }, ...options }),
-    ],
-    controllers: [BenchController],
-    providers: [JoseOnlyGuard],
-  };
 }
 
 async function fill(pool: pg.Pool): Promise<void> {
@@ -160,7 +134,7 @@ async function main(): Promise<void> {
     console.log(`filling tokens with ${ROWS} rows (10% revoked) ...`);
     let filled = false;
     for (const scenario of SCENARIOS) {
-      const app: INestApplication = await NestFactory.create(appModule(database.url, scenario.options), { logger: ['error', 'warn'] });
+      const app: INestApplication = await NestFactory.create(benchAppModule(database.url, { poolSize: POOL, options: scenario.options, controllers: [BenchController], providers: [JoseOnlyGuard] }), { logger: ['error', 'warn'] });
       try {
         if (!filled) {
           await fill(database.pool(1));

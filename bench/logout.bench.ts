@@ -11,23 +11,15 @@
  * default 10,000), BENCH_ROUNDS (measured rounds, default 9).
  */
 import 'reflect-metadata';
-import type { DynamicModule, INestApplicationContext } from '@nestjs/common';
-import { Module } from '@nestjs/common';
+import type { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import { ScheduleModule } from '@nestjs/schedule';
-import { TypeOrmModule } from '@nestjs/typeorm';
-import {
-  CreateTokensTable1763900000000,
-  LogOutEverywhereService,
-  Token,
-  TokenResourceModule,
-} from '../lib/index.js';
+import { LogOutEverywhereService } from '../lib/index.js';
+import { benchAppModule } from './support/bench-app.js';
 import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const SUBJECT_TOKENS = Number(process.env.BENCH_SUBJECT_TOKENS ?? 10_000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 9);
-const SECRET = 'bench-secret-that-is-at-least-32-bytes-long!!';
 const OURS = 'bench-subject-library';
 const RAW = 'bench-subject-raw';
 
@@ -37,28 +29,11 @@ const RAW_UPDATE = `
    WHERE subject = $1 AND purpose <> 'revocation' AND purpose <> 'log_out_everywhere'
      AND purpose <> ALL ($2::text[])`;
 
-@Module({})
-class LogOutBenchModule {}
-
-function appModule(url: string): DynamicModule {
-  return {
-    module: LogOutBenchModule,
-    imports: [
-      TypeOrmModule.forRoot({
-        type: 'postgres', url, entities: [Token], logging: false,
-        migrations: [CreateTokensTable1763900000000], migrationsRun: true,
-      }),
-      ScheduleModule.forRoot(),
-      TokenResourceModule.forRoot({ jwt: { secret: SECRET }, expunge: { enabled: false } }),
-    ],
-  };
-}
-
 async function main(): Promise<void> {
   const database = await openBenchDatabase();
   let app: INestApplicationContext | undefined;
   try {
-    app = await NestFactory.createApplicationContext(appModule(database.url), { logger: ['error', 'warn'] });
+    app = await NestFactory.createApplicationContext(benchAppModule(database.url), { logger: ['error', 'warn'] });
     const logOut = app.get(LogOutEverywhereService);
     const raw = database.pool(1);
     const admin = database.pool(1);
