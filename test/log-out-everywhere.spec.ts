@@ -15,7 +15,7 @@ import { createTestDatabase, type TestDatabase } from './support/test-database.j
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';
 
-/** LogOutEverywhereService (API.md, issue 5) against real PostgreSQL. */
+/** LogOutEverywhereService against real PostgreSQL. */
 
 let db: TestDatabase;
 /** storeAllTokens: true — every issued token has a row. */

@@ -7,7 +7,7 @@ import { createTestDatabase, type TestDatabase } from './support/test-database.j
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';
 
-/** LogOutMarkerCache (issue 7): one-key checks, with a tested bound on how stale a log-out may be. */
+/** LogOutMarkerCache: one-key checks, with a tested bound on how stale a log-out may be. */
 
 /**
  * The tests of the mechanics run with a bound so large that a busy CI machine (GC pauses,

@@ -19,7 +19,7 @@ import { countRows, nowSeconds, signToken, sleep } from './support/jwt-fixtures.
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';
 
-/** Core semantics of TokenService (API.md, "TokenService"), against real PostgreSQL. */
+/** Core semantics of TokenService, against real PostgreSQL. */
 
 let db: TestDatabase;
 let app: INestApplication;
