@@ -19,6 +19,7 @@ import {
 } from './token-resource.constants.js';
 import { InvalidTokenError, TokenAlreadyRevokedError } from './token-resource.exceptions.js';
 import { TokenStore, type OwnStateRow, type Statement, type TokenStateRow } from './token.store.js';
+import { checkExpiresAt, checkJti, checkPurpose, checkSubject, expiryOfExp } from './validation/token-values.js';
 
 /** Input of {@link TokenService.issueToken}. */
 export interface IssueTokenInput {
@@ -142,7 +143,7 @@ function requireString(claims: TokenClaimsPayload, claim: 'jti' | 'sub'): string
 
 function expiryOf(claims: TokenClaimsPayload): Date {
   if (typeof claims.exp !== 'number') throw new InvalidTokenError('token has no exp claim');
-  return new Date(claims.exp * 1000);
+  return expiryOfExp(claims.exp);
 }
 
 /**
@@ -206,6 +207,10 @@ export class TokenService {
     SELECT count(*)::int AS deleted, max(expires_at)::text AS last,
            ($1::timestamptz + interval '1 microsecond')::text AS after FROM gone`);
 
+  /** The subject of a `jti`'s row, read only when a revocation wrote nothing, to say why. */
+  private readonly ownerOf = this.store.statement('token_owner', `
+    SELECT subject FROM ${this.store.table} WHERE jti = $1`);
+
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
     private readonly codec: TokenCodec,
@@ -218,14 +223,15 @@ export class TokenService {
    * `iat` keeps millisecond precision so that a log-out in the same second is exact. The
    * `purpose` claim lets the guard refuse, say, a `'confirm'` token as a session.
    *
-   * @throws TypeError for an empty subject or purpose, or a malformed `expiresIn`.
+   * @throws TypeError for a subject or purpose the token table cannot store (empty, a lone
+   *   UTF-16 surrogate, NUL, over 1024 / 255 bytes of UTF-8), or a malformed `expiresIn`.
    * @throws RangeError when `expiresIn` exceeds `logOutEverywhere.markerLifetime`: the
    *   token would outlive the record of its subject's log-outs.
    */
   async issueToken(input: IssueTokenInput): Promise<IssuedToken> {
-    requireNonEmpty(input?.subject, 'subject');
+    checkSubject(input?.subject);
     const purpose = input.purpose ?? DEFAULT_AUTHENTICATION_PURPOSE;
-    requireNonEmpty(purpose, 'purpose');
+    checkPurpose(purpose);
     const lifetimeSeconds = durationToSeconds(input.expiresIn ?? DEFAULT_EXPIRES_IN);
     const { markerLifetimeSeconds } = this.options.logOutEverywhere;
     if (lifetimeSeconds > markerLifetimeSeconds) {
@@ -249,10 +255,11 @@ export class TokenService {
    * from `exp`. Accepts an expired token.
    *
    * @throws InvalidTokenError for an untrusted token or one without `jti`, `sub` or `exp`.
+   * @throws TypeError for a purpose the table cannot store (see `issueToken`).
    * @throws TokenAlreadyRevokedError when the token is revoked (a revoked row is never overwritten).
    */
   async storeToken(input: StoreTokenInput): Promise<void> {
-    requireNonEmpty(input?.purpose, 'purpose');
+    checkPurpose(input?.purpose);
     const claims = await this.codec.verify(input.token, true);
     await this.writeRow(requireString(claims, 'jti'), requireString(claims, 'sub'), expiryOf(claims), input.purpose, input.extraData ?? null);
   }
@@ -284,9 +291,13 @@ export class TokenService {
     return (await this.checkClaims(claims)).revoked;
   }
 
-  /** Whether a revocation row exists for `jti`. One primary-key lookup. */
+  /**
+   * Whether a revocation row exists for `jti`. One primary-key lookup.
+   *
+   * @throws TypeError for a `jti` the table cannot store (see `revokeJti`).
+   */
   async jtiRevoked(jti: string): Promise<boolean> {
-    requireNonEmpty(jti, 'jti');
+    checkJti(jti);
     const { rowCount } = await this.store.query(this.store.jtiRevokedStatement(), [jti]);
     return rowCount > 0;
   }
@@ -327,10 +338,12 @@ export class TokenService {
 
   /**
    * Revokes a token: writes a revocation row (`subject` from `sub`, `expiresAt` from
-   * `exp`), turning a stored row of another purpose into it. Atomic: of any number of
-   * concurrent calls for one token exactly one resolves. Accepts an expired token.
+   * `exp`, rounded up to the second), turning a stored row of another purpose into it.
+   * Atomic: of any number of concurrent calls for one token exactly one resolves. Accepts an
+   * expired token.
    *
-   * @throws InvalidTokenError for an untrusted token or one without `jti`, `sub` or `exp`.
+   * @throws InvalidTokenError for an untrusted token, one without `jti`, `sub` or `exp`, or
+   *   one whose `jti` is stored for another subject (nothing is written).
    * @throws TokenAlreadyRevokedError when it was already revoked.
    */
   async revoke(token: string, opts: RevokeOptions = {}): Promise<void> {
@@ -340,15 +353,20 @@ export class TokenService {
 
   /**
    * Revokes a bare `jti` of `subject`, like {@link revoke}. Without `expiresAt` the
-   * revocation row never expires.
+   * revocation row never expires. Only the owner revokes: a `jti` stored for another
+   * subject is left alone, so a "revoke my session by id" endpoint cannot touch another
+   * user's token.
    *
+   * @throws TypeError for a `jti` or `subject` the table cannot store (empty, a lone UTF-16
+   *   surrogate, NUL, over 255 / 1024 bytes of UTF-8), or an `expiresAt` that is not a valid
+   *   Date between 1970 and the end of 9999 (it is rounded up to the second).
+   * @throws InvalidTokenError when `jti` is stored for another subject (nothing is written).
    * @throws TokenAlreadyRevokedError when it was already revoked.
    */
   async revokeJti(jti: string, subject: string, opts: RevokeJtiOptions = {}): Promise<void> {
-    requireNonEmpty(jti, 'jti');
-    requireNonEmpty(subject, 'subject');
-    const expiresAt = opts.expiresAt ?? NEVER_EXPIRES;
-    if (!(expiresAt instanceof Date) || Number.isNaN(expiresAt.getTime())) throw new TypeError('expiresAt must be a valid Date');
+    checkJti(jti);
+    checkSubject(subject);
+    const expiresAt = opts.expiresAt === undefined ? NEVER_EXPIRES : checkExpiresAt(opts.expiresAt, 'opts.expiresAt');
     await this.writeRevocation(jti, subject, expiresAt, opts.manager);
   }
 
@@ -483,6 +501,13 @@ export class TokenService {
   private async writeRevocation(jti: string, subject: string, expiresAt: Date, manager?: EntityManager): Promise<void> {
     rejectMarkerJti(jti);
     const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt], manager);
-    if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is already revoked`);
+    if (rowCount > 0) return;
+    // The upsert left the row alone: revoked already, or another subject's. Only this
+    // failure path looks at which, in the same transaction.
+    const { rows } = await this.store.execute<{ subject: string }>(this.ownerOf, [jti], manager);
+    if (rows[0] !== undefined && rows[0].subject !== subject) {
+      throw new InvalidTokenError(`token ${jti} belongs to another subject; nothing was revoked`);
+    }
+    throw new TokenAlreadyRevokedError(`token ${jti} is already revoked`);
   }
 }

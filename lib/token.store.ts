@@ -195,15 +195,17 @@ export class TokenStore {
       SELECT purpose, expires_at > now() AS live FROM ${this.table} WHERE jti = $1`);
   }
 
-  /** The SQL that flips or inserts a revocation row; returns a row only if this call revoked. */
+  /**
+   * The SQL that flips or inserts a revocation row; returns a row only if this call revoked.
+   * A stored row of another subject is never flipped: revoking is for the `jti`'s owner.
+   */
   revokeStatement(): Statement {
     return this.statement('revoke', `
       INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose)
       VALUES ($1, $2, $3, '${REVOCATION_PURPOSE}')
       ON CONFLICT (jti) DO UPDATE
-        SET purpose = '${REVOCATION_PURPOSE}', subject = EXCLUDED.subject,
-            expires_at = EXCLUDED.expires_at, updated_at = now()
-        WHERE t.purpose <> '${REVOCATION_PURPOSE}'
+        SET purpose = '${REVOCATION_PURPOSE}', expires_at = EXCLUDED.expires_at, updated_at = now()
+        WHERE t.purpose <> '${REVOCATION_PURPOSE}' AND t.subject = EXCLUDED.subject
       RETURNING 1 AS revoked`);
   }
 

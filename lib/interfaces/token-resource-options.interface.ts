@@ -5,7 +5,11 @@ import type { Token } from '../entities/token.entity.js';
 
 /** How JWTs are verified and issued. Exactly one of `secret`, `publicKey`, `jwksUri` is required. */
 export interface TokenResourceJwtOptions {
-  /** HMAC key for HS256/384/512, used both to verify and to issue. */
+  /**
+   * HMAC key for HS256/384/512, used both to verify and to issue. At least as long as the
+   * hash of each algorithm it is used with (RFC 7518 §3.2): 32 bytes for HS256, 48 for
+   * HS384, 64 for HS512; a shorter secret fails the boot with `TokenResourceConfigError`.
+   */
   secret?: string | Uint8Array;
   /** PEM (SPKI) public key or public JWK used to verify RS*, PS*, ES* or EdDSA tokens. */
   publicKey?: string | JWK;
@@ -15,7 +19,7 @@ export interface TokenResourceJwtOptions {
   jwksUri?: string;
   /**
    * Accepted algorithms; the first one is used by `issueToken`.
-   * Default: every algorithm of the key's family (HS* for a secret, RS* and PS* for RSA, the
+   * Default: every algorithm of the key's family (the HS* the secret is long enough for, RS* and PS* for RSA, the
    * curve's ES* for EC, EdDSA for Ed25519, every asymmetric one for a JWKS). `none` is never accepted.
    */
   algorithms?: string[];

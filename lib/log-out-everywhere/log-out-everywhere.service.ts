@@ -1,5 +1,5 @@
 import { Inject, Injectable, Logger, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
-import type { DataSource, EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
+import type { EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import {
   LOG_OUT_EVERYWHERE_PURPOSE,
@@ -8,6 +8,8 @@ import {
 } from '../token-resource.constants.js';
 import { LogOutMarkerCache } from '../marker-cache/log-out-marker.cache.js';
 import { TokenStore } from '../token.store.js';
+import { registerSubscriber } from '../typeorm/register-subscriber.js';
+import { checkJti, checkPurpose, checkSubject } from '../validation/token-values.js';
 import { canonicalPurposes, logOutMarkerJti, purposePasses } from './log-out-marker.js';
 import { PostCommitLogOuts } from './post-commit-log-outs.js';
 
@@ -77,14 +79,10 @@ interface LogOutArgs {
   revokeUnstored: boolean;
 }
 
-/** The longest subject a notification carries; PostgreSQL's payload limit is 8000 bytes. */
-const MAX_ANNOUNCED_SUBJECT_BYTES = 7000;
-
 function checkPurposeList(value: unknown, name: string): asserts value is string[] | undefined {
   if (value === undefined) return;
-  if (!Array.isArray(value) || value.some((purpose) => typeof purpose !== 'string' || purpose === '')) {
-    throw new TypeError(`${name} must be an array of non-empty purpose strings`);
-  }
+  if (!Array.isArray(value)) throw new TypeError(`${name} must be an array of purposes`);
+  value.forEach((purpose, i) => checkPurpose(purpose, `${name}[${i}]`));
 }
 
 /**
@@ -115,7 +113,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
     forget: (subject) => this.markerCache.forget(subject),
     repeat: (args, runner, lockTimeoutMs) => this.repeat(args, runner, lockTimeoutMs),
   }, this.logger, this.options.storeTimeoutMs);
-  private dataSource?: DataSource;
+  private unregister?: () => void;
 
   /**
    * One statement does both halves of a log-out, so that it is atomic even in
@@ -140,8 +138,8 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    *    re-checked after it commits and skipped, so each token is revoked exactly once.
    * 3. `announced` notifies the marker caches of every instance (`LogOutMarkerCache`)
    *    on the table's channel. A notification is delivered when, and only if, the
-   *    transaction commits, which is what bounds how stale a cache may be. A subject too
-   *    long for a payload is announced with an empty one, which empties the caches.
+   *    transaction commits, which is what bounds how stale a cache may be. Every subject
+   *    fits a payload (`MAX_SUBJECT_BYTES` is far below PostgreSQL's 8000 bytes).
    *
    * The marker is evaluated first (the scalar subqueries run left to right), so
    * concurrent log-outs of one subject queue on the marker row before they lock any
@@ -194,8 +192,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
       RETURNING 1
     )
     SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked,
-           (SELECT count(*) FROM (SELECT pg_notify('${this.store.logOutChannel}',
-              CASE WHEN octet_length($1::text) <= ${MAX_ANNOUNCED_SUBJECT_BYTES} THEN $1::text ELSE '' END) FROM marker) AS announced)::int AS announced`);
+           (SELECT count(*) FROM (SELECT pg_notify('${this.store.logOutChannel}', $1::text) FROM marker) AS announced)::int AS announced`);
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
@@ -203,18 +200,18 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
     private readonly markerCache: LogOutMarkerCache,
   ) {}
 
-  /** Listens for the commits and rollbacks of the token table's data source, for `repeatAfterCommit`. */
+  /**
+   * Listens for the commits and rollbacks of the token table's data source, for
+   * `repeatAfterCommit`, also after the data source is destroyed and initialised again.
+   */
   onModuleInit(): void {
-    this.dataSource = this.store.repository.manager.connection;
-    this.dataSource.subscribers.push(this.postCommit);
+    this.unregister = registerSubscriber(this.store.repository.manager.connection, this.postCommit);
   }
 
   /** Stops listening, so that a closed application leaves no subscriber on a shared data source. */
   onModuleDestroy(): void {
-    const subscribers = this.dataSource?.subscribers;
-    const index = subscribers?.indexOf(this.postCommit) ?? -1;
-    if (index >= 0) subscribers!.splice(index, 1);
-    this.dataSource = undefined;
+    this.unregister?.();
+    this.unregister = undefined;
   }
 
   /**
@@ -238,14 +235,14 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    *
    * @returns how many stored tokens it revoked (not counting tokens already revoked,
    *   unstored tokens, or its own marker row).
-   * @throws TypeError for an empty subject or malformed purpose lists.
+   * @throws TypeError for a subject, `exceptJti` or purpose the token table cannot store
+   *   (empty, a lone UTF-16 surrogate, NUL, over 1024 / 255 / 255 bytes of UTF-8), or purpose
+   *   lists that are not arrays. Nothing is written.
    * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
    */
   async logOutEverywhere(subject: string, opts: LogOutEverywhereOptions = {}): Promise<number> {
-    if (typeof subject !== 'string' || subject === '') throw new TypeError('subject must be a non-empty string');
-    if (opts.exceptJti !== undefined && (typeof opts.exceptJti !== 'string' || opts.exceptJti === '')) {
-      throw new TypeError('exceptJti must be a non-empty string');
-    }
+    checkSubject(subject);
+    if (opts.exceptJti !== undefined) checkJti(opts.exceptJti, 'exceptJti');
     const defaults = this.options.logOutEverywhere;
     const includePurposes = opts.includePurposes ?? defaults.includePurposes;
     const excludePurposes = opts.excludePurposes ?? defaults.excludePurposes;
@@ -332,9 +329,13 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * @param opts further options, for example `exceptJti` to keep the session that changed
    *   it; `repeatAfterCommit` defaults to `true`.
    * @returns how many stored tokens were revoked (by the first log-out; the repeat's are not counted).
+   * @throws TypeError when `subjectOf(user)` gives no subject the token table can store (not
+   *   a string, empty, NUL, ...; the default `subjectOf` throws for a user without `id`):
+   *   nothing is written, and a `save` that changed the password rejects and rolls back.
    */
   async logOutOnPasswordChange(user: ObjectLiteral, manager?: EntityManager, opts: Omit<LogOutEverywhereOptions, 'manager'> = {}): Promise<number> {
     const subject = this.options.logOutEverywhere.subjectOf(user);
+    checkSubject(subject, 'logOutEverywhere.subjectOf(user)');
     return this.logOutEverywhere(subject, { ...opts, repeatAfterCommit: opts.repeatAfterCommit ?? true, manager });
   }
 }

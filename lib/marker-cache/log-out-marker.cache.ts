@@ -6,6 +6,7 @@ import type { LogOutMarker } from '../log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
 import { TokenStore } from '../token.store.js';
+import { isSubject } from '../validation/token-values.js';
 
 /** The first and the longest wait before the listener connects again after losing its connection. */
 const RECONNECT_DELAYS_MS = { first: 250, max: 30_000 };
@@ -211,11 +212,10 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
       const sentAt = Number(payload);
       // Anyone who may NOTIFY could send a heartbeat from the future and pin the cache fresh.
       if (sentAt >= this.listeningSince && sentAt > this.confirmedAt && sentAt <= performance.now()) this.confirmedAt = sentAt;
-    } else if (payload) {
+    } else if (isSubject(payload)) {
+      // Every log-out announces its subject. Anyone may NOTIFY on this channel: a payload no
+      // log-out sends (empty, too long) must not be a cheap way to empty every cache.
       this.forget(payload);
-    } else {
-      // A subject too long for a notification payload is announced without one.
-      this.forgetAll();
     }
   }
 
