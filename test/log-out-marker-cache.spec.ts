@@ -242,13 +242,32 @@ describe('LogOutMarkerCache', () => {
     expect(await tokensThere.tokenRevoked(token)).toBe(true);
   });
 
-  it('announces the log-out of a subject too long for a notification payload', async () => {
-    await freshCache(there);
-    const user = 'x'.repeat(9000);
-    const { token } = await there.get(TokenService).issueToken({ subject: user });
-    expect(await there.get(TokenService).tokenRevoked(token)).toBe(false);
+  it('announces the log-out of the longest subject (1024 bytes of UTF-8) by name: other subjects stay cached', async () => {
+    const cache = await freshCache(there);
+    const tokensThere = there.get(TokenService);
+    const user = 'é'.repeat(512);
+    const bystander = subject();
+    const { token } = await tokensThere.issueToken({ subject: user });
+    expect(await tokensThere.tokenRevoked(token)).toBe(false);
+    expect(await tokensThere.tokenRevoked((await tokensThere.issueToken({ subject: bystander })).token)).toBe(false);
     await here.get(LogOutEverywhereService).logOutEverywhere(user);
-    await waitFor(async () => there.get(TokenService).tokenRevoked(token), MAX_STALENESS_MS, 'the other instance to see the log-out', 5);
+    await waitFor(async () => tokensThere.tokenRevoked(token), MAX_STALENESS_MS, 'the other instance to see the log-out', 5);
+    expect(cache.lookup(bystander)).toBeNull();
+  });
+
+  it('ignores announcements no log-out sends (empty, over-long): any session may NOTIFY, and must not empty the caches', async () => {
+    const cache = await freshCache(there);
+    const tokensThere = there.get(TokenService);
+    const [kept, announced] = [subject(), subject()];
+    for (const user of [kept, announced]) {
+      expect(await tokensThere.tokenRevoked((await tokensThere.issueToken({ subject: user })).token)).toBe(false);
+      expect(cache.lookup(user)).toBeNull();
+    }
+    // One transaction: delivered in this order, so once the last is heard the others were.
+    await dataSourceOf(here).query('SELECT pg_notify($1, \'\'), pg_notify($1, $2), pg_notify($1, $3)',
+      [here.get(TokenStore).logOutChannel, 'x'.repeat(7000), announced]);
+    await waitFor(() => cache.lookup(announced) === undefined, MAX_STALENESS_MS, 'the announcement to be heard');
+    expect(cache.lookup(kept)).toBeNull();
   });
 
   it('stops answering when its listener connection is killed, and listens again', async () => {
