@@ -19,7 +19,7 @@ import {
 } from './token-resource.constants.js';
 import { InvalidTokenError, TokenAlreadyRevokedError } from './token-resource.exceptions.js';
 import { TokenStore, type OwnStateRow, type Statement, type TokenStateRow } from './token.store.js';
-import { checkExpiresAt, checkJti, checkPurpose, checkSubject, expiryOfExp } from './validation/token-values.js';
+import { checkExpiresAt, checkJsonb, checkJti, checkPurpose, checkSubject, expiryOfExp } from './validation/token-values.js';
 
 /** Input of {@link TokenService.issueToken}. */
 export interface IssueTokenInput {
@@ -224,7 +224,8 @@ export class TokenService {
    * `purpose` claim lets the guard refuse, say, a `'confirm'` token as a session.
    *
    * @throws TypeError for a subject or purpose the token table cannot store (empty, a lone
-   *   UTF-16 surrogate, NUL, over 1024 / 255 bytes of UTF-8), or a malformed `expiresIn`.
+   *   UTF-16 surrogate, NUL, over 1024 / 255 bytes of UTF-8), `extraData` that `jsonb`
+   *   refuses (see `storeToken`), or a malformed `expiresIn`.
    * @throws RangeError when `expiresIn` exceeds `logOutEverywhere.markerLifetime`: the
    *   token would outlive the record of its subject's log-outs.
    */
@@ -255,7 +256,8 @@ export class TokenService {
    * from `exp`. Accepts an expired token.
    *
    * @throws InvalidTokenError for an untrusted token or one without `jti`, `sub` or `exp`.
-   * @throws TypeError for a purpose the table cannot store (see `issueToken`).
+   * @throws TypeError for a purpose the table cannot store (see `issueToken`), or `extraData`
+   *   holding a string with NUL or a lone UTF-16 surrogate, which `jsonb` refuses.
    * @throws TokenAlreadyRevokedError when the token is revoked (a revoked row is never overwritten).
    */
   async storeToken(input: StoreTokenInput): Promise<void> {
@@ -494,6 +496,7 @@ export class TokenService {
     if (purpose === REVOCATION_PURPOSE) throw new TypeError(`use revoke() to store a '${REVOCATION_PURPOSE}' row`);
     if (purpose === LOG_OUT_EVERYWHERE_PURPOSE) throw new TypeError(`the purpose '${LOG_OUT_EVERYWHERE_PURPOSE}' is reserved for log-out-everywhere markers`);
     rejectMarkerJti(jti);
+    checkJsonb(extraData, 'extraData');
     const { rowCount } = await this.store.execute(this.store.storeStatement(), [jti, subject, expiresAt, purpose, extraData]);
     if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is revoked and cannot be stored again`);
   }

@@ -105,6 +105,13 @@ describe('a NUL character', () => {
     await expect(tokens.revoke(await signToken({ sub: 'nul\0sub' }))).rejects.toBeInstanceOf(InvalidTokenError);
     expect(await rowCount()).toBe(0);
   });
+
+  it('or a lone surrogate in stored JSON (extraData, confirmation changes): a TypeError, and nothing written', async () => {
+    await expect(tokens.storeToken({ token: await signToken(), purpose: 'user', extraData: { device: 'nul\0' } })).rejects.toThrow(TypeError);
+    await expect(tokens.storeConfirmationChanges({ token: await signToken(), changes: { 'half-\ud800': 'x' } })).rejects.toThrow(TypeError);
+    await expect(tokens.issueToken({ subject: 'sub', extraData: { nested: ['\0'] } })).rejects.toThrow(TypeError);
+    expect(await rowCount()).toBe(0);
+  });
 });
 
 describe('length limits, in UTF-8 bytes', () => {

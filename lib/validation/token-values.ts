@@ -68,6 +68,21 @@ export function isPurpose(value: unknown): value is string {
 }
 
 /**
+ * @throws TypeError when `value` (a row's `extraData`) holds a string, key or value, that
+ *   `jsonb` refuses: one with NUL or a lone UTF-16 surrogate.
+ */
+export function checkJsonb(value: unknown, name: string): void {
+  JSON.stringify(value, (key, inner: unknown) => {
+    for (const text of [key, inner]) {
+      if (typeof text === 'string' && (text.includes('\0') || !(text as string & { isWellFormed(): boolean }).isWellFormed())) {
+        throw new TypeError(`${name} must not hold strings with NUL characters or lone UTF-16 surrogates: PostgreSQL's jsonb cannot store them`);
+      }
+    }
+    return inner;
+  });
+}
+
+/**
  * The expiry a row keeps for a token with this `exp`: rounded up to the whole second, so
  * that the row outlives the token (jose compares whole seconds, and a row expunged before
  * jose stops accepting its token would un-revoke it).
