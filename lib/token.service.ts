@@ -23,9 +23,9 @@ import { checkExpiresAt, checkJsonb, checkJti, checkPurpose, checkSubject, expir
 
 /** Input of {@link TokenService.issueToken}. */
 export interface IssueTokenInput {
-  /** The JWT `sub`. */
+  /** The JWT `sub`: a non-empty, well-formed string without NUL, at most 1024 bytes of UTF-8. */
   subject: string;
-  /** Purpose of the stored row. Default `'user'`. */
+  /** Purpose of the stored row, at most 255 bytes of UTF-8. Default `'user'`. */
   purpose?: string;
   /** Seconds from now, or a duration string such as `'15m'` or `'7d'`. Default `'7d'`. */
   expiresIn?: string | number;
@@ -82,7 +82,10 @@ export interface RevokeOptions {
 
 /** Options of {@link TokenService.revokeJti}. */
 export interface RevokeJtiOptions extends RevokeOptions {
-  /** When the revocation row may be expunged. Default: never. */
+  /**
+   * When the revocation row may be expunged: a valid Date from 1970 to the end of 9999,
+   * kept rounded up to the second. Default: never.
+   */
   expiresAt?: Date;
 }
 

@@ -57,7 +57,11 @@ export interface TokenResourceLogOutEverywhereOptions {
   userEntity?: EntityTarget<ObjectLiteral>;
   /** The password property of `userEntity`. Default `'hashedPassword'`. */
   passwordField?: string;
-  /** The JWT `sub` of a user. Default `u => String(u.id)`. */
+  /**
+   * The JWT `sub` of a user. A result that is no storable subject (see `IssueTokenInput.subject`)
+   * makes the password change reject and roll back. Default `u => String(u.id)`, which refuses a
+   * user without `id`; with `applyOnPasswordChange`, the boot fails when `userEntity` has no `id` column.
+   */
   subjectOf?: (user: any) => string;
   /**
    * How long a subject's log-out moment is remembered, as seconds or a duration string.

@@ -26,7 +26,7 @@ export interface LogOutEverywhereOptions {
    * internal marker rows are never touched, whatever the list says.
    */
   excludePurposes?: string[];
-  /** Keep this token valid ("log out my other devices"), stored or not. */
+  /** Keep this token valid ("log out my other devices"), stored or not. A `jti` of at most 255 bytes of UTF-8. */
   exceptJti?: string;
   /**
    * Run inside this manager's transaction (for example a password change's), so that
