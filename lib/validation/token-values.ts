@@ -105,6 +105,13 @@ export function checkExpiresAt(value: unknown, name = 'expiresAt'): Date {
   return expiryOfExp(ms / 1000);
 }
 
+function checkClaim(claims: JWTPayload, claim: 'jti' | 'sub', maxBytes: number): void {
+  const value = claims[claim];
+  if (typeof value !== 'string' || value === '') return;
+  const problem = unstorable(value, maxBytes);
+  if (problem) throw new InvalidTokenError(`token claim ${claim} ${problem}`);
+}
+
 /**
  * Checks the claims of a token whose signature jose verified, before anything reads or
  * writes them: a `jti` or `sub` string must be storable (its absence is for the caller to
@@ -115,12 +122,8 @@ export function checkExpiresAt(value: unknown, name = 'expiresAt'): Date {
  * @throws InvalidTokenError naming the claim.
  */
 export function checkVerifiedClaims(claims: JWTPayload, nowMs: number, clockToleranceSeconds: number): void {
-  for (const [claim, maxBytes] of [['jti', MAX_JTI_BYTES], ['sub', MAX_SUBJECT_BYTES]] as const) {
-    const value = claims[claim];
-    if (typeof value !== 'string' || value === '') continue;
-    const problem = unstorable(value, maxBytes);
-    if (problem) throw new InvalidTokenError(`token claim ${claim} ${problem}`);
-  }
+  checkClaim(claims, 'jti', MAX_JTI_BYTES);
+  checkClaim(claims, 'sub', MAX_SUBJECT_BYTES);
   const { exp, iat } = claims;
   if (typeof exp === 'number' && !(exp >= 0 && exp <= MAX_EXPIRY_SECONDS)) {
     throw new InvalidTokenError('token claim exp is out of range');
