@@ -210,9 +210,9 @@ export class TokenService {
     SELECT count(*)::int AS deleted, max(expires_at)::text AS last,
            ($1::timestamptz + interval '1 microsecond')::text AS after FROM gone`);
 
-  /** The subject of a `jti`'s row, read only when a revocation wrote nothing, to say why. */
+  /** The subject and purpose of a `jti`'s row, read only when a revocation wrote nothing, to say why. */
   private readonly ownerOf = this.store.statement('token_owner', `
-    SELECT subject FROM ${this.store.table} WHERE jti = $1`);
+    SELECT subject, purpose FROM ${this.store.table} WHERE jti = $1`);
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
@@ -348,7 +348,7 @@ export class TokenService {
    * expired token.
    *
    * @throws InvalidTokenError for an untrusted token, one without `jti`, `sub` or `exp`, or
-   *   one whose `jti` is stored for another subject (nothing is written).
+   *   one whose `jti` is stored, unrevoked, for another subject (nothing is written).
    * @throws TokenAlreadyRevokedError when it was already revoked.
    */
   async revoke(token: string, opts: RevokeOptions = {}): Promise<void> {
@@ -365,7 +365,8 @@ export class TokenService {
    * @throws TypeError for a `jti` or `subject` the table cannot store (empty, a lone UTF-16
    *   surrogate, NUL, over 255 / 1024 bytes of UTF-8), or an `expiresAt` that is not a valid
    *   Date between 1970 and the end of 9999 (it is rounded up to the second).
-   * @throws InvalidTokenError when `jti` is stored for another subject (nothing is written).
+   * @throws InvalidTokenError when `jti` is stored, unrevoked, for another subject (nothing
+   *   is written).
    * @throws TokenAlreadyRevokedError when it was already revoked.
    */
   async revokeJti(jti: string, subject: string, opts: RevokeJtiOptions = {}): Promise<void> {
@@ -509,9 +510,10 @@ export class TokenService {
     const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt], manager);
     if (rowCount > 0) return;
     // The upsert left the row alone: revoked already, or another subject's. Only this
-    // failure path looks at which, in the same transaction.
-    const { rows } = await this.store.execute<{ subject: string }>(this.ownerOf, [jti], manager);
-    if (rows[0] !== undefined && rows[0].subject !== subject) {
+    // failure path looks at which, in the same transaction. Revoked wins: the token is
+    // refused either way, and TokenAlreadyRevokedError always means just that.
+    const row = (await this.store.execute<{ subject: string; purpose: string }>(this.ownerOf, [jti], manager)).rows[0];
+    if (row !== undefined && row.purpose !== REVOCATION_PURPOSE && row.subject !== subject) {
       throw new InvalidTokenError(`token ${jti} belongs to another subject; nothing was revoked`);
     }
     throw new TokenAlreadyRevokedError(`token ${jti} is already revoked`);
