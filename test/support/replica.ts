@@ -1,6 +1,5 @@
 import { spawn, spawnSync, type ChildProcess, type SpawnSyncOptions } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { appendFile } from 'node:fs/promises';
+import { appendFileSync, chownSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -12,10 +11,10 @@ import { waitFor } from './wait-for.js';
  * A primary and its streaming hot-standby replica, both private to one test file.
  *
  * Why not a replica of the test server: that needs replication connections, which a server
- * allows only where `pg_hba.conf` has a `replication` line (a stock Debian install allows
- * them from 127.0.0.1 with a password, this project's CI server with trust has none), and
- * it would copy every test database of the server. A private primary allows them by
- * default, holds nothing else, and needs no setup.
+ * accepts only where its `pg_hba.conf` has a `replication` line for the user (`all` does not
+ * cover them; a server set up for trust on 127.0.0.1 often has none), and it would copy every
+ * test database of the server. A private primary accepts them as `initdb` sets it up, holds
+ * nothing else, and needs no setup of the machine.
  */
 export interface StreamingReplica {
   /** The `postgres` database on the primary. */
@@ -77,7 +76,7 @@ export async function startStreamingReplica(): Promise<StreamingReplica> {
     run('cp', ['-a', primaryDir, replicaDir], ids);
     const [primaryPort, replicaPort] = [await freePort(), await freePort()];
     writeFileSync(join(replicaDir, 'standby.signal'), '');
-    await appendFile(join(replicaDir, 'postgresql.auto.conf'),
+    appendFileSync(join(replicaDir, 'postgresql.auto.conf'),
       `primary_conninfo = 'host=127.0.0.1 port=${primaryPort} user=postgres application_name=ntr_test_replica'\n`);
     if (ids) chownSync(join(replicaDir, 'standby.signal'), ids.uid, ids.gid);
     const primaryUrl = `postgres://postgres@127.0.0.1:${primaryPort}/postgres`;
