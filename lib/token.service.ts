@@ -269,7 +269,7 @@ export class TokenService {
     if (typeof jti !== 'string' || jti === '') throw new TypeError('getToken needs a jti or a token');
     const where: FindOptionsWhere<Token> = { jti, expiresAt: MoreThan(new Date()) };
     if (query.purpose !== undefined) where.purpose = query.purpose;
-    return this.store.whileAvailable(() => this.store.repository.findOne({ where }));
+    return this.store.readPrimary((tokens) => tokens.findOne({ where }));
   }
 
   /**
@@ -457,7 +457,7 @@ export class TokenService {
   /** The changes stored for `jti` with `purpose` (default `'confirm'`), or `null` once expired or absent. */
   async getConfirmationChanges(jti: string, purpose: string = DEFAULT_CONFIRM_PURPOSE): Promise<Record<string, unknown> | null> {
     requireNonEmpty(jti, 'jti');
-    const row = await this.store.whileAvailable(() => this.store.repository.findOne({
+    const row = await this.store.readPrimary((tokens) => tokens.findOne({
       select: { jti: true, extraData: true },
       where: { jti, purpose, expiresAt: MoreThanOrEqual(new Date()) },
     }));
@@ -469,7 +469,7 @@ export class TokenService {
     requireNonEmpty(subject, 'subject');
     const where: FindOptionsWhere<Token> = { subject, purpose: opts.purpose ?? Not(LOG_OUT_EVERYWHERE_PURPOSE) };
     if (!opts.includeExpired) where.expiresAt = MoreThan(new Date());
-    return this.store.whileAvailable(() => this.store.repository.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));
+    return this.store.readPrimary((tokens) => tokens.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));
   }
 
   private async writeRow(jti: string, subject: string, expiresAt: Date, purpose: string, extraData: Record<string, unknown> | null): Promise<void> {

@@ -187,6 +187,25 @@ export class TokenStore {
   }
 
   /**
+   * Runs repository reads on a connection to the primary, given back to the pool after.
+   * Under TypeORM `replication`, `find` and `findOne` go to a replica, which may not have
+   * replayed what this instance has just written (a token `issueToken` stored, a
+   * revocation): every read of the library goes to the primary, as the revoked-check does.
+   *
+   * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
+   */
+  readPrimary<T>(work: (repository: Repository<Token>) => Promise<T>): Promise<T> {
+    return this.whileAvailable(async () => {
+      const runner = this.repository.manager.connection.createQueryRunner('master');
+      try {
+        return await work(runner.manager.getRepository<Token>(this.repository.target));
+      } finally {
+        await runner.release();
+      }
+    });
+  }
+
+  /**
    * The SQL that reads only a token's own row, for when the subject's log-out marker is
    * already known (`LogOutMarkerCache`): the same one-key probe as `jtiRevoked`.
    */
