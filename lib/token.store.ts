@@ -84,6 +84,7 @@ export class TokenStore {
    *
    * @param session.role appended to the pool's `application_name`.
    * @param session.connectionTimeoutMillis used when the pool sets none.
+   * @internal Kept out of the published declarations, which must not need `@types/pg`.
    */
   createSessionClient(session: { role: string; connectionTimeoutMillis: number }): PgClient {
     const pool = this.pool as Pool & { Client: new (options: unknown) => PgClient; options: { connectionTimeoutMillis?: number; application_name?: string } };
