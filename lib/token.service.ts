@@ -13,7 +13,6 @@ import {
   DEFAULT_EXPIRES_IN,
   LOG_OUT_EVERYWHERE_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_PURPOSE,
-  NEVER_EXPIRES,
   REVOCATION_PURPOSE,
   TOKEN_RESOURCE_OPTIONS,
 } from './token-resource.constants.js';
@@ -67,12 +66,6 @@ export interface GetTokenQuery {
 /** Options of {@link TokenService.revoke}. */
 export interface RevokeOptions {
   /**
-   * Whether the row is expected to exist. Default: the module's `storeAllTokens`.
-   * Both cases are served by the same single conditional upsert, which is atomic
-   * whether or not the row exists, so this only documents the caller's intent.
-   */
-  storeAllTokens?: boolean;
-  /**
    * Revoke inside this manager's transaction; it must belong to the token table's data
    * source. Default: an autocommit statement on the pool.
    */
@@ -81,7 +74,11 @@ export interface RevokeOptions {
 
 /** Options of {@link TokenService.revokeJti}. */
 export interface RevokeJtiOptions extends RevokeOptions {
-  /** When the revocation row may be expunged. Default: never. */
+  /**
+   * When the revocation row may be expunged: pass the token's `exp`. Default: a stored row
+   * keeps its own expiry; a new row gets `logOutEverywhere.markerLifetime` from now, the
+   * longest lifetime `issueToken` allows. A stored row's expiry is never shortened.
+   */
   expiresAt?: Date;
 }
 
@@ -259,12 +256,16 @@ export class TokenService {
 
   /**
    * The unexpired stored row of a token, by `jti` or by the `jti` of `token`, optionally
-   * of one purpose; `null` when there is none.
+   * of one purpose; `null` when there is none (also for an expired token).
+   *
+   * @throws InvalidTokenError for an untrusted `token`.
+   * @throws TypeError when neither `jti` nor `token` is given.
    */
   async getToken(query: GetTokenQuery): Promise<Token | null> {
     let jti = query?.jti;
     if (query?.token !== undefined) {
-      jti = requireString(await this.codec.verify(query.token), 'jti');
+      // An expired token is no error here: its row has expired too, so the answer is `null`.
+      jti = requireString(await this.codec.verify(query.token, true), 'jti');
     }
     if (typeof jti !== 'string' || jti === '') throw new TypeError('getToken needs a jti or a token');
     const where: FindOptionsWhere<Token> = { jti, expiresAt: MoreThan(new Date()) };
@@ -284,7 +285,12 @@ export class TokenService {
     return (await this.checkClaims(claims)).revoked;
   }
 
-  /** Whether a revocation row exists for `jti`. One primary-key lookup. */
+  /**
+   * Whether a revocation row exists for `jti`. One primary-key lookup.
+   *
+   * It cannot see log-outs everywhere, which revoke by subject and `iat`, neither of which
+   * a bare `jti` carries: to check a token, use {@link tokenRevoked} or the guard.
+   */
   async jtiRevoked(jti: string): Promise<boolean> {
     requireNonEmpty(jti, 'jti');
     const { rowCount } = await this.store.query(this.store.jtiRevokedStatement(), [jti]);
@@ -339,17 +345,20 @@ export class TokenService {
   }
 
   /**
-   * Revokes a bare `jti` of `subject`, like {@link revoke}. Without `expiresAt` the
-   * revocation row never expires.
+   * Revokes a bare `jti` of `subject`, like {@link revoke}. Without `expiresAt` a stored
+   * row keeps its expiry and a new row expires `logOutEverywhere.markerLifetime` from now.
    *
    * @throws TokenAlreadyRevokedError when it was already revoked.
    */
   async revokeJti(jti: string, subject: string, opts: RevokeJtiOptions = {}): Promise<void> {
     requireNonEmpty(jti, 'jti');
     requireNonEmpty(subject, 'subject');
-    const expiresAt = opts.expiresAt ?? NEVER_EXPIRES;
-    if (!(expiresAt instanceof Date) || Number.isNaN(expiresAt.getTime())) throw new TypeError('expiresAt must be a valid Date');
-    await this.writeRevocation(jti, subject, expiresAt, opts.manager);
+    const { expiresAt } = opts;
+    if (expiresAt !== undefined && (!(expiresAt instanceof Date) || Number.isNaN(expiresAt.getTime()))) {
+      throw new TypeError('expiresAt must be a valid Date');
+    }
+    const bound = expiresAt ?? new Date(Date.now() + this.options.logOutEverywhere.markerLifetimeSeconds * 1000);
+    await this.writeRevocation(jti, subject, bound, opts.manager, expiresAt === undefined);
   }
 
   /**
@@ -480,9 +489,10 @@ export class TokenService {
     if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is revoked and cannot be stored again`);
   }
 
-  private async writeRevocation(jti: string, subject: string, expiresAt: Date, manager?: EntityManager): Promise<void> {
+  /** @param keepStoredExpiry a stored row keeps its `expiresAt` rather than taking the later of the two. */
+  private async writeRevocation(jti: string, subject: string, expiresAt: Date, manager?: EntityManager, keepStoredExpiry = false): Promise<void> {
     rejectMarkerJti(jti);
-    const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt], manager);
+    const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt, keepStoredExpiry], manager);
     if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is already revoked`);
   }
 }

@@ -84,6 +84,7 @@ export class TokenStore {
    *
    * @param session.role appended to the pool's `application_name`.
    * @param session.connectionTimeoutMillis used when the pool sets none.
+   * @internal Kept out of the published declarations, which must not need `@types/pg`.
    */
   createSessionClient(session: { role: string; connectionTimeoutMillis: number }): PgClient {
     const pool = this.pool as Pool & { Client: new (options: unknown) => PgClient; options: { connectionTimeoutMillis?: number; application_name?: string } };
@@ -214,14 +215,19 @@ export class TokenStore {
       SELECT purpose, expires_at > now() AS live FROM ${this.table} WHERE jti = $1`);
   }
 
-  /** The SQL that flips or inserts a revocation row; returns a row only if this call revoked. */
+  /**
+   * The SQL that flips or inserts a revocation row; returns a row only if this call revoked.
+   * A stored row's expiry is never shortened (its token must stay revoked as long as it
+   * lives), and with `$4` it is kept as it is.
+   */
   revokeStatement(): Statement {
     return this.statement('revoke', `
       INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose)
       VALUES ($1, $2, $3, '${REVOCATION_PURPOSE}')
       ON CONFLICT (jti) DO UPDATE
         SET purpose = '${REVOCATION_PURPOSE}', subject = EXCLUDED.subject,
-            expires_at = EXCLUDED.expires_at, updated_at = now()
+            expires_at = CASE WHEN $4::boolean THEN t.expires_at ELSE GREATEST(t.expires_at, EXCLUDED.expires_at) END,
+            updated_at = now()
         WHERE t.purpose <> '${REVOCATION_PURPOSE}'
       RETURNING 1 AS revoked`);
   }
