@@ -27,9 +27,3 @@ export const DEFAULT_CONFIRM_PURPOSE = 'confirm';
 
 /** Default lifetime of issued tokens. */
 export const DEFAULT_EXPIRES_IN = '7d';
-
-/**
- * `expiresAt` of rows that must never be expunged (`revokeJti` without `expiresAt`).
- * A finite date rather than PostgreSQL `infinity`, which JavaScript cannot represent.
- */
-export const NEVER_EXPIRES = new Date('9999-12-31T23:59:59Z');

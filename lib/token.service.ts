@@ -13,7 +13,6 @@ import {
   DEFAULT_EXPIRES_IN,
   LOG_OUT_EVERYWHERE_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_PURPOSE,
-  NEVER_EXPIRES,
   REVOCATION_PURPOSE,
   TOKEN_RESOURCE_OPTIONS,
 } from './token-resource.constants.js';
@@ -68,12 +67,6 @@ export interface GetTokenQuery {
 /** Options of {@link TokenService.revoke}. */
 export interface RevokeOptions {
   /**
-   * Whether the row is expected to exist. Default: the module's `storeAllTokens`.
-   * Both cases are served by the same single conditional upsert, which is atomic
-   * whether or not the row exists, so this only documents the caller's intent.
-   */
-  storeAllTokens?: boolean;
-  /**
    * Revoke inside this manager's transaction; it must belong to the token table's data
    * source. Default: an autocommit statement on the pool.
    */
@@ -83,8 +76,10 @@ export interface RevokeOptions {
 /** Options of {@link TokenService.revokeJti}. */
 export interface RevokeJtiOptions extends RevokeOptions {
   /**
-   * When the revocation row may be expunged: a valid Date from 1970 to the end of 9999,
-   * kept rounded up to the second. Default: never.
+   * When the revocation row may be expunged: pass the token's `exp` (a valid Date from 1970
+   * to the end of 9999, kept rounded up to the second). Default: a stored row keeps its own
+   * expiry; a new row gets `logOutEverywhere.markerLifetime` from now, the longest lifetime
+   * `issueToken` allows. A stored row's expiry is never shortened.
    */
   expiresAt?: Date;
 }
@@ -271,17 +266,21 @@ export class TokenService {
 
   /**
    * The unexpired stored row of a token, by `jti` or by the `jti` of `token`, optionally
-   * of one purpose; `null` when there is none.
+   * of one purpose; `null` when there is none (also for an expired token).
+   *
+   * @throws InvalidTokenError for an untrusted `token`.
+   * @throws TypeError when neither `jti` nor `token` is given.
    */
   async getToken(query: GetTokenQuery): Promise<Token | null> {
     let jti = query?.jti;
     if (query?.token !== undefined) {
-      jti = requireString(await this.codec.verify(query.token), 'jti');
+      // An expired token is no error here: its row has expired too, so the answer is `null`.
+      jti = requireString(await this.codec.verify(query.token, true), 'jti');
     }
     if (typeof jti !== 'string' || jti === '') throw new TypeError('getToken needs a jti or a token');
     const where: FindOptionsWhere<Token> = { jti, expiresAt: MoreThan(new Date()) };
     if (query.purpose !== undefined) where.purpose = query.purpose;
-    return this.store.whileAvailable(() => this.store.repository.findOne({ where }));
+    return this.store.readPrimary((tokens) => tokens.findOne({ where }));
   }
 
   /**
@@ -298,6 +297,9 @@ export class TokenService {
 
   /**
    * Whether a revocation row exists for `jti`. One primary-key lookup.
+   *
+   * It cannot see log-outs everywhere, which revoke by subject and `iat`, neither of which
+   * a bare `jti` carries: to check a token, use {@link tokenRevoked} or the guard.
    *
    * @throws TypeError for a `jti` the table cannot store (see `revokeJti`).
    */
@@ -357,10 +359,10 @@ export class TokenService {
   }
 
   /**
-   * Revokes a bare `jti` of `subject`, like {@link revoke}. Without `expiresAt` the
-   * revocation row never expires. Only the owner revokes: a `jti` stored for another
-   * subject is left alone, so a "revoke my session by id" endpoint cannot touch another
-   * user's token.
+   * Revokes a bare `jti` of `subject`, like {@link revoke}. Without `expiresAt` a stored
+   * row keeps its expiry and a new row expires `logOutEverywhere.markerLifetime` from now.
+   * Only the owner revokes: a `jti` stored for another subject is left alone, so a "revoke
+   * my session by id" endpoint cannot touch another user's token.
    *
    * @throws TypeError for a `jti` or `subject` the table cannot store (empty, a lone UTF-16
    *   surrogate, NUL, over 255 / 1024 bytes of UTF-8), or an `expiresAt` that is not a valid
@@ -372,8 +374,9 @@ export class TokenService {
   async revokeJti(jti: string, subject: string, opts: RevokeJtiOptions = {}): Promise<void> {
     checkJti(jti);
     checkSubject(subject);
-    const expiresAt = opts.expiresAt === undefined ? NEVER_EXPIRES : checkExpiresAt(opts.expiresAt, 'opts.expiresAt');
-    await this.writeRevocation(jti, subject, expiresAt, opts.manager);
+    const expiresAt = opts.expiresAt === undefined ? undefined : checkExpiresAt(opts.expiresAt, 'opts.expiresAt');
+    const bound = expiresAt ?? new Date(Date.now() + this.options.logOutEverywhere.markerLifetimeSeconds * 1000);
+    await this.writeRevocation(jti, subject, bound, opts.manager, expiresAt === undefined);
   }
 
   /**
@@ -481,7 +484,7 @@ export class TokenService {
   /** The changes stored for `jti` with `purpose` (default `'confirm'`), or `null` once expired or absent. */
   async getConfirmationChanges(jti: string, purpose: string = DEFAULT_CONFIRM_PURPOSE): Promise<Record<string, unknown> | null> {
     requireNonEmpty(jti, 'jti');
-    const row = await this.store.whileAvailable(() => this.store.repository.findOne({
+    const row = await this.store.readPrimary((tokens) => tokens.findOne({
       select: { jti: true, extraData: true },
       where: { jti, purpose, expiresAt: MoreThanOrEqual(new Date()) },
     }));
@@ -493,7 +496,7 @@ export class TokenService {
     requireNonEmpty(subject, 'subject');
     const where: FindOptionsWhere<Token> = { subject, purpose: opts.purpose ?? Not(LOG_OUT_EVERYWHERE_PURPOSE) };
     if (!opts.includeExpired) where.expiresAt = MoreThan(new Date());
-    return this.store.whileAvailable(() => this.store.repository.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));
+    return this.store.readPrimary((tokens) => tokens.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));
   }
 
   private async writeRow(jti: string, subject: string, expiresAt: Date, purpose: string, extraData: Record<string, unknown> | null): Promise<void> {
@@ -505,9 +508,10 @@ export class TokenService {
     if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is revoked and cannot be stored again`);
   }
 
-  private async writeRevocation(jti: string, subject: string, expiresAt: Date, manager?: EntityManager): Promise<void> {
+  /** @param keepStoredExpiry a stored row keeps its `expiresAt` rather than taking the later of the two. */
+  private async writeRevocation(jti: string, subject: string, expiresAt: Date, manager?: EntityManager, keepStoredExpiry = false): Promise<void> {
     rejectMarkerJti(jti);
-    const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt], manager);
+    const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt, keepStoredExpiry], manager);
     if (rowCount > 0) return;
     // The upsert left the row alone: revoked already, or another subject's. Only this
     // failure path looks at which, in the same transaction. Revoked wins: the token is

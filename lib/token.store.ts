@@ -84,6 +84,7 @@ export class TokenStore {
    *
    * @param session.role appended to the pool's `application_name`.
    * @param session.connectionTimeoutMillis used when the pool sets none.
+   * @internal Kept out of the published declarations, which must not need `@types/pg`.
    */
   createSessionClient(session: { role: string; connectionTimeoutMillis: number }): PgClient {
     const pool = this.pool as Pool & { Client: new (options: unknown) => PgClient; options: { connectionTimeoutMillis?: number; application_name?: string } };
@@ -187,6 +188,25 @@ export class TokenStore {
   }
 
   /**
+   * Runs repository reads on a connection to the primary, given back to the pool after.
+   * Under TypeORM `replication`, `find` and `findOne` go to a replica, which may not have
+   * replayed what this instance has just written (a token `issueToken` stored, a
+   * revocation): every read of the library goes to the primary, as the revoked-check does.
+   *
+   * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
+   */
+  readPrimary<T>(work: (repository: Repository<Token>) => Promise<T>): Promise<T> {
+    return this.whileAvailable(async () => {
+      const runner = this.repository.manager.connection.createQueryRunner('master');
+      try {
+        return await work(runner.manager.getRepository<Token>(this.repository.target));
+      } finally {
+        await runner.release();
+      }
+    });
+  }
+
+  /**
    * The SQL that reads only a token's own row, for when the subject's log-out marker is
    * already known (`LogOutMarkerCache`): the same one-key probe as `jtiRevoked`.
    */
@@ -197,14 +217,18 @@ export class TokenStore {
 
   /**
    * The SQL that flips or inserts a revocation row; returns a row only if this call revoked.
-   * A stored row of another subject is never flipped: revoking is for the `jti`'s owner.
+   * A stored row's expiry is never shortened (its token must stay revoked as long as it
+   * lives), and with `$4` it is kept as it is. A stored row of another subject is never
+   * flipped: revoking is for the `jti`'s owner.
    */
   revokeStatement(): Statement {
     return this.statement('revoke', `
       INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose)
       VALUES ($1, $2, $3, '${REVOCATION_PURPOSE}')
       ON CONFLICT (jti) DO UPDATE
-        SET purpose = '${REVOCATION_PURPOSE}', expires_at = EXCLUDED.expires_at, updated_at = now()
+        SET purpose = '${REVOCATION_PURPOSE}',
+            expires_at = CASE WHEN $4::boolean THEN t.expires_at ELSE GREATEST(t.expires_at, EXCLUDED.expires_at) END,
+            updated_at = now()
         WHERE t.purpose <> '${REVOCATION_PURPOSE}' AND t.subject = EXCLUDED.subject
       RETURNING 1 AS revoked`);
   }

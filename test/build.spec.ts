@@ -43,7 +43,13 @@ it('keeps the TSDoc in the declarations', async () => {
   expect(options).toMatch(/Default `false`[^]*storeAllTokens\?: boolean/);
 });
 
-it('loads as an ES module under plain node and exports the API of API.md', async () => {
+it('ships source maps only together with their sources', async () => {
+  const map = JSON.parse(await readFile(join(outDir, 'token.service.js.map'), 'utf8')) as { sources: string[]; sourcesContent?: string[] };
+  expect(map.sourcesContent).toHaveLength(map.sources.length);
+  expect(map.sourcesContent?.[0]).toContain('class TokenService');
+});
+
+it('loads as an ES module under plain node and exports the documented API', async () => {
   const script = `import(${JSON.stringify(join(outDir, 'index.js'))}).then((m) => console.log(JSON.stringify(Object.keys(m).sort())))`;
   const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { cwd: root });
   const names: string[] = JSON.parse(stdout);

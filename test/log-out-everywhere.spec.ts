@@ -15,7 +15,7 @@ import { createTestDatabase, type TestDatabase } from './support/test-database.j
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';
 
-/** LogOutEverywhereService (API.md, issue 5) against real PostgreSQL. */
+/** LogOutEverywhereService against real PostgreSQL. */
 
 let db: TestDatabase;
 /** storeAllTokens: true — every issued token has a row. */
@@ -143,6 +143,28 @@ describe('stored tokens', () => {
     } finally {
       await app.close();
     }
+  });
+
+  it('a purpose in both includePurposes and excludePurposes is excluded', async () => {
+    const subject = uniqueSubject();
+    const session = await stored.tokens.issueToken({ subject, purpose: 'user' });
+    const confirm = await stored.tokens.issueToken({ subject, purpose: 'confirm' });
+    expect(await stored.logOut.logOutEverywhere(subject, { includePurposes: ['user', 'confirm'], excludePurposes: ['confirm'] })).toBe(1);
+    expect(await purposesOf(subject)).toMatchObject({ [session.jti]: REVOCATION_PURPOSE, [confirm.jti]: 'confirm' });
+    expect(await stored.tokens.tokenRevoked(confirm.token)).toBe(false);
+    expect(await stored.tokens.tokenRevoked(session.token)).toBe(true);
+  });
+
+  it('revokes and counts only unexpired tokens; an expired one keeps its row and is still reported revoked', async () => {
+    const subject = uniqueSubject();
+    const live = await stored.tokens.issueToken({ subject });
+    // Issued two hours ago, expired an hour ago.
+    const expired = await wholeSecondToken(subject, Math.floor(Date.now() / 1000) - 7200);
+    await stored.tokens.storeToken({ token: expired.token, purpose: 'user' });
+    expect(await stored.logOut.logOutEverywhere(subject)).toBe(1);
+    expect(await purposesOf(subject)).toMatchObject({ [live.jti]: REVOCATION_PURPOSE, [expired.jti]: 'user' });
+    // Issued before the log-out: the subject's marker still answers "revoked" for it.
+    expect(await stored.tokens.tokenRevoked(expired.token)).toBe(true);
   });
 
   it('never touches revocation or marker rows, even when asked to include them', async () => {

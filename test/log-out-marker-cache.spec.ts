@@ -1,13 +1,13 @@
-import type { INestApplication } from '@nestjs/common';
+import { Logger, type INestApplication } from '@nestjs/common';
 import { jest } from '@jest/globals';
-import type { Client as PgClient } from 'pg';
+import pg, { type Client as PgClient } from 'pg';
 import { LogOutEverywhereService, LogOutMarkerCache, TokenService, TokenStore } from '../lib/index.js';
 import { LISTENER_APPLICATION_NAME } from '../lib/marker-cache/log-out-marker.cache.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';
 
-/** LogOutMarkerCache (issue 7): one-key checks, with a tested bound on how stale a log-out may be. */
+/** LogOutMarkerCache: one-key checks, with a tested bound on how stale a log-out may be. */
 
 /**
  * The tests of the mechanics run with a bound so large that a busy CI machine (GC pauses,
@@ -287,6 +287,32 @@ describe('LogOutMarkerCache', () => {
 
     await freshCache(there);
     expect((listenerOf(there) as unknown as { processID: number }).processID).not.toBe(pid);
+  });
+
+  it('logs an outage of its listener when it starts and when it ends, not at every attempt to listen again', async () => {
+    const app = await instance(CACHED);
+    const cache = await freshCache(app);
+    const reconnectDelayMs = () => (cache as unknown as { reconnectDelayMs: number }).reconnectDelayMs;
+    const admin = new pg.Client({ connectionString: process.env.DATABASE_URL });
+    await admin.connect();
+    const warned = jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
+    const logged = jest.spyOn(Logger.prototype, 'log').mockImplementation(() => undefined);
+    const lines = (spy: typeof warned) => spy.mock.calls.map((args) => String(args[0])).filter((line) => line.includes('log-outs'));
+    try {
+      await admin.query(`ALTER DATABASE ${db.name} ALLOW_CONNECTIONS false`);
+      await admin.query('SELECT pg_terminate_backend($1)', [(listenerOf(app) as unknown as { processID: number }).processID]);
+      // Its attempts to listen again, 0.25, 0.75 and 1.75 s after the loss, are refused.
+      await waitFor(() => reconnectDelayMs() >= 4000, 10_000, 'three refused attempts to listen again');
+      await admin.query(`ALTER DATABASE ${db.name} ALLOW_CONNECTIONS true`);
+      await freshCache(app);
+      expect(lines(warned)).toEqual([expect.stringMatching(/^stopped listening for log-outs \(/)]);
+      expect(lines(logged)).toEqual([expect.stringMatching(/^listening for log-outs again after \d+\.\d s/)]);
+    } finally {
+      await admin.query(`ALTER DATABASE ${db.name} ALLOW_CONNECTIONS true`);
+      await admin.end();
+      warned.mockRestore();
+      logged.mockRestore();
+    }
   });
 
   it('stops answering within maxStalenessMs when notifications silently stop arriving', async () => {

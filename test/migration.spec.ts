@@ -40,7 +40,7 @@ describe('CreateTokensTable1763900000000', () => {
     expect(pending.upQueries.map((query) => query.query)).toEqual([]);
   });
 
-  it('creates the columns of API.md', async () => {
+  it('creates the documented columns', async () => {
     const columns = await dataSource.query(`
       SELECT column_name, data_type, is_nullable, column_default
         FROM information_schema.columns WHERE table_name = 'tokens' ORDER BY column_name`);

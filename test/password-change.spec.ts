@@ -27,7 +27,7 @@ import { createTokenApp, dataSourceOf } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';
 
 /**
- * logOutEverywhere.applyOnPasswordChange (API.md, issue 5): a `save` that changes the
+ * logOutEverywhere.applyOnPasswordChange: a `save` that changes the
  * password revokes the user's tokens in the same transaction.
  */
 

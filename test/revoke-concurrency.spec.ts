@@ -151,7 +151,7 @@ describe.each([
   it('outside any transaction: exactly 1 resolves, 99 reject with TokenAlreadyRevokedError', async () => {
     for (let round = 0; round < ROUNDS; round += 1) {
       const { token, jti } = await freshToken();
-      const result = await raceOnPool(() => tokens.revoke(token, { storeAllTokens: stored }));
+      const result = await raceOnPool(() => tokens.revoke(token));
       expect(result.other).toEqual([]);
       expect(result).toEqual({ succeeded: 1, alreadyRevoked: CALLERS - 1, other: [] });
       await expectSingleRevocationRow(jti);
@@ -159,17 +159,10 @@ describe.each([
     }
   });
 
-  it('outside any transaction, with the storeAllTokens option left to the module default', async () => {
-    const { token, jti } = await freshToken();
-    const result = await raceOnPool(() => tokens.revoke(token));
-    expect(result).toEqual({ succeeded: 1, alreadyRevoked: CALLERS - 1, other: [] });
-    await expectSingleRevocationRow(jti);
-  });
-
   it('inside callers\' transactions (opts.manager): exactly 1 resolves, 99 reject', async () => {
     for (let round = 0; round < ROUNDS; round += 1) {
       const { token, jti } = await freshToken();
-      const result = await raceInTransactions((_i, manager) => tokens.revoke(token, { manager, storeAllTokens: stored }));
+      const result = await raceInTransactions((_i, manager) => tokens.revoke(token, { manager }));
       expect(result.other).toEqual([]);
       expect(result).toEqual({ succeeded: 1, alreadyRevoked: CALLERS - 1, other: [] });
       await expectSingleRevocationRow(jti);

@@ -108,7 +108,7 @@ describe('forRootAsync', () => {
     expect(OptionsFactory.calls).toBe(1);
   });
 
-  it('fills in the defaults of API.md', async () => {
+  it('fills in the documented defaults', async () => {
     const app = await boot(db.url, TokenResourceModule.forRootAsync({ useFactory: () => ({ jwt: { secret: TEST_SECRET } }) }));
     const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
     expect(options).toMatchObject({

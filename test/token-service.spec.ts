@@ -19,7 +19,7 @@ import { countRows, nowSeconds, signToken, sleep } from './support/jwt-fixtures.
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';
 
-/** Core semantics of TokenService (API.md, "TokenService"), against real PostgreSQL. */
+/** Core semantics of TokenService, against real PostgreSQL. */
 
 let db: TestDatabase;
 let app: INestApplication;
@@ -194,7 +194,6 @@ describe('revoke / tokenRevoked / jtiRevoked', () => {
     const token = await signToken({ jti: 'revoke-twice', sub: 'dave' });
     await tokens.revoke(token);
     await expect(tokens.revoke(token)).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
-    await expect(tokens.revoke(token, { storeAllTokens: true })).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
     await expect(tokens.revokeJti('revoke-twice', 'dave')).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
   });
 
@@ -285,14 +284,17 @@ describe('revoke / tokenRevoked / jtiRevoked', () => {
 });
 
 describe('revokeJti', () => {
-  it('writes a revocation row that never expires', async () => {
+  it('writes a revocation row that expires after logOutEverywhere.markerLifetime', async () => {
+    const before = Date.now();
     await tokens.revokeJti('bare-jti', 'erin');
     expect(await tokens.jtiRevoked('bare-jti')).toBe(true);
     const row = await repo.findOneByOrFail({ jti: 'bare-jti' });
     expect(row.purpose).toBe(REVOCATION_PURPOSE);
     expect(row.subject).toBe('erin');
-    // At least a thousand years away, like the reference's now + 1000 years.
-    expect(row.expiresAt.getTime()).toBeGreaterThan(Date.now() + 900 * 365 * 86_400_000);
+    // No token issueToken makes outlives it (the default markerLifetime is 365 days), and it is expunged one day.
+    const year = 365 * 86_400_000;
+    expect(row.expiresAt.getTime()).toBeGreaterThanOrEqual(before + year - 1000);
+    expect(row.expiresAt.getTime()).toBeLessThanOrEqual(Date.now() + year + 1000);
     await expect(tokens.revokeJti('bare-jti', 'erin')).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
     // A token carrying that jti is revoked.
     expect(await tokens.tokenRevoked(await signToken({ jti: 'bare-jti', sub: 'erin' }))).toBe(true);
@@ -305,12 +307,25 @@ describe('revokeJti', () => {
     expect((await repo.findOneByOrFail({ jti: 'bare-jti-expiring' })).expiresAt.getTime()).toBe(expiresAt.getTime());
   });
 
-  it('flips a stored row', async () => {
-    const token = await signToken({ jti: 'bare-jti-stored', sub: 'frank' });
+  it('flips a stored row and keeps its expiry', async () => {
+    const token = await signToken({ jti: 'bare-jti-stored', sub: 'frank' }, { expiresInSeconds: 600 });
     await tokens.storeToken({ token, purpose: 'user' });
+    const stored = (await repo.findOneByOrFail({ jti: 'bare-jti-stored' })).expiresAt.getTime();
     await tokens.revokeJti('bare-jti-stored', 'frank');
     expect(await tokens.tokenRevoked(token)).toBe(true);
     expect(await repo.countBy({ jti: 'bare-jti-stored' })).toBe(1);
+    expect((await repo.findOneByOrFail({ jti: 'bare-jti-stored' })).expiresAt.getTime()).toBe(stored);
+  });
+
+  it('never shortens a stored row\'s expiry, so the token stays revoked while it lives', async () => {
+    const token = await signToken({ jti: 'bare-jti-short', sub: 'frank' }, { expiresInSeconds: 3600 });
+    await tokens.storeToken({ token, purpose: 'user' });
+    const stored = (await repo.findOneByOrFail({ jti: 'bare-jti-short' })).expiresAt.getTime();
+    await tokens.revokeJti('bare-jti-short', 'frank', { expiresAt: new Date(Date.now() - 60_000) });
+    expect((await repo.findOneByOrFail({ jti: 'bare-jti-short' })).expiresAt.getTime()).toBe(stored);
+    await tokens.expungeExpired();
+    expect(await repo.countBy({ jti: 'bare-jti-short' })).toBe(1);
+    expect(await tokens.tokenRevoked(token)).toBe(true);
   });
 
   it('joins the caller\'s transaction with opts.manager', async () => {

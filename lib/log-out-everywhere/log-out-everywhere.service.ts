@@ -133,8 +133,9 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    *    the database's `now()` if that is later: an application clock ahead of the
    *    database's must not let the expunger delete a marker while tokens it revokes live.
    *    A marker written before levels existed (`{ at, ... }`) becomes the level of its filter.
-   * 2. `revoked` flips every stored row of the subject whose purpose passes the filter
-   *    to `'revocation'`, on the `subject` index. A row a concurrent `revoke` holds is
+   * 2. `revoked` flips every unexpired stored row of the subject whose purpose passes the
+   *    filter to `'revocation'`, on the `subject` index; a row within `clockToleranceSeconds`
+   *    of its expiry still counts, as its token is still accepted. A row a concurrent `revoke` holds is
    *    re-checked after it commits and skipped, so each token is revoked exactly once.
    * 3. `announced` notifies the marker caches of every instance (`LogOutMarkerCache`)
    *    on the table's channel. A notification is delivered when, and only if, the
@@ -189,6 +190,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
          AND ($3::text[] IS NULL OR purpose = ANY ($3::text[]))
          AND purpose <> ALL ($4::text[])
          AND ($5::text IS NULL OR jti <> $5::text)
+         AND expires_at > now() - make_interval(secs => $9::float8)
       RETURNING 1
     )
     SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked,
@@ -215,8 +217,9 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
   }
 
   /**
-   * Revokes, in one set-based statement, every stored token of `subject` whose purpose
-   * passes the include/exclude lists (defaults from the module options), except
+   * Revokes, in one set-based statement, every unexpired stored token of `subject` whose
+   * purpose passes the include/exclude lists (defaults from the module options; a purpose
+   * in both lists is excluded), except
    * `opts.exceptJti`, and records the moment for the subject so that tokens that were
    * never stored and were issued at or before it count as revoked too (`tokenRevoked`
    * and the guard). A token issued after it stays valid; the moment is the
@@ -233,8 +236,8 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * other instances it takes effect when their caches hear of the commit (`pg_notify`, see
    * the class), within `logOutMarkerCache.maxStalenessMs`.
    *
-   * @returns how many stored tokens it revoked (not counting tokens already revoked,
-   *   unstored tokens, or its own marker row).
+   * @returns how many stored tokens it revoked (not counting expired or already revoked
+   *   tokens, unstored tokens, or its own marker row).
    * @throws TypeError for a subject, `exceptJti` or purpose the token table cannot store
    *   (empty, a lone UTF-16 surrogate, NUL, over 1024 / 255 / 255 bytes of UTF-8), or purpose
    *   lists that are not arrays. Nothing is written.
@@ -302,6 +305,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
       Date.now(),
       this.options.logOutEverywhere.markerLifetimeSeconds,
       args.revokeUnstored,
+      this.options.jwt.clockToleranceSeconds,
     ], manager);
     return rows[0]?.revoked ?? 0;
   }

@@ -74,6 +74,12 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectDelayMs = RECONNECT_DELAYS_MS.first;
   private stopped = false;
+  /**
+   * `performance.now()` when the cache last stopped hearing log-outs (its listener lost or
+   * refused), until a heartbeat comes back: an outage is logged once when it starts and once
+   * when it ends, not at every attempt to listen again.
+   */
+  private deafSince?: number;
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) options: ResolvedTokenResourceOptions,
@@ -187,7 +193,10 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
       await client.connect();
       await client.query(`LISTEN "${this.store.logOutChannel}"; LISTEN "${this.heartbeatChannel}"`);
     } catch (error) {
-      if (!this.stopped) this.logger.warn(`cannot listen for log-outs (${(error as Error).message}); checking markers in the database meanwhile`);
+      if (!this.stopped && this.deafSince === undefined) {
+        this.deafSince = performance.now();
+        this.logger.warn(`cannot listen for log-outs (${(error as Error).message}); checking markers in the database meanwhile`);
+      }
       await client.end().catch(() => undefined);
       this.reconnectLater();
       return;
@@ -211,7 +220,13 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     if (channel === this.heartbeatChannel) {
       const sentAt = Number(payload);
       // Anyone who may NOTIFY could send a heartbeat from the future and pin the cache fresh.
-      if (sentAt >= this.listeningSince && sentAt > this.confirmedAt && sentAt <= performance.now()) this.confirmedAt = sentAt;
+      if (sentAt >= this.listeningSince && sentAt > this.confirmedAt && sentAt <= performance.now()) {
+        this.confirmedAt = sentAt;
+        if (this.deafSince !== undefined) {
+          this.logger.log(`listening for log-outs again after ${((performance.now() - this.deafSince) / 1000).toFixed(1)} s; the cache answers again`);
+          this.deafSince = undefined;
+        }
+      }
     } else if (isSubject(payload)) {
       // Every log-out announces its subject. Anyone may NOTIFY on this channel: a payload no
       // log-out sends (empty, too long) must not be a cheap way to empty every cache.
@@ -250,7 +265,10 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     this.confirmedAt = -Infinity;
     this.forgetAll();
     if (this.stopped) return;
-    this.logger.warn(`stopped listening for log-outs (${error?.message ?? 'closed'}); checking markers in the database until it listens again`);
+    if (this.deafSince === undefined) {
+      this.deafSince = performance.now();
+      this.logger.warn(`stopped listening for log-outs (${error?.message ?? 'closed'}); checking markers in the database until it listens again`);
+    }
     this.reconnectLater();
   }
 
