@@ -20,6 +20,7 @@ import {
   TokenService,
 } from '../lib/index.js';
 import { ExpiredTokenDeleter } from '../lib/expunger/expired-token.deleter.js';
+import { previousTick } from '../lib/expunger/expunge-schedule.js';
 import { EXPUNGE_RECORD_JTI, EXPUNGE_RECORD_PURPOSE } from '../lib/token-resource.constants.js';
 import { readRunRecord, writeRunRecord } from './support/expunge-record.js';
 import { signToken } from './support/jwt-fixtures.js';
@@ -105,6 +106,17 @@ describe('scheduling', () => {
     expect(hours).toContain(first.hour);
     expect(first.minute).toBe(0);
     expect(second.toMillis() - first.toMillis()).toBe(intervalHours * HOUR_MS);
+  });
+
+  it.each([
+    ['0 0,12 * * *', '2026-12-02T07:00:00.000Z', '2026-12-02T00:00:00.000Z'],
+    ['0 0,12 * * *', '2026-12-02T12:00:00.000Z', '2026-12-02T12:00:00.000Z'],
+    ['0 0,12 * * *', '2026-12-02T11:59:59.999Z', '2026-12-02T00:00:00.000Z'],
+    ['30 3 * * 1', '2026-12-02T07:00:00.000Z', '2026-11-30T03:30:00.000Z'],
+    ['*/2 * * * * *', '2026-12-02T07:00:03.500Z', '2026-12-02T07:00:02.000Z'],
+    ['0 0 29 2 *', '2026-12-02T07:00:00.000Z', '2024-02-29T00:00:00.000Z'],
+  ])('the schedule %s last fired before %s at %s', (cron, now, expected) => {
+    expect(previousTick(cron, new Date(now))?.toISOString()).toBe(expected);
   });
 
   it.each([

@@ -53,7 +53,7 @@ export interface TokenResourceExpungeOptions {
    */
   startupJitterSeconds?: number;
   /**
-   * Rows deleted per batch. Each batch is its own short transaction (about 20 ms for
+   * Rows deleted per batch. Each batch is its own short transaction (20 to 50 ms for
    * 20,000 rows in bench:expunge), so none holds locks for long while per-statement
    * overhead stays small: 10,000 measured 1.32x a single raw DELETE, 20,000 0.88x to
    * 1.11x. Default `20000`.
