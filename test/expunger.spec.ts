@@ -223,7 +223,8 @@ describe('catching up at boot', () => {
     const booted = Date.now();
     await app({ options: { expunge: { startupJitterSeconds: 2 } } });
     await waitFor(async () => (await readRunRecord(fixture.admin))?.completedAt != null, 5000, 'the catch-up run');
-    expect(Date.now() - booted).toBeLessThan(2000 + 1000);
+    // The delay, plus the boot and the run themselves.
+    expect(Date.now() - booted).toBeLessThan(2000 + 2000);
     expect(await tokenRows()).toBe(0);
   });
 
@@ -251,13 +252,13 @@ describe('catching up at boot', () => {
   });
 
   it('waits out the lease of an instance that died mid-run, then catches up', async () => {
-    await writeRunRecord(fixture.admin, { leaseUntil: new Date(Date.now() + 1500), holder: 'a crashed instance' });
+    await writeRunRecord(fixture.admin, { leaseUntil: new Date(Date.now() + 3000), holder: 'a crashed instance' });
     await insertRows('old', 10, 'user', `now() - interval '1 day'`);
     await app({ options: { expunge: { startupJitterSeconds: 0 } } });
     await new Promise((resolve) => setTimeout(resolve, 500));
     // The lease still holds: nothing yet.
     expect(await tokenRows()).toBe(10);
-    await waitFor(async () => (await tokenRows()) === 0, 6000, 'the catch-up once the lease lapsed');
+    await waitFor(async () => (await tokenRows()) === 0, 8000, 'the catch-up once the lease lapsed');
     expect((await readRunRecord(fixture.admin))?.holder).not.toBe('a crashed instance');
   });
 });
