@@ -32,6 +32,7 @@ import {
   TokenStore,
   type ResolvedTokenResourceOptions,
 } from '../lib/index.js';
+import { ExpiredTokenDeleter } from '../lib/expunger/expired-token.deleter.js';
 import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
 import { closedLoop, mergeResults, type LoadResult } from './support/closed-loop.js';
 import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';
@@ -105,7 +106,7 @@ async function main(): Promise<void> {
     const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
     const markerCache = new LogOutMarkerCache({ ...options, logOutMarkerCache: { enabled: true, maxStalenessMs: 1000, maxSubjects: 100_000, maxEntryAgeMs: 60_000 } }, app.get(TokenStore));
     markerCache.onApplicationBootstrap();
-    const cachedService = new TokenService(options, codec, app.get(TokenStore), markerCache);
+    const cachedService = new TokenService(options, codec, app.get(TokenStore), markerCache, app.get(ExpiredTokenDeleter));
     while (!markerCache.fresh) await new Promise((resolve) => setTimeout(resolve, 10));
     const rows = probeRows();
     const jtis = rows.map(jtiOf);
