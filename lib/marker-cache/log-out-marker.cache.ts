@@ -209,18 +209,20 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
   }
 
   /**
-   * Whether `client` reaches PostgreSQL through a pooler, which announces its own key
-   * rather than the server process's. Behind a transaction pooler, LISTEN stays on one
-   * server connection while later statements (heartbeats too) may run on it or on others,
-   * so heartbeats can come back while log-outs go unheard: the cache must stay off. It
-   * stops trying then (the pooler stays) and warns once.
+   * Whether `client` may reach PostgreSQL through a pooler: the process id the connection
+   * announced (a pooler announces its own key) is not the server process's. Behind a
+   * transaction pooler, LISTEN stays on one server connection while later statements,
+   * heartbeats too, run on it or on others, so heartbeats can come back while log-outs go
+   * unheard: the cache must stay off. It stops trying then (a pooler stays) and warns once.
+   * The `pg-native` client announces no id and is refused too.
    */
   private throughPooler(client: PgClient, serverPid: number): boolean {
-    const announcedPid = (client as unknown as { processID: number | null }).processID;
+    const announcedPid = (client as unknown as { processID?: number | null }).processID;
     if (announcedPid === serverPid) return false;
-    this.logger.warn('the log-out marker cache is off: its connection goes through a pooler (PgBouncer or alike), where LISTEN '
-      + 'cannot hear log-outs, so every check reads the marker from the database. Connect the data source to PostgreSQL '
-      + 'directly to use the cache, or drop logOutMarkerCache.enabled to silence this.');
+    this.logger.warn('the log-out marker cache is off: its connection may go through a pooler (PgBouncer or alike; the '
+      + `process id it announced, ${String(announcedPid)}, is not the server's, ${serverPid}), where LISTEN cannot hear `
+      + 'log-outs, so every check reads the marker from the database. Connect the data source to PostgreSQL directly '
+      + 'to use the cache, or drop logOutMarkerCache.enabled to silence this.');
     return true;
   }
 
