@@ -128,11 +128,12 @@ async function main(): Promise<void> {
       if (answers.some((answer) => answer !== expected[k])) throw new Error(`wrong answer for ${jtis[k]}: ${answers} (expected ${expected[k]})`);
     }
 
-    // Round trips: count what the library sends to its pool per call.
+    // Round trips: count the statements the library sends on its pool's connections per call.
     const ormPool = app.get(DataSource).driver as unknown as { master: pg.Pool };
-    const query = ormPool.master.query;
+    const clientClass = (ormPool.master as unknown as { Client: typeof pg.Client }).Client.prototype;
+    const query = clientClass.query;
     let sent = 0;
-    ormPool.master.query = function (this: pg.Pool, ...args: unknown[]) {
+    clientClass.query = function (this: pg.Client, ...args: unknown[]) {
       sent++;
       return (query as (...a: unknown[]) => unknown).apply(this, args);
     } as typeof query;
@@ -142,7 +143,7 @@ async function main(): Promise<void> {
       for (let k = 0; k < 100; k++) await call(k);
       roundTrips.push(`${name} ${sent / 100}`);
     }
-    ormPool.master.query = query;
+    clientClass.query = query;
 
     const at = (list: string[], i: number) => list[i % PROBES];
     const variants: Variant[] = [

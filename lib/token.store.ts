@@ -190,7 +190,7 @@ export class TokenStore {
           reject(asUnavailable(connectError));
           return;
         }
-        this.send(client!, release, statement, values, (error, result) => {
+        this.send(client!, release, statement, values, () => !answered, (error, result) => {
           clearTimeout(timer);
           if (answered) return;
           answered = true;
@@ -204,13 +204,15 @@ export class TokenStore {
   /**
    * Sends `statement` on a checked-out `client` and gives the client back, as `pg`'s
    * `pool.query` would: a client that failed is discarded (a timed-out one is still busy).
-   * A named statement a pooler rejected is sent again, unnamed, on the same client.
+   * A named statement a pooler rejected is sent again, unnamed, on the same client, while
+   * its caller still `wants` the answer.
    */
   private send(
     client: PoolClient,
     release: (error?: Error) => void,
     statement: Statement,
     values: unknown[],
+    wanted: () => boolean,
     done: (error: Error | undefined, result?: QueryResult) => void,
   ): void {
     let finished = false;
@@ -227,7 +229,7 @@ export class TokenStore {
       // `query_timeout` is honoured by pg's Client.query but missing from @types/pg's QueryConfig.
       const config = { name: named ? statement.name : undefined, text: statement.text, values, query_timeout: statement.timeoutMs } as QueryConfig;
       client.query(config, (error: Error | undefined, result: QueryResult) => {
-        if (error && named && this.rejectedByPooler(error)) run(false);
+        if (error && named && this.rejectedByPooler(error) && wanted()) run(false);
         else finish(error, result);
       });
     };
