@@ -66,6 +66,9 @@ export class TokenStore {
   /**
    * Whether {@link query} sends statements named, so that each connection parses them once.
    * Turned off for good by the first error that shows a transaction pooler in between.
+   * No option turns it off up front: detecting costs one resent statement per call in
+   * flight at the first error, and the warning names the better fix (the pooler's own
+   * support for prepared statements).
    */
   private sendsNamedStatements = true;
   /** The revoked-check statements, built on first use rather than on every request. */
