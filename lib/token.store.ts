@@ -22,7 +22,8 @@ export interface Statement {
   text: string;
   /**
    * Outside a transaction, how long a call may wait for a connection and its answer
-   * together before it fails with TokenResourceUnavailableError. It is also `pg`'s
+   * together before it fails with TokenResourceUnavailableError; a call that gave up
+   * before it got a connection is never sent. It is also `pg`'s
    * `query_timeout`, after which the pool discards the connection: without it a connection
    * whose peer went silent mid-query (a network partition) would stay checked out for good.
    */
