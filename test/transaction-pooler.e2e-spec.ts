@@ -171,10 +171,11 @@ describe('through a transaction pooler', () => {
     expect(error).not.toHaveBeenCalled();
   });
 
-  it('confirmation changes: stored and read back', async () => {
-    const { token, jti } = await tokens.issueToken({ subject: 'confirming', purpose: 'confirm' });
-    await tokens.storeConfirmationChanges({ token, changes: { email: 'new@example.com' } });
-    expect(await tokens.getConfirmationChanges(jti)).toEqual({ email: 'new@example.com' });
+  it(`confirmation changes of ${HTTP_CLIENTS} users at once: each stored and read back`, async () => {
+    const issued = await Promise.all(Array.from({ length: HTTP_CLIENTS }, (_, i) => tokens.issueToken({ subject: `confirming-${i}`, purpose: 'confirm' })));
+    await Promise.all(issued.map(({ token }, i) => tokens.storeConfirmationChanges({ token, changes: { email: `new-${i}@example.com` } })));
+    const read = await Promise.all(issued.map(({ jti }) => tokens.getConfirmationChanges(jti)));
+    expect(read).toEqual(issued.map((_, i) => ({ email: `new-${i}@example.com` })));
     expect(await tokens.getConfirmationChanges('absent-jti')).toBeNull();
   });
 
