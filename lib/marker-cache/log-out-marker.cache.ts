@@ -183,11 +183,13 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     client.on('error', (error) => this.lose(client, error));
     client.on('end', () => this.lose(client, new Error('connection ended')));
     this.connecting = client;
-    let session: { pid: number };
+    let pooled: boolean;
     try {
       await client.connect();
-      await client.query(`LISTEN "${this.store.logOutChannel}"; LISTEN "${this.heartbeatChannel}"`);
-      session = (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!;
+      const { rows: [session] } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      // Checked before LISTEN, which would stay behind on a pooler's server connection.
+      pooled = this.throughPooler(client, session!.pid);
+      if (!pooled) await client.query(`LISTEN "${this.store.logOutChannel}"; LISTEN "${this.heartbeatChannel}"`);
     } catch (error) {
       if (!this.stopped) this.logger.warn(`cannot listen for log-outs (${(error as Error).message}); checking markers in the database meanwhile`);
       await client.end().catch(() => undefined);
@@ -196,7 +198,7 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     } finally {
       this.connecting = undefined;
     }
-    if (this.stopped || this.throughPooler(client, session.pid)) {
+    if (this.stopped || pooled) {
       await client.end().catch(() => undefined);
       return;
     }
