@@ -95,9 +95,9 @@ export interface TokenResourceLogOutEverywhereOptions {
  */
 export interface TokenResourceLogOutMarkerCacheOptions {
   /**
-   * Turn the cache on. It needs a session-level PostgreSQL connection for `LISTEN` (not a
-   * transaction-pooling PgBouncer; there it stays unused and every check reads both
-   * keys). Default `false`.
+   * Turn the cache on. It needs a direct PostgreSQL connection for `LISTEN`: through a
+   * pooler (PgBouncer or alike) it warns once at start-up and stays unused, and every
+   * check reads both keys. Default `false`.
    */
   enabled?: boolean;
   /**
