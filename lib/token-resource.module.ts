@@ -1,6 +1,7 @@
 import { Module, type DynamicModule, type Provider } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { Token } from './entities/token.entity.js';
+import { ExpiredTokenDeleter } from './expunger/expired-token.deleter.js';
 import { ExpungerService } from './expunger/expunger.service.js';
 import { RevokedTokenGuard } from './guard/revoked-token.guard.js';
 import type {
@@ -22,7 +23,7 @@ import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.const
 import { TokenService } from './token.service.js';
 import { TokenStore } from './token.store.js';
 
-const SERVICES = [OutageLog, TokenStore, LogOutMarkerCache, TokenService, LogOutEverywhereService, ExpungerService, PasswordChangeSubscriber, RevokedTokenGuard];
+const SERVICES = [OutageLog, TokenStore, LogOutMarkerCache, ExpiredTokenDeleter, TokenService, LogOutEverywhereService, ExpungerService, PasswordChangeSubscriber, RevokedTokenGuard];
 const EXPORTS = [TOKEN_RESOURCE_OPTIONS, TOKEN_REPOSITORY, TokenCodec, TokenStore, LogOutMarkerCache, TokenService, LogOutEverywhereService, ExpungerService, OutageLog, RevokedTokenGuard];
 
 /**

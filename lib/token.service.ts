@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Inject, Injectable } from '@nestjs/common';
 import { MoreThan, MoreThanOrEqual, Not, type EntityManager, type FindOptionsWhere } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
+import { ExpiredTokenDeleter, type ExpungeExpiredOptions } from './expunger/expired-token.deleter.js';
 import { durationToSeconds } from './jwt/duration.js';
 import { TokenCodec, type TokenClaimsPayload } from './jwt/token-codec.js';
 import { logOutMarkerJti, logOutMarkerRevokes } from './log-out-everywhere/log-out-marker.js';
@@ -11,14 +12,18 @@ import {
   DEFAULT_AUTHENTICATION_PURPOSE,
   DEFAULT_CONFIRM_PURPOSE,
   DEFAULT_EXPIRES_IN,
+  EXPUNGE_RECORD_PURPOSE,
+  EXPUNGER_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_PURPOSE,
   REVOCATION_PURPOSE,
   TOKEN_RESOURCE_OPTIONS,
 } from './token-resource.constants.js';
 import { InvalidTokenError, TokenAlreadyRevokedError } from './token-resource.exceptions.js';
-import { TokenStore, type OwnStateRow, type Statement, type TokenStateRow } from './token.store.js';
+import { TokenStore, type OwnStateRow, type TokenStateRow } from './token.store.js';
 import { checkExpiresAt, checkJsonb, checkJti, checkPurpose, checkSubject, expiryOfExp } from './validation/token-values.js';
+
+export type { ExpungeExpiredOptions } from './expunger/expired-token.deleter.js';
 
 /** Input of {@link TokenService.issueToken}. */
 export interface IssueTokenInput {
@@ -102,29 +107,6 @@ export interface ListTokensOptions {
   includeExpired?: boolean;
 }
 
-/**
- * How long an expunge batch on a dedicated session waits for a row lock before it
- * gives the range up to the lock-free path. Well under PostgreSQL's default
- * `deadlock_timeout` (1 s), so in a deadlock it is always the expunger that yields.
- */
-const EXPUNGE_LOCK_TIMEOUT_MS = 200;
-
-/** `lock_not_available` (a `lock_timeout`) or `deadlock_detected`. */
-function isLockConflict(error: unknown): boolean {
-  const code = (error as { code?: unknown; driverError?: { code?: unknown } })?.code ?? (error as { driverError?: { code?: unknown } })?.driverError?.code;
-  return code === '55P03' || code === '40P01';
-}
-
-/** Options of {@link TokenService.expungeExpired}. */
-export interface ExpungeExpiredOptions {
-  /** Run every batch on this manager's connection, for example one that holds an advisory lock. */
-  manager?: EntityManager;
-  /** Once aborted, stop after the batch in progress. */
-  signal?: AbortSignal;
-  /** Called after each batch with the rows it deleted and its duration in milliseconds. */
-  onBatch?: (deleted: number, durationMs: number) => void;
-}
-
 /** The verdict of one store check for a verified token. */
 export interface TokenCheck {
   /** A revocation row, or a log-out everywhere at or after the token's `iat`. */
@@ -147,12 +129,20 @@ function expiryOf(claims: TokenClaimsPayload): Date {
 /**
  * Refuses to write a token row over a log-out-everywhere marker: overwriting a subject's
  * marker (say through a "revoke session by id" endpoint) would un-revoke every unstored
- * token it covers.
+ * token it covers. Nor over the expunger's run record, which would stop or repeat runs.
  */
 function rejectMarkerJti(jti: string): void {
   if (jti.startsWith(LOG_OUT_EVERYWHERE_JTI_PREFIX)) {
     throw new InvalidTokenError(`jti '${jti}' is reserved for log-out-everywhere markers`);
   }
+  if (isExpungerJti(jti)) {
+    throw new InvalidTokenError(`jti '${jti}' is reserved for the expunger's run record`);
+  }
+}
+
+/** The expunger's own rows are no token's, and the service never returns them (its subject, `''`, keeps it out of listings). */
+function isExpungerJti(jti: string): boolean {
+  return jti.startsWith(EXPUNGER_JTI_PREFIX);
 }
 
 function requireNonEmpty(value: unknown, name: string): asserts value is string {
@@ -166,45 +156,6 @@ function requireNonEmpty(value: unknown, name: string): asserts value is string 
  */
 @Injectable()
 export class TokenService {
-  /**
-   * Expunge, fast path (on a dedicated session): the `expires_at` of the row `$3` rows
-   * past `$1`, by an index-only scan; rows in `[$1, bound)` make at most one batch.
-   */
-  private readonly expungeBound = this.store.statement('expunge_bound', `
-    SELECT expires_at::text AS bound FROM ${this.store.table}
-     WHERE expires_at >= $1::timestamptz AND expires_at < $2::timestamptz
-     ORDER BY expires_at OFFSET $3 LIMIT 1`);
-
-  /**
-   * Expunge, fast path: then each batch is one plain range DELETE on the `expires_at`
-   * index, `[$1, $3)` below the cutoff `$2` (no RETURNING: its row count is the count).
-   * Each batch starts where the last ended, so no scan re-reads the dead index entries
-   * left behind.
-   */
-  private readonly expungeRange = this.store.statement('expunge_range', `
-    DELETE FROM ${this.store.table}
-     WHERE expires_at >= $1::timestamptz
-       AND expires_at < LEAST($2::timestamptz, COALESCE($3::timestamptz, $2::timestamptz))`);
-
-  /**
-   * Expunge, lock-free batch (the pool path, contested ranges, and groups of more than a
-   * batch of rows sharing one `expires_at`): locks up to `$3` expired rows from `$1` on,
-   * skipping those others hold, and deletes them by `ctid`. Never waits for a lock.
-   */
-  private readonly expungeSkipLocked = this.store.statement('expunge_skip_locked', `
-    WITH victims AS (
-      SELECT ctid FROM ${this.store.table}
-       WHERE expires_at >= $1::timestamptz
-         AND expires_at < LEAST($2::timestamptz, COALESCE($4::timestamptz, $2::timestamptz))
-       ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED
-    ), gone AS (
-      DELETE FROM ${this.store.table}
-       WHERE ctid = ANY (ARRAY(SELECT ctid FROM victims)) AND expires_at < $2::timestamptz
-      RETURNING expires_at
-    )
-    SELECT count(*)::int AS deleted, max(expires_at)::text AS last,
-           ($1::timestamptz + interval '1 microsecond')::text AS after FROM gone`);
-
   /** The subject and purpose of a `jti`'s row, read only when a revocation wrote nothing, to say why. */
   private readonly ownerOf = this.store.statement('token_owner', `
     SELECT subject, purpose FROM ${this.store.table} WHERE jti = $1`);
@@ -214,6 +165,7 @@ export class TokenService {
     private readonly codec: TokenCodec,
     private readonly store: TokenStore,
     private readonly markerCache: LogOutMarkerCache,
+    private readonly expiredTokens: ExpiredTokenDeleter,
   ) {}
 
   /**
@@ -278,6 +230,7 @@ export class TokenService {
       jti = requireString(await this.codec.verify(query.token, true), 'jti');
     }
     if (typeof jti !== 'string' || jti === '') throw new TypeError('getToken needs a jti or a token');
+    if (isExpungerJti(jti)) return null;
     const where: FindOptionsWhere<Token> = { jti, expiresAt: MoreThan(new Date()) };
     if (query.purpose !== undefined) where.purpose = query.purpose;
     return this.store.readPrimary((tokens) => tokens.findOne({ where }));
@@ -381,95 +334,15 @@ export class TokenService {
 
   /**
    * Deletes rows whose `expiresAt` passed more than `clockToleranceSeconds` ago, in
-   * batches of `expunge.batchSize`, each its own short autocommit statement. Rows
-   * that other transactions hold locked are skipped and left to the next run.
-   *
-   * Given `opts.manager` of a dedicated session (a connected QueryRunner outside a
-   * transaction), batches are plain range DELETEs on that session, with a short
-   * `lock_timeout` and asynchronous commit set for the duration; otherwise (the pool,
-   * or a caller's transaction) each batch locks its rows with `SKIP LOCKED` first.
+   * batches of `expunge.batchSize`, each its own short transaction. Rows that other
+   * transactions hold locked are skipped and left to the next run; rows the database
+   * refuses to delete (an application's foreign key referencing them) are skipped and
+   * logged. It neither takes nor records the scheduled job's turn: see `ExpungerService`.
    *
    * @returns how many rows were deleted.
    */
   async expungeExpired(opts: ExpungeExpiredOptions = {}): Promise<number> {
-    const cutoff = new Date(Date.now() - this.options.jwt.clockToleranceSeconds * 1000);
-    const runner = opts.manager?.queryRunner;
-    if (runner && !runner.isReleased && !runner.isTransactionActive) {
-      return this.expungeOnSession(cutoff, opts.manager!, opts);
-    }
-    return this.expungeSkippingLocked(cutoff, '-infinity', null, opts, Infinity);
-  }
-
-  /**
-   * The fast path, on a dedicated session: range DELETEs of at most a batch each, with a
-   * short `lock_timeout` so that a batch never waits long for a row another transaction
-   * holds (and always loses a deadlock); a contested range is redone lock-free.
-   */
-  private async expungeOnSession(cutoff: Date, session: EntityManager, opts: ExpungeExpiredOptions): Promise<number> {
-    const batchSize = this.options.expunge.batchSize;
-    const timed = async <Row>(statement: Statement, values: unknown[]) => {
-      const started = performance.now();
-      const result = await this.store.execute<Row>(statement, values, session);
-      return { result, ms: performance.now() - started };
-    };
-    // A deletion lost in a crash is merely redone by the next run, so batches need not
-    // wait for their WAL to reach disk: asynchronous commit makes each batch far cheaper.
-    await session.query(`SELECT set_config('lock_timeout', $1, false), set_config('synchronous_commit', 'off', false)`, [`${EXPUNGE_LOCK_TIMEOUT_MS}ms`]);
-    const reset = () => session.query('RESET lock_timeout; RESET synchronous_commit');
-    let deleted = 0;
-    try {
-      let from = '-infinity';
-      while (!opts.signal?.aborted) {
-        const { result: { rows }, ms: boundMs } = await timed<{ bound: string }>(this.expungeBound, [from, cutoff, batchSize]);
-        const bound = (rows[0]?.bound ?? null) as string | null;
-        if (bound !== null && bound === from) {
-          // More than a batch of rows share this expires_at: take them a batch at a time.
-          const batch = await this.expungeSkippingLocked(cutoff, from, null, opts, 1, true);
-          deleted += batch.deleted;
-          if (batch.deleted < batchSize) from = batch.after;
-          continue;
-        }
-        let batch: number;
-        try {
-          const { result, ms } = await timed(this.expungeRange, [from, cutoff, bound]);
-          batch = result.rowCount;
-          opts.onBatch?.(batch, boundMs + ms);
-        } catch (error) {
-          if (!isLockConflict(error)) throw error;
-          batch = (await this.expungeSkippingLocked(cutoff, from, bound, opts, 1, true)).deleted;
-        }
-        deleted += batch;
-        if (bound === null) break;
-        from = bound;
-      }
-    } catch (error) {
-      await reset().catch(() => undefined);
-      throw error;
-    }
-    // Settings that failed to reset fail the run, so that the session is discarded.
-    await reset();
-    return deleted;
-  }
-
-  /** Lock-free batches from `from` (up to `upTo`, else the cutoff), at most `maxBatches` of them. */
-  private async expungeSkippingLocked(cutoff: Date, from: string, upTo: string | null, opts: ExpungeExpiredOptions, maxBatches: number): Promise<number>;
-  private async expungeSkippingLocked(cutoff: Date, from: string, upTo: string | null, opts: ExpungeExpiredOptions, maxBatches: number, detail: true): Promise<{ deleted: number; after: string }>;
-  private async expungeSkippingLocked(cutoff: Date, from: string, upTo: string | null, opts: ExpungeExpiredOptions, maxBatches: number, detail?: true): Promise<number | { deleted: number; after: string }> {
-    const batchSize = this.options.expunge.batchSize;
-    let deleted = 0;
-    let after = from;
-    for (let n = 0; n < maxBatches && !opts.signal?.aborted; n++) {
-      const started = performance.now();
-      const { rows } = await this.store.execute<{ deleted: number; last: string | null; after: string }>(
-        this.expungeSkipLocked, [from, cutoff, batchSize, upTo], opts.manager);
-      const batch = rows[0]?.deleted ?? 0;
-      deleted += batch;
-      after = rows[0]?.after ?? from;
-      opts.onBatch?.(batch, performance.now() - started);
-      if (batch < batchSize || rows[0]?.last == null) break;
-      from = rows[0].last;
-    }
-    return detail ? { deleted, after } : deleted;
+    return this.expiredTokens.deleteExpired({ signal: opts.signal, onBatch: opts.onBatch });
   }
 
   /**
@@ -484,6 +357,7 @@ export class TokenService {
   /** The changes stored for `jti` with `purpose` (default `'confirm'`), or `null` once expired or absent. */
   async getConfirmationChanges(jti: string, purpose: string = DEFAULT_CONFIRM_PURPOSE): Promise<Record<string, unknown> | null> {
     requireNonEmpty(jti, 'jti');
+    if (isExpungerJti(jti)) return null;
     const row = await this.store.readPrimary((tokens) => tokens.findOne({
       select: { jti: true, extraData: true },
       where: { jti, purpose, expiresAt: MoreThanOrEqual(new Date()) },
@@ -502,6 +376,7 @@ export class TokenService {
   private async writeRow(jti: string, subject: string, expiresAt: Date, purpose: string, extraData: Record<string, unknown> | null): Promise<void> {
     if (purpose === REVOCATION_PURPOSE) throw new TypeError(`use revoke() to store a '${REVOCATION_PURPOSE}' row`);
     if (purpose === LOG_OUT_EVERYWHERE_PURPOSE) throw new TypeError(`the purpose '${LOG_OUT_EVERYWHERE_PURPOSE}' is reserved for log-out-everywhere markers`);
+    if (purpose === EXPUNGE_RECORD_PURPOSE) throw new TypeError(`the purpose '${EXPUNGE_RECORD_PURPOSE}' is reserved for the expunger's run record`);
     rejectMarkerJti(jti);
     checkJsonb(extraData, 'extraData');
     const { rowCount } = await this.store.execute(this.store.storeStatement(), [jti, subject, expiresAt, purpose, extraData]);

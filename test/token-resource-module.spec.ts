@@ -117,7 +117,7 @@ describe('forRootAsync', () => {
       storeAllTokens: false,
       requireTokenPresenceForAuthentication: false,
       authenticationPurpose: 'user',
-      expunge: { enabled: true, intervalHours: 12 },
+      expunge: { enabled: true, cron: '0 0,12 * * *', startupJitterSeconds: 60 },
       logOutEverywhere: { excludePurposes: [REVOCATION_PURPOSE], applyOnPasswordChange: false, passwordField: 'hashedPassword' },
       isGlobal: false,
     });
@@ -322,7 +322,7 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
     ['NaN clockToleranceSeconds', { jwt: { secret: TEST_SECRET, clockToleranceSeconds: Number.NaN } }, /clockToleranceSeconds/],
     ['batchSize 0', { jwt: { secret: TEST_SECRET }, expunge: { batchSize: 0 } }, /expunge\.batchSize must be a positive integer/],
     ['fractional batchSize', { jwt: { secret: TEST_SECRET }, expunge: { batchSize: 2.5 } }, /expunge\.batchSize/],
-    ['negative intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: -1 } }, /expunge\.intervalHours must be a positive/],
+    ['negative intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: -1 } }, /expunge\.intervalHours must be a whole number of hours that divides 24/],
     ['zero intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: 0 } }, /expunge\.intervalHours/],
     ["authenticationPurpose 'revocation'", { jwt: { secret: TEST_SECRET }, authenticationPurpose: REVOCATION_PURPOSE }, /authenticationPurpose/],
   ];

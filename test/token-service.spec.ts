@@ -558,9 +558,10 @@ describe('expungeExpired', () => {
     const store = extraApps.at(-1)!.get(TokenStore);
     const execute = jest.spyOn(store, 'execute');
     expect(await small.expungeExpired()).toBe(10);
-    // 3 + 3 + 3 + 1: four statements, each deleting at most batchSize rows.
-    expect(execute).toHaveBeenCalledTimes(4);
-    for (const result of execute.mock.results) expect((await result.value as { rowCount: number }).rowCount).toBeLessThanOrEqual(3);
+    // At least 3 + 3 + 3 + 1: four deleting statements, each deleting at most batchSize rows.
+    const deletes = execute.mock.calls.flatMap(([statement], i) => (/^DELETE/.test(statement.text.trim()) ? [execute.mock.results[i]] : []));
+    expect(deletes.length).toBeGreaterThanOrEqual(4);
+    for (const result of deletes) expect((await result.value as { rowCount: number }).rowCount).toBeLessThanOrEqual(3);
     execute.mockRestore();
     expect(await countRows(dataSource)).toBe(2);
   });

@@ -38,7 +38,8 @@ interface CacheEntry {
  * only while its newest returned heartbeat is at most `maxStalenessMs` old; otherwise it
  * empties itself and the check reads the marker from the database, until heartbeats flow
  * again. A listener that dies, a notification path that silently stops (a network
- * partition, a transaction-pooling proxy) and a stalled event loop all end in that state.
+ * partition) and a stalled event loop all end in that state. Behind a pooler the cache
+ * never listens (see `throughPooler`).
  * Entries also expire after `maxEntryAgeMs`, which bounds writes that are never announced
  * (raw SQL, an older version of this library).
  *
@@ -189,9 +190,13 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     client.on('error', (error) => this.lose(client, error));
     client.on('end', () => this.lose(client, new Error('connection ended')));
     this.connecting = client;
+    let pooled: boolean;
     try {
       await client.connect();
-      await client.query(`LISTEN "${this.store.logOutChannel}"; LISTEN "${this.heartbeatChannel}"`);
+      const { rows: [session] } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      // Checked before LISTEN, which would stay behind on a pooler's server connection.
+      pooled = this.throughPooler(client, session!.pid);
+      if (!pooled) await client.query(`LISTEN "${this.store.logOutChannel}"; LISTEN "${this.heartbeatChannel}"`);
     } catch (error) {
       if (!this.stopped && this.deafSince === undefined) {
         this.deafSince = performance.now();
@@ -203,7 +208,7 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     } finally {
       this.connecting = undefined;
     }
-    if (this.stopped) {
+    if (this.stopped || pooled) {
       await client.end().catch(() => undefined);
       return;
     }
@@ -213,6 +218,24 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     this.listeningSince = performance.now();
     this.reconnectDelayMs = RECONNECT_DELAYS_MS.first;
     this.beat();
+  }
+
+  /**
+   * Whether `client` may reach PostgreSQL through a pooler: the process id the connection
+   * announced (a pooler announces its own key) is not the server process's. Behind a
+   * transaction pooler, LISTEN stays on one server connection while later statements,
+   * heartbeats too, run on it or on others, so heartbeats can come back while log-outs go
+   * unheard: the cache must stay off. It stops trying then (a pooler stays) and warns once.
+   * The `pg-native` client announces no id and is refused too.
+   */
+  private throughPooler(client: PgClient, serverPid: number): boolean {
+    const announcedPid = (client as unknown as { processID?: number | null }).processID;
+    if (announcedPid === serverPid) return false;
+    this.logger.warn('the log-out marker cache is off: its connection may go through a pooler (PgBouncer or alike; the '
+      + `process id it announced, ${String(announcedPid)}, is not the server's, ${serverPid}), where LISTEN cannot hear `
+      + 'log-outs, so every check reads the marker from the database. Connect the data source to PostgreSQL directly '
+      + 'to use the cache, or drop logOutMarkerCache.enabled to silence this.');
+    return true;
   }
 
   private receive(client: PgClient, { channel, payload }: Notification): void {

@@ -8,6 +8,7 @@ import { TokenResourceConfigError } from '../token-resource.exceptions.js';
 import { Token } from '../entities/token.entity.js';
 import type { TokenResourceJwtOptions, TokenResourceModuleOptions } from '../interfaces/token-resource-options.interface.js';
 import { durationToSeconds } from '../jwt/duration.js';
+import { expungeCronOf } from '../expunger/expunge-schedule.js';
 import { isPurpose, MAX_PURPOSE_BYTES } from '../validation/token-values.js';
 
 /** Module options with every default filled in; what the services read. */
@@ -19,7 +20,7 @@ export interface ResolvedTokenResourceOptions {
   requireTokenPresenceForAuthentication: boolean;
   authenticationPurpose: string;
   storeTimeoutMs: number;
-  expunge: { enabled: boolean; intervalHours: number; batchSize: number };
+  expunge: { enabled: boolean; cron: string; startupJitterSeconds: number; batchSize: number };
   logOutEverywhere: {
     includePurposes?: string[];
     excludePurposes: string[];
@@ -60,6 +61,14 @@ function atLeast(value: number | undefined, fallback: number, minimum: number, n
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || !Number.isFinite(value) || value < minimum) {
     fail(`${name} must be a number >= ${minimum}, got ${String(value)}.`);
+  }
+  return value;
+}
+
+function between(value: number | undefined, fallback: number, minimum: number, maximum: number, name: string): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < minimum || value > maximum) {
+    fail(`${name} must be a number from ${minimum} to ${maximum}, got ${String(value)}.`);
   }
   return value;
 }
@@ -123,7 +132,8 @@ export function resolveOptions(options: TokenResourceModuleOptions | undefined):
     storeTimeoutMs: positiveNumber(options.storeTimeoutMs, 2000, 'storeTimeoutMs'),
     expunge: {
       enabled: expunge.enabled ?? true,
-      intervalHours: positiveNumber(expunge.intervalHours, 12, 'expunge.intervalHours'),
+      cron: expungeCronOf(expunge),
+      startupJitterSeconds: between(expunge.startupJitterSeconds, 60, 0, 86_400, 'expunge.startupJitterSeconds'),
       batchSize: positiveNumber(expunge.batchSize, 20_000, 'expunge.batchSize', true),
     },
     logOutEverywhere: {
