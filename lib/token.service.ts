@@ -145,10 +145,6 @@ function isExpungerJti(jti: string): boolean {
   return jti.startsWith(EXPUNGER_JTI_PREFIX);
 }
 
-function requireNonEmpty(value: unknown, name: string): asserts value is string {
-  if (typeof value !== 'string' || value === '') throw new TypeError(`${name} must be a non-empty string`);
-}
-
 /**
  * Issues JWTs and keeps what is known about them: stored tokens, revocations and
  * confirmation changes. Every method that takes a token verifies it first and writes
@@ -221,7 +217,8 @@ export class TokenService {
    * of one purpose; `null` when there is none (also for an expired token).
    *
    * @throws InvalidTokenError for an untrusted `token`.
-   * @throws TypeError when neither `jti` nor `token` is given.
+   * @throws TypeError when neither `jti` nor `token` is given, or for a `jti` or `purpose` the
+   *   table cannot store (see `revokeJti`): no row can hold it.
    */
   async getToken(query: GetTokenQuery): Promise<Token | null> {
     let jti = query?.jti;
@@ -230,6 +227,8 @@ export class TokenService {
       jti = requireString(await this.codec.verify(query.token, true), 'jti');
     }
     if (typeof jti !== 'string' || jti === '') throw new TypeError('getToken needs a jti or a token');
+    checkJti(jti);
+    if (query.purpose !== undefined) checkPurpose(query.purpose);
     if (isExpungerJti(jti)) return null;
     const where: FindOptionsWhere<Token> = { jti, expiresAt: MoreThan(new Date()) };
     if (query.purpose !== undefined) where.purpose = query.purpose;
@@ -354,9 +353,14 @@ export class TokenService {
     await this.storeToken({ token: input.token, purpose: input.purpose ?? DEFAULT_CONFIRM_PURPOSE, extraData: input.changes });
   }
 
-  /** The changes stored for `jti` with `purpose` (default `'confirm'`), or `null` once expired or absent. */
+  /**
+   * The changes stored for `jti` with `purpose` (default `'confirm'`), or `null` once expired or absent.
+   *
+   * @throws TypeError for a `jti` or `purpose` the table cannot store (see `revokeJti`).
+   */
   async getConfirmationChanges(jti: string, purpose: string = DEFAULT_CONFIRM_PURPOSE): Promise<Record<string, unknown> | null> {
-    requireNonEmpty(jti, 'jti');
+    checkJti(jti);
+    checkPurpose(purpose);
     if (isExpungerJti(jti)) return null;
     const row = await this.store.readPrimary((tokens) => tokens.findOne({
       select: { jti: true, extraData: true },
@@ -365,9 +369,14 @@ export class TokenService {
     return row?.extraData ?? null;
   }
 
-  /** The stored tokens of `subject`, newest first; unexpired ones unless `includeExpired`. */
+  /**
+   * The stored tokens of `subject`, newest first; unexpired ones unless `includeExpired`.
+   *
+   * @throws TypeError for a `subject` or `purpose` the table cannot store (see `revokeJti`).
+   */
   async listTokens(subject: string, opts: ListTokensOptions = {}): Promise<Token[]> {
-    requireNonEmpty(subject, 'subject');
+    checkSubject(subject);
+    if (opts.purpose !== undefined) checkPurpose(opts.purpose);
     const where: FindOptionsWhere<Token> = { subject, purpose: opts.purpose ?? Not(LOG_OUT_EVERYWHERE_PURPOSE) };
     if (!opts.includeExpired) where.expiresAt = MoreThan(new Date());
     return this.store.readPrimary((tokens) => tokens.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));

@@ -93,13 +93,18 @@ describe('a NUL character', () => {
     expect(await guardAnswer(await signToken({ jti: 'nul\0jti' }))).toEqual(invalid);
   });
 
-  it('in a subject or jti: a TypeError from every write, and nothing written', async () => {
+  it('in a subject, jti or purpose: a TypeError from every call, and nothing written', async () => {
     await expect(logOut.logOutEverywhere('nul\0sub')).rejects.toThrow(TypeError);
     await expect(logOut.logOutEverywhere('ok', { exceptJti: 'nul\0jti' })).rejects.toThrow(TypeError);
     await expect(logOut.logOutEverywhere('ok', { includePurposes: ['nul\0purpose'] })).rejects.toThrow(TypeError);
     await expect(tokens.revokeJti('jti', 'nul\0sub')).rejects.toThrow(TypeError);
     await expect(tokens.revokeJti('nul\0jti', 'sub')).rejects.toThrow(TypeError);
     await expect(tokens.jtiRevoked('nul\0jti')).rejects.toThrow(TypeError);
+    await expect(tokens.getToken({ jti: 'nul\0jti' })).rejects.toThrow(TypeError);
+    await expect(tokens.getToken({ jti: 'jti', purpose: 'nul\0purpose' })).rejects.toThrow(TypeError);
+    await expect(tokens.getConfirmationChanges('nul\0jti')).rejects.toThrow(TypeError);
+    await expect(tokens.listTokens('nul\0sub')).rejects.toThrow(TypeError);
+    await expect(tokens.listTokens('sub', { purpose: 'nul\0purpose' })).rejects.toThrow(TypeError);
     await expect(tokens.issueToken({ subject: 'nul\0sub' })).rejects.toThrow(TypeError);
     await expect(tokens.issueToken({ subject: 'sub', purpose: 'nul\0purpose' })).rejects.toThrow(TypeError);
     await expect(tokens.revoke(await signToken({ sub: 'nul\0sub' }))).rejects.toBeInstanceOf(InvalidTokenError);
