@@ -22,6 +22,7 @@ export { LogOutEverywhereService, type LogOutEverywhereOptions } from './log-out
 export { LogOutMarkerCache } from './marker-cache/log-out-marker.cache.js';
 export { PasswordChangeSubscriber } from './log-out-everywhere/password-change.subscriber.js';
 export { RevokedTokenGuard } from './guard/revoked-token.guard.js';
+export { OutageLog, type OutageDependency } from './outage-log.js';
 export { TokenClaims, getTokenClaims } from './guard/token-claims.decorator.js';
 export { SkipTokenCheck } from './guard/skip-token-check.decorator.js';
 export { SKIP_TOKEN_CHECK_KEY, TOKEN_CLAIMS_KEY, TOKEN_GUARD_MESSAGES } from './guard/token-guard.constants.js';

@@ -4,7 +4,7 @@ export const TOKEN_RESOURCE_OPTIONS = Symbol('TOKEN_RESOURCE_OPTIONS');
 /** Injection token of the repository of the configured token entity. */
 export const TOKEN_REPOSITORY = Symbol('TOKEN_REPOSITORY');
 
-/** Name under which the expunger's interval is registered in `SchedulerRegistry`. */
+/** Name under which the expunger's cron job is registered in `SchedulerRegistry`. */
 export const EXPUNGE_JOB_NAME = 'nestjs-token-resource:expunge';
 
 /** Purpose of a row that marks its `jti` as revoked. */
@@ -19,6 +19,22 @@ export const LOG_OUT_EVERYWHERE_PURPOSE = 'log_out_everywhere';
 /** `jti` prefix of a subject's log-out-everywhere marker row. */
 export const LOG_OUT_EVERYWHERE_JTI_PREFIX = 'log-out-everywhere:';
 
+/**
+ * `jti` prefix reserved for the expunger's own rows. `TokenService` refuses to write a
+ * token under it and never returns a row under it.
+ */
+export const EXPUNGER_JTI_PREFIX = 'expunger:';
+
+/**
+ * `jti` of the expunger's run record, one row in each token table: when a run last
+ * completed, and which instance holds the lease of the run in progress. Keeping it in
+ * the token table itself spares applications a migration.
+ */
+export const EXPUNGE_RECORD_JTI = `${EXPUNGER_JTI_PREFIX}run`;
+
+/** Purpose of the expunger's run record row; its `subject` is `''`, which no token has. */
+export const EXPUNGE_RECORD_PURPOSE = 'expunger_run';
+
 /** Default purpose of tokens issued and of the guard's presence check. */
 export const DEFAULT_AUTHENTICATION_PURPOSE = 'user';
 
@@ -27,9 +43,3 @@ export const DEFAULT_CONFIRM_PURPOSE = 'confirm';
 
 /** Default lifetime of issued tokens. */
 export const DEFAULT_EXPIRES_IN = '7d';
-
-/**
- * `expiresAt` of rows that must never be expunged (`revokeJti` without `expiresAt`).
- * A finite date rather than PostgreSQL `infinity`, which JavaScript cannot represent.
- */
-export const NEVER_EXPIRES = new Date('9999-12-31T23:59:59.999Z');

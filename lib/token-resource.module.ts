@@ -1,6 +1,7 @@
 import { Module, type DynamicModule, type Provider } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { Token } from './entities/token.entity.js';
+import { ExpiredTokenDeleter } from './expunger/expired-token.deleter.js';
 import { ExpungerService } from './expunger/expunger.service.js';
 import { RevokedTokenGuard } from './guard/revoked-token.guard.js';
 import type {
@@ -11,6 +12,7 @@ import { TokenCodec } from './jwt/token-codec.js';
 import { LogOutEverywhereService } from './log-out-everywhere/log-out-everywhere.service.js';
 import { PasswordChangeSubscriber } from './log-out-everywhere/password-change.subscriber.js';
 import { LogOutMarkerCache } from './marker-cache/log-out-marker.cache.js';
+import { OutageLog } from './outage-log.js';
 import {
   createAsyncOptionsProviders,
   createCoreProviders,
@@ -21,8 +23,8 @@ import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.const
 import { TokenService } from './token.service.js';
 import { TokenStore } from './token.store.js';
 
-const SERVICES = [TokenStore, LogOutMarkerCache, TokenService, LogOutEverywhereService, ExpungerService, PasswordChangeSubscriber, RevokedTokenGuard];
-const EXPORTS = [TOKEN_RESOURCE_OPTIONS, TOKEN_REPOSITORY, TokenCodec, TokenStore, LogOutMarkerCache, TokenService, LogOutEverywhereService, ExpungerService, RevokedTokenGuard];
+const SERVICES = [OutageLog, TokenStore, LogOutMarkerCache, ExpiredTokenDeleter, TokenService, LogOutEverywhereService, ExpungerService, PasswordChangeSubscriber, RevokedTokenGuard];
+const EXPORTS = [TOKEN_RESOURCE_OPTIONS, TOKEN_REPOSITORY, TokenCodec, TokenStore, LogOutMarkerCache, TokenService, LogOutEverywhereService, ExpungerService, OutageLog, RevokedTokenGuard];
 
 /**
  * Revocable JWTs backed by a TypeORM/PostgreSQL token table. The host application

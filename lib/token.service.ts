@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Inject, Injectable } from '@nestjs/common';
 import { MoreThan, MoreThanOrEqual, Not, type EntityManager, type FindOptionsWhere } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
+import { ExpiredTokenDeleter, type ExpungeExpiredOptions } from './expunger/expired-token.deleter.js';
 import { durationToSeconds } from './jwt/duration.js';
 import { TokenCodec, type TokenClaimsPayload } from './jwt/token-codec.js';
 import { logOutMarkerJti, logOutMarkerRevokes } from './log-out-everywhere/log-out-marker.js';
@@ -11,20 +12,24 @@ import {
   DEFAULT_AUTHENTICATION_PURPOSE,
   DEFAULT_CONFIRM_PURPOSE,
   DEFAULT_EXPIRES_IN,
+  EXPUNGE_RECORD_PURPOSE,
+  EXPUNGER_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_PURPOSE,
-  NEVER_EXPIRES,
   REVOCATION_PURPOSE,
   TOKEN_RESOURCE_OPTIONS,
 } from './token-resource.constants.js';
 import { InvalidTokenError, TokenAlreadyRevokedError } from './token-resource.exceptions.js';
-import { TokenStore, type OwnStateRow, type Statement, type TokenStateRow } from './token.store.js';
+import { TokenStore, type OwnStateRow, type TokenStateRow } from './token.store.js';
+import { checkExpiresAt, checkJsonb, checkJti, checkPurpose, checkSubject, expiryOfExp } from './validation/token-values.js';
+
+export type { ExpungeExpiredOptions } from './expunger/expired-token.deleter.js';
 
 /** Input of {@link TokenService.issueToken}. */
 export interface IssueTokenInput {
-  /** The JWT `sub`. */
+  /** The JWT `sub`: a non-empty, well-formed string without NUL, at most 1024 bytes of UTF-8. */
   subject: string;
-  /** Purpose of the stored row. Default `'user'`. */
+  /** Purpose of the stored row, at most 255 bytes of UTF-8. Default `'user'`. */
   purpose?: string;
   /** Seconds from now, or a duration string such as `'15m'` or `'7d'`. Default `'7d'`. */
   expiresIn?: string | number;
@@ -67,12 +72,6 @@ export interface GetTokenQuery {
 /** Options of {@link TokenService.revoke}. */
 export interface RevokeOptions {
   /**
-   * Whether the row is expected to exist. Default: the module's `storeAllTokens`.
-   * Both cases are served by the same single conditional upsert, which is atomic
-   * whether or not the row exists, so this only documents the caller's intent.
-   */
-  storeAllTokens?: boolean;
-  /**
    * Revoke inside this manager's transaction; it must belong to the token table's data
    * source. Default: an autocommit statement on the pool.
    */
@@ -81,7 +80,12 @@ export interface RevokeOptions {
 
 /** Options of {@link TokenService.revokeJti}. */
 export interface RevokeJtiOptions extends RevokeOptions {
-  /** When the revocation row may be expunged. Default: never. */
+  /**
+   * When the revocation row may be expunged: pass the token's `exp` (a valid Date from 1970
+   * to the end of 9999, kept rounded up to the second). Default: a stored row keeps its own
+   * expiry; a new row gets `logOutEverywhere.markerLifetime` from now, the longest lifetime
+   * `issueToken` allows. A stored row's expiry is never shortened.
+   */
   expiresAt?: Date;
 }
 
@@ -103,29 +107,6 @@ export interface ListTokensOptions {
   includeExpired?: boolean;
 }
 
-/**
- * How long an expunge batch on a dedicated session waits for a row lock before it
- * gives the range up to the lock-free path. Well under PostgreSQL's default
- * `deadlock_timeout` (1 s), so in a deadlock it is always the expunger that yields.
- */
-const EXPUNGE_LOCK_TIMEOUT_MS = 200;
-
-/** `lock_not_available` (a `lock_timeout`) or `deadlock_detected`. */
-function isLockConflict(error: unknown): boolean {
-  const code = (error as { code?: unknown; driverError?: { code?: unknown } })?.code ?? (error as { driverError?: { code?: unknown } })?.driverError?.code;
-  return code === '55P03' || code === '40P01';
-}
-
-/** Options of {@link TokenService.expungeExpired}. */
-export interface ExpungeExpiredOptions {
-  /** Run every batch on this manager's connection, for example one that holds an advisory lock. */
-  manager?: EntityManager;
-  /** Once aborted, stop after the batch in progress. */
-  signal?: AbortSignal;
-  /** Called after each batch with the rows it deleted and its duration in milliseconds. */
-  onBatch?: (deleted: number, durationMs: number) => void;
-}
-
 /** The verdict of one store check for a verified token. */
 export interface TokenCheck {
   /** A revocation row, or a log-out everywhere at or after the token's `iat`. */
@@ -142,22 +123,26 @@ function requireString(claims: TokenClaimsPayload, claim: 'jti' | 'sub'): string
 
 function expiryOf(claims: TokenClaimsPayload): Date {
   if (typeof claims.exp !== 'number') throw new InvalidTokenError('token has no exp claim');
-  return new Date(claims.exp * 1000);
+  return expiryOfExp(claims.exp);
 }
 
 /**
  * Refuses to write a token row over a log-out-everywhere marker: overwriting a subject's
  * marker (say through a "revoke session by id" endpoint) would un-revoke every unstored
- * token it covers.
+ * token it covers. Nor over the expunger's run record, which would stop or repeat runs.
  */
 function rejectMarkerJti(jti: string): void {
   if (jti.startsWith(LOG_OUT_EVERYWHERE_JTI_PREFIX)) {
     throw new InvalidTokenError(`jti '${jti}' is reserved for log-out-everywhere markers`);
   }
+  if (isExpungerJti(jti)) {
+    throw new InvalidTokenError(`jti '${jti}' is reserved for the expunger's run record`);
+  }
 }
 
-function requireNonEmpty(value: unknown, name: string): asserts value is string {
-  if (typeof value !== 'string' || value === '') throw new TypeError(`${name} must be a non-empty string`);
+/** The expunger's own rows are no token's, and the service never returns them (its subject, `''`, keeps it out of listings). */
+function isExpungerJti(jti: string): boolean {
+  return jti.startsWith(EXPUNGER_JTI_PREFIX);
 }
 
 /**
@@ -167,50 +152,16 @@ function requireNonEmpty(value: unknown, name: string): asserts value is string 
  */
 @Injectable()
 export class TokenService {
-  /**
-   * Expunge, fast path (on a dedicated session): the `expires_at` of the row `$3` rows
-   * past `$1`, by an index-only scan; rows in `[$1, bound)` make at most one batch.
-   */
-  private readonly expungeBound = this.store.statement('expunge_bound', `
-    SELECT expires_at::text AS bound FROM ${this.store.table}
-     WHERE expires_at >= $1::timestamptz AND expires_at < $2::timestamptz
-     ORDER BY expires_at OFFSET $3 LIMIT 1`);
-
-  /**
-   * Expunge, fast path: then each batch is one plain range DELETE on the `expires_at`
-   * index, `[$1, $3)` below the cutoff `$2` (no RETURNING: its row count is the count).
-   * Each batch starts where the last ended, so no scan re-reads the dead index entries
-   * left behind.
-   */
-  private readonly expungeRange = this.store.statement('expunge_range', `
-    DELETE FROM ${this.store.table}
-     WHERE expires_at >= $1::timestamptz
-       AND expires_at < LEAST($2::timestamptz, COALESCE($3::timestamptz, $2::timestamptz))`);
-
-  /**
-   * Expunge, lock-free batch (the pool path, contested ranges, and groups of more than a
-   * batch of rows sharing one `expires_at`): locks up to `$3` expired rows from `$1` on,
-   * skipping those others hold, and deletes them by `ctid`. Never waits for a lock.
-   */
-  private readonly expungeSkipLocked = this.store.statement('expunge_skip_locked', `
-    WITH victims AS (
-      SELECT ctid FROM ${this.store.table}
-       WHERE expires_at >= $1::timestamptz
-         AND expires_at < LEAST($2::timestamptz, COALESCE($4::timestamptz, $2::timestamptz))
-       ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED
-    ), gone AS (
-      DELETE FROM ${this.store.table}
-       WHERE ctid = ANY (ARRAY(SELECT ctid FROM victims)) AND expires_at < $2::timestamptz
-      RETURNING expires_at
-    )
-    SELECT count(*)::int AS deleted, max(expires_at)::text AS last,
-           ($1::timestamptz + interval '1 microsecond')::text AS after FROM gone`);
+  /** The subject and purpose of a `jti`'s row, read only when a revocation wrote nothing, to say why. */
+  private readonly ownerOf = this.store.statement('token_owner', `
+    SELECT subject, purpose FROM ${this.store.table} WHERE jti = $1`);
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
     private readonly codec: TokenCodec,
     private readonly store: TokenStore,
     private readonly markerCache: LogOutMarkerCache,
+    private readonly expiredTokens: ExpiredTokenDeleter,
   ) {}
 
   /**
@@ -218,14 +169,16 @@ export class TokenService {
    * `iat` keeps millisecond precision so that a log-out in the same second is exact. The
    * `purpose` claim lets the guard refuse, say, a `'confirm'` token as a session.
    *
-   * @throws TypeError for an empty subject or purpose, or a malformed `expiresIn`.
+   * @throws TypeError for a subject or purpose the token table cannot store (empty, a lone
+   *   UTF-16 surrogate, NUL, over 1024 / 255 bytes of UTF-8), `extraData` that `jsonb`
+   *   refuses (see `storeToken`), or a malformed `expiresIn`.
    * @throws RangeError when `expiresIn` exceeds `logOutEverywhere.markerLifetime`: the
    *   token would outlive the record of its subject's log-outs.
    */
   async issueToken(input: IssueTokenInput): Promise<IssuedToken> {
-    requireNonEmpty(input?.subject, 'subject');
+    checkSubject(input?.subject);
     const purpose = input.purpose ?? DEFAULT_AUTHENTICATION_PURPOSE;
-    requireNonEmpty(purpose, 'purpose');
+    checkPurpose(purpose);
     const lifetimeSeconds = durationToSeconds(input.expiresIn ?? DEFAULT_EXPIRES_IN);
     const { markerLifetimeSeconds } = this.options.logOutEverywhere;
     if (lifetimeSeconds > markerLifetimeSeconds) {
@@ -249,27 +202,37 @@ export class TokenService {
    * from `exp`. Accepts an expired token.
    *
    * @throws InvalidTokenError for an untrusted token or one without `jti`, `sub` or `exp`.
+   * @throws TypeError for a purpose the table cannot store (see `issueToken`), or `extraData`
+   *   holding a string with NUL or a lone UTF-16 surrogate, which `jsonb` refuses.
    * @throws TokenAlreadyRevokedError when the token is revoked (a revoked row is never overwritten).
    */
   async storeToken(input: StoreTokenInput): Promise<void> {
-    requireNonEmpty(input?.purpose, 'purpose');
+    checkPurpose(input?.purpose);
     const claims = await this.codec.verify(input.token, true);
     await this.writeRow(requireString(claims, 'jti'), requireString(claims, 'sub'), expiryOf(claims), input.purpose, input.extraData ?? null);
   }
 
   /**
    * The unexpired stored row of a token, by `jti` or by the `jti` of `token`, optionally
-   * of one purpose; `null` when there is none.
+   * of one purpose; `null` when there is none (also for an expired token).
+   *
+   * @throws InvalidTokenError for an untrusted `token`.
+   * @throws TypeError when neither `jti` nor `token` is given, or for a `jti` or `purpose` the
+   *   table cannot store (see `revokeJti`): no row can hold it.
    */
   async getToken(query: GetTokenQuery): Promise<Token | null> {
     let jti = query?.jti;
     if (query?.token !== undefined) {
-      jti = requireString(await this.codec.verify(query.token), 'jti');
+      // An expired token is no error here: its row has expired too, so the answer is `null`.
+      jti = requireString(await this.codec.verify(query.token, true), 'jti');
     }
     if (typeof jti !== 'string' || jti === '') throw new TypeError('getToken needs a jti or a token');
+    checkJti(jti);
+    if (query.purpose !== undefined) checkPurpose(query.purpose);
+    if (isExpungerJti(jti)) return null;
     const where: FindOptionsWhere<Token> = { jti, expiresAt: MoreThan(new Date()) };
     if (query.purpose !== undefined) where.purpose = query.purpose;
-    return this.store.whileAvailable(() => this.store.repository.findOne({ where }));
+    return this.store.readPrimary((tokens) => tokens.findOne({ where }));
   }
 
   /**
@@ -284,9 +247,16 @@ export class TokenService {
     return (await this.checkClaims(claims)).revoked;
   }
 
-  /** Whether a revocation row exists for `jti`. One primary-key lookup. */
+  /**
+   * Whether a revocation row exists for `jti`. One primary-key lookup.
+   *
+   * It cannot see log-outs everywhere, which revoke by subject and `iat`, neither of which
+   * a bare `jti` carries: to check a token, use {@link tokenRevoked} or the guard.
+   *
+   * @throws TypeError for a `jti` the table cannot store (see `revokeJti`).
+   */
   async jtiRevoked(jti: string): Promise<boolean> {
-    requireNonEmpty(jti, 'jti');
+    checkJti(jti);
     const { rowCount } = await this.store.query(this.store.jtiRevokedStatement(), [jti]);
     return rowCount > 0;
   }
@@ -327,10 +297,12 @@ export class TokenService {
 
   /**
    * Revokes a token: writes a revocation row (`subject` from `sub`, `expiresAt` from
-   * `exp`), turning a stored row of another purpose into it. Atomic: of any number of
-   * concurrent calls for one token exactly one resolves. Accepts an expired token.
+   * `exp`, rounded up to the second), turning a stored row of another purpose into it.
+   * Atomic: of any number of concurrent calls for one token exactly one resolves. Accepts an
+   * expired token.
    *
-   * @throws InvalidTokenError for an untrusted token or one without `jti`, `sub` or `exp`.
+   * @throws InvalidTokenError for an untrusted token, one without `jti`, `sub` or `exp`, or
+   *   one whose `jti` is stored, unrevoked, for another subject (nothing is written).
    * @throws TokenAlreadyRevokedError when it was already revoked.
    */
   async revoke(token: string, opts: RevokeOptions = {}): Promise<void> {
@@ -339,110 +311,37 @@ export class TokenService {
   }
 
   /**
-   * Revokes a bare `jti` of `subject`, like {@link revoke}. Without `expiresAt` the
-   * revocation row never expires.
+   * Revokes a bare `jti` of `subject`, like {@link revoke}. Without `expiresAt` a stored
+   * row keeps its expiry and a new row expires `logOutEverywhere.markerLifetime` from now.
+   * Only the owner revokes: a `jti` stored for another subject is left alone, so a "revoke
+   * my session by id" endpoint cannot touch another user's token.
    *
+   * @throws TypeError for a `jti` or `subject` the table cannot store (empty, a lone UTF-16
+   *   surrogate, NUL, over 255 / 1024 bytes of UTF-8), or an `expiresAt` that is not a valid
+   *   Date between 1970 and the end of 9999 (it is rounded up to the second).
+   * @throws InvalidTokenError when `jti` is stored, unrevoked, for another subject (nothing
+   *   is written).
    * @throws TokenAlreadyRevokedError when it was already revoked.
    */
   async revokeJti(jti: string, subject: string, opts: RevokeJtiOptions = {}): Promise<void> {
-    requireNonEmpty(jti, 'jti');
-    requireNonEmpty(subject, 'subject');
-    const expiresAt = opts.expiresAt ?? NEVER_EXPIRES;
-    if (!(expiresAt instanceof Date) || Number.isNaN(expiresAt.getTime())) throw new TypeError('expiresAt must be a valid Date');
-    await this.writeRevocation(jti, subject, expiresAt, opts.manager);
+    checkJti(jti);
+    checkSubject(subject);
+    const expiresAt = opts.expiresAt === undefined ? undefined : checkExpiresAt(opts.expiresAt, 'opts.expiresAt');
+    const bound = expiresAt ?? new Date(Date.now() + this.options.logOutEverywhere.markerLifetimeSeconds * 1000);
+    await this.writeRevocation(jti, subject, bound, opts.manager, expiresAt === undefined);
   }
 
   /**
    * Deletes rows whose `expiresAt` passed more than `clockToleranceSeconds` ago, in
-   * batches of `expunge.batchSize`, each its own short autocommit statement. Rows
-   * that other transactions hold locked are skipped and left to the next run.
-   *
-   * Given `opts.manager` of a dedicated session (a connected QueryRunner outside a
-   * transaction), batches are plain range DELETEs on that session, with a short
-   * `lock_timeout` and asynchronous commit set for the duration; otherwise (the pool,
-   * or a caller's transaction) each batch locks its rows with `SKIP LOCKED` first.
+   * batches of `expunge.batchSize`, each its own short transaction. Rows that other
+   * transactions hold locked are skipped and left to the next run; rows the database
+   * refuses to delete (an application's foreign key referencing them) are skipped and
+   * logged. It neither takes nor records the scheduled job's turn: see `ExpungerService`.
    *
    * @returns how many rows were deleted.
    */
   async expungeExpired(opts: ExpungeExpiredOptions = {}): Promise<number> {
-    const cutoff = new Date(Date.now() - this.options.jwt.clockToleranceSeconds * 1000);
-    const runner = opts.manager?.queryRunner;
-    if (runner && !runner.isReleased && !runner.isTransactionActive) {
-      return this.expungeOnSession(cutoff, opts.manager!, opts);
-    }
-    return this.expungeSkippingLocked(cutoff, '-infinity', null, opts, Infinity);
-  }
-
-  /**
-   * The fast path, on a dedicated session: range DELETEs of at most a batch each, with a
-   * short `lock_timeout` so that a batch never waits long for a row another transaction
-   * holds (and always loses a deadlock); a contested range is redone lock-free.
-   */
-  private async expungeOnSession(cutoff: Date, session: EntityManager, opts: ExpungeExpiredOptions): Promise<number> {
-    const batchSize = this.options.expunge.batchSize;
-    const timed = async <Row>(statement: Statement, values: unknown[]) => {
-      const started = performance.now();
-      const result = await this.store.execute<Row>(statement, values, session);
-      return { result, ms: performance.now() - started };
-    };
-    // A deletion lost in a crash is merely redone by the next run, so batches need not
-    // wait for their WAL to reach disk: asynchronous commit makes each batch far cheaper.
-    await session.query(`SELECT set_config('lock_timeout', $1, false), set_config('synchronous_commit', 'off', false)`, [`${EXPUNGE_LOCK_TIMEOUT_MS}ms`]);
-    const reset = () => session.query('RESET lock_timeout; RESET synchronous_commit');
-    let deleted = 0;
-    try {
-      let from = '-infinity';
-      while (!opts.signal?.aborted) {
-        const { result: { rows }, ms: boundMs } = await timed<{ bound: string }>(this.expungeBound, [from, cutoff, batchSize]);
-        const bound = (rows[0]?.bound ?? null) as string | null;
-        if (bound !== null && bound === from) {
-          // More than a batch of rows share this expires_at: take them a batch at a time.
-          const batch = await this.expungeSkippingLocked(cutoff, from, null, opts, 1, true);
-          deleted += batch.deleted;
-          if (batch.deleted < batchSize) from = batch.after;
-          continue;
-        }
-        let batch: number;
-        try {
-          const { result, ms } = await timed(this.expungeRange, [from, cutoff, bound]);
-          batch = result.rowCount;
-          opts.onBatch?.(batch, boundMs + ms);
-        } catch (error) {
-          if (!isLockConflict(error)) throw error;
-          batch = (await this.expungeSkippingLocked(cutoff, from, bound, opts, 1, true)).deleted;
-        }
-        deleted += batch;
-        if (bound === null) break;
-        from = bound;
-      }
-    } catch (error) {
-      await reset().catch(() => undefined);
-      throw error;
-    }
-    // Settings that failed to reset fail the run, so that the session is discarded.
-    await reset();
-    return deleted;
-  }
-
-  /** Lock-free batches from `from` (up to `upTo`, else the cutoff), at most `maxBatches` of them. */
-  private async expungeSkippingLocked(cutoff: Date, from: string, upTo: string | null, opts: ExpungeExpiredOptions, maxBatches: number): Promise<number>;
-  private async expungeSkippingLocked(cutoff: Date, from: string, upTo: string | null, opts: ExpungeExpiredOptions, maxBatches: number, detail: true): Promise<{ deleted: number; after: string }>;
-  private async expungeSkippingLocked(cutoff: Date, from: string, upTo: string | null, opts: ExpungeExpiredOptions, maxBatches: number, detail?: true): Promise<number | { deleted: number; after: string }> {
-    const batchSize = this.options.expunge.batchSize;
-    let deleted = 0;
-    let after = from;
-    for (let n = 0; n < maxBatches && !opts.signal?.aborted; n++) {
-      const started = performance.now();
-      const { rows } = await this.store.execute<{ deleted: number; last: string | null; after: string }>(
-        this.expungeSkipLocked, [from, cutoff, batchSize, upTo], opts.manager);
-      const batch = rows[0]?.deleted ?? 0;
-      deleted += batch;
-      after = rows[0]?.after ?? from;
-      opts.onBatch?.(batch, performance.now() - started);
-      if (batch < batchSize || rows[0]?.last == null) break;
-      from = rows[0].last;
-    }
-    return detail ? { deleted, after } : deleted;
+    return this.expiredTokens.deleteExpired({ signal: opts.signal, onBatch: opts.onBatch });
   }
 
   /**
@@ -454,35 +353,57 @@ export class TokenService {
     await this.storeToken({ token: input.token, purpose: input.purpose ?? DEFAULT_CONFIRM_PURPOSE, extraData: input.changes });
   }
 
-  /** The changes stored for `jti` with `purpose` (default `'confirm'`), or `null` once expired or absent. */
+  /**
+   * The changes stored for `jti` with `purpose` (default `'confirm'`), or `null` once expired or absent.
+   *
+   * @throws TypeError for a `jti` or `purpose` the table cannot store (see `revokeJti`).
+   */
   async getConfirmationChanges(jti: string, purpose: string = DEFAULT_CONFIRM_PURPOSE): Promise<Record<string, unknown> | null> {
-    requireNonEmpty(jti, 'jti');
-    const row = await this.store.whileAvailable(() => this.store.repository.findOne({
+    checkJti(jti);
+    checkPurpose(purpose);
+    if (isExpungerJti(jti)) return null;
+    const row = await this.store.readPrimary((tokens) => tokens.findOne({
       select: { jti: true, extraData: true },
       where: { jti, purpose, expiresAt: MoreThanOrEqual(new Date()) },
     }));
     return row?.extraData ?? null;
   }
 
-  /** The stored tokens of `subject`, newest first; unexpired ones unless `includeExpired`. */
+  /**
+   * The stored tokens of `subject`, newest first; unexpired ones unless `includeExpired`.
+   *
+   * @throws TypeError for a `subject` or `purpose` the table cannot store (see `revokeJti`).
+   */
   async listTokens(subject: string, opts: ListTokensOptions = {}): Promise<Token[]> {
-    requireNonEmpty(subject, 'subject');
+    checkSubject(subject);
+    if (opts.purpose !== undefined) checkPurpose(opts.purpose);
     const where: FindOptionsWhere<Token> = { subject, purpose: opts.purpose ?? Not(LOG_OUT_EVERYWHERE_PURPOSE) };
     if (!opts.includeExpired) where.expiresAt = MoreThan(new Date());
-    return this.store.whileAvailable(() => this.store.repository.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));
+    return this.store.readPrimary((tokens) => tokens.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));
   }
 
   private async writeRow(jti: string, subject: string, expiresAt: Date, purpose: string, extraData: Record<string, unknown> | null): Promise<void> {
     if (purpose === REVOCATION_PURPOSE) throw new TypeError(`use revoke() to store a '${REVOCATION_PURPOSE}' row`);
     if (purpose === LOG_OUT_EVERYWHERE_PURPOSE) throw new TypeError(`the purpose '${LOG_OUT_EVERYWHERE_PURPOSE}' is reserved for log-out-everywhere markers`);
+    if (purpose === EXPUNGE_RECORD_PURPOSE) throw new TypeError(`the purpose '${EXPUNGE_RECORD_PURPOSE}' is reserved for the expunger's run record`);
     rejectMarkerJti(jti);
+    checkJsonb(extraData, 'extraData');
     const { rowCount } = await this.store.execute(this.store.storeStatement(), [jti, subject, expiresAt, purpose, extraData]);
     if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is revoked and cannot be stored again`);
   }
 
-  private async writeRevocation(jti: string, subject: string, expiresAt: Date, manager?: EntityManager): Promise<void> {
+  /** @param keepStoredExpiry a stored row keeps its `expiresAt` rather than taking the later of the two. */
+  private async writeRevocation(jti: string, subject: string, expiresAt: Date, manager?: EntityManager, keepStoredExpiry = false): Promise<void> {
     rejectMarkerJti(jti);
-    const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt], manager);
-    if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is already revoked`);
+    const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt, keepStoredExpiry], manager);
+    if (rowCount > 0) return;
+    // The upsert left the row alone: revoked already, or another subject's. Only this
+    // failure path looks at which, in the same transaction. Revoked wins: the token is
+    // refused either way, and TokenAlreadyRevokedError always means just that.
+    const row = (await this.store.execute<{ subject: string; purpose: string }>(this.ownerOf, [jti], manager)).rows[0];
+    if (row !== undefined && row.purpose !== REVOCATION_PURPOSE && row.subject !== subject) {
+      throw new InvalidTokenError(`token ${jti} belongs to another subject; nothing was revoked`);
+    }
+    throw new TokenAlreadyRevokedError(`token ${jti} is already revoked`);
   }
 }

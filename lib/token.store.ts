@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { Inject, Injectable } from '@nestjs/common';
-import type { Client as PgClient, Pool, QueryConfig, QueryResult } from 'pg';
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import type { Client as PgClient, Pool, PoolClient, QueryConfig, QueryResult } from 'pg';
 import type { EntityManager, Repository } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
 import {
@@ -13,13 +13,17 @@ import { TokenResourceUnavailableError } from './token-resource.exceptions.js';
 import type { LogOutMarker } from './log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
 
-/** A SQL statement with a stable name, so that `pg` prepares it once per connection. */
+/**
+ * A SQL statement with a stable name, so that `pg` prepares it once per connection
+ * (unless a transaction pooler is in between: see `TokenStore.query`).
+ */
 export interface Statement {
   name: string;
   text: string;
   /**
    * Outside a transaction, how long a call may wait for a connection and its answer
-   * together before it fails with TokenResourceUnavailableError. It is also `pg`'s
+   * together before it fails with TokenResourceUnavailableError; a call that gave up
+   * before it got a connection is never sent. It is also `pg`'s
    * `query_timeout`, after which the pool discards the connection: without it a connection
    * whose peer went silent mid-query (a network partition) would stay checked out for good.
    */
@@ -50,7 +54,8 @@ export interface TokenStateRow extends OwnStateRow {
  * The SQL of the token table, written out by hand where the ORM would cost round trips
  * or correctness: atomic conditional upserts, batched deletes and the one-query
  * revoked-check. Outside a caller's transaction statements go straight to the data
- * source's `pg` pool as named prepared statements, with no entity hydration.
+ * source's `pg` pool as named prepared statements (unnamed once a transaction pooler
+ * rejected one), with no entity hydration.
  */
 @Injectable()
 export class TokenStore {
@@ -58,6 +63,15 @@ export class TokenStore {
   readonly table: string;
   private readonly driver: { master?: Pool };
   private readonly statementNames = new Map<string, string>();
+  private readonly logger = new Logger(TokenStore.name);
+  /**
+   * Whether {@link query} sends statements named, so that each connection parses them once.
+   * Turned off for good by the first error that shows a transaction pooler in between.
+   * No option turns it off up front: detecting costs one resent statement per call in
+   * flight at the first error, and the warning names the better fix (the pooler's own
+   * support for prepared statements).
+   */
+  private sendsNamedStatements = true;
   /** The revoked-check statements, built on first use rather than on every request. */
   private jtiRevoked?: Statement;
   private tokenState?: Statement;
@@ -84,6 +98,7 @@ export class TokenStore {
    *
    * @param session.role appended to the pool's `application_name`.
    * @param session.connectionTimeoutMillis used when the pool sets none.
+   * @internal Kept out of the published declarations, which must not need `@types/pg`.
    */
   createSessionClient(session: { role: string; connectionTimeoutMillis: number }): PgClient {
     const pool = this.pool as Pool & { Client: new (options: unknown) => PgClient; options: { connectionTimeoutMillis?: number; application_name?: string } };
@@ -133,8 +148,7 @@ export class TokenStore {
     // With a named data source, the application's default manager would silently run the
     // statement in another database (and another transaction than the caller thinks).
     if (manager && manager.connection !== this.repository.manager.connection) {
-      const nameOf = (manager: EntityManager) => (manager.connection.options as { name?: string }).name ?? 'default';
-      throw new TypeError(`opts.manager belongs to data source '${nameOf(manager)}', but the token table lives in '${nameOf(this.repository.manager)}'; pass a manager of that data source.`);
+      throw new TypeError(`opts.manager belongs to data source '${dataSourceName(manager)}', but the token table lives in '${dataSourceName(this.repository.manager)}'; pass a manager of that data source.`);
     }
     const runner = manager?.queryRunner;
     if (!runner || runner.isReleased) return this.query(statement, values);
@@ -145,11 +159,14 @@ export class TokenStore {
   }
 
   /**
-   * Runs a statement in autocommit on the pool as a named prepared statement. The
+   * Runs a statement in autocommit on a connection of the pool, as a named prepared
+   * statement unless a pooler rejected one (see {@link sendsNamedStatements}). With
+   * `timeoutMs`, a connection that arrives after the caller got its timeout is given back
+   * unused: no check runs on the database after its caller stopped waiting. The
    * revoked-check calls it directly: it never joins a caller's transaction, and on every
    * request each extra closure or `await` between the caller and `pg` shows in bench:check.
    *
-   * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
+   * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached in time.
    */
   query<Row>(statement: Statement, values: unknown[]): Promise<StatementResult<Row>> {
     let pool: Pool;
@@ -158,20 +175,94 @@ export class TokenStore {
     } catch (error) {
       return Promise.reject(error);
     }
-    // `query_timeout` is honoured by pg's Client.query but missing from @types/pg's QueryConfig.
-    const config = { name: statement.name, text: statement.text, values, query_timeout: statement.timeoutMs } as QueryConfig;
-    const answer = pool.query(config);
-    const timeoutMs = statement.timeoutMs;
-    if (timeoutMs === undefined) return answer.then(toResult<Row>, rethrowAsUnavailable);
-    // pg's query_timeout only starts once a connection is checked out, and the pool may wait
-    // for one forever (connectionTimeoutMillis defaults to none): bound the whole call.
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new TokenResourceUnavailableError(`the token store gave no answer within ${timeoutMs} ms`)), timeoutMs);
-      answer.then(
-        (result) => { clearTimeout(timer); resolve(toResult<Row>(result)); },
-        (error: unknown) => { clearTimeout(timer); reject(asUnavailable(error)); },
-      );
+      const timeoutMs = statement.timeoutMs;
+      let answered = false;
+      // pg's query_timeout only starts once a connection is checked out, and the pool may wait
+      // for one forever (connectionTimeoutMillis defaults to none): bound the whole call.
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+        answered = true;
+        reject(new TokenResourceUnavailableError(`the token store gave no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      pool.connect((connectError, client, release) => {
+        if (answered) {
+          if (client) release();
+          return;
+        }
+        if (connectError) {
+          clearTimeout(timer);
+          answered = true;
+          reject(asUnavailable(connectError));
+          return;
+        }
+        this.send(client!, release, statement, values, () => !answered, (error, result) => {
+          clearTimeout(timer);
+          if (answered) return;
+          answered = true;
+          if (error) reject(asUnavailable(error));
+          else resolve(toResult<Row>(result!));
+        });
+      });
     });
+  }
+
+  /**
+   * Sends `statement` on a checked-out `client` and gives the client back, as `pg`'s
+   * `pool.query` would: a client that failed is discarded (a timed-out one is still busy).
+   * A named statement a pooler rejected is sent again, unnamed, on the same client, while
+   * its caller still `wants` the answer.
+   */
+  private send(
+    client: PoolClient,
+    release: (error?: Error) => void,
+    statement: Statement,
+    values: unknown[],
+    wanted: () => boolean,
+    done: (error: Error | undefined, result?: QueryResult) => void,
+  ): void {
+    let finished = false;
+    const finish = (error: Error | undefined, result?: QueryResult) => {
+      if (finished) return;
+      finished = true;
+      client.removeListener('error', finish);
+      release(error);
+      done(error, result);
+    };
+    // A checked-out client that loses its connection emits 'error' before failing its query.
+    client.once('error', finish);
+    const run = (named: boolean) => {
+      // `query_timeout` is honoured by pg's Client.query but missing from @types/pg's QueryConfig.
+      const config = { name: named ? statement.name : undefined, text: statement.text, values, query_timeout: statement.timeoutMs } as QueryConfig;
+      client.query(config, (error: Error | undefined, result: QueryResult) => {
+        if (error && named && this.rejectedByPooler(error) && wanted()) run(false);
+        else finish(error, result);
+      });
+    };
+    run(this.sendsNamedStatements);
+  }
+
+  /**
+   * Whether `error` is a transaction pooler's answer to a named statement: prepared on
+   * one server connection, it is missing (26000) or already there (42P05) on the next. In
+   * both cases the statement did not run, so it is safe to send again: `pg` sends Parse
+   * (named only the first time on a client), Bind, Describe, Execute and Sync together;
+   * 42P05 fails the Parse and 26000 the Bind, and after an error PostgreSQL skips every
+   * message up to the Sync, so Execute is never reached. On the first such error the
+   * store stops naming statements, for good, and warns once.
+   */
+  private rejectedByPooler(error: Error): boolean {
+    const code = (error as { code?: unknown }).code;
+    if (code !== '42P05' && code !== '26000') return false;
+    if (this.sendsNamedStatements) {
+      this.sendsNamedStatements = false;
+      this.logger.warn(
+        `token table ${this.table} of data source '${dataSourceName(this.repository.manager)}': PostgreSQL rejected a named prepared statement `
+        + `(${code}: ${error.message}); a transaction-pooling proxy (PgBouncer, pool_mode = transaction) is probably in between. `
+        + 'Sending unnamed statements from now on, parsed again on every call. To keep prepared statements and silence this, '
+        + "enable the pooler's own support for them (PgBouncer 1.21+: max_prepared_statements) or use session pooling.",
+      );
+    }
+    return true;
   }
 
   /**
@@ -187,6 +278,25 @@ export class TokenStore {
   }
 
   /**
+   * Runs repository reads on a connection to the primary, given back to the pool after.
+   * Under TypeORM `replication`, `find` and `findOne` go to a replica, which may not have
+   * replayed what this instance has just written (a token `issueToken` stored, a
+   * revocation): every read of the library goes to the primary, as the revoked-check does.
+   *
+   * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
+   */
+  readPrimary<T>(work: (repository: Repository<Token>) => Promise<T>): Promise<T> {
+    return this.whileAvailable(async () => {
+      const runner = this.repository.manager.connection.createQueryRunner('master');
+      try {
+        return await work(runner.manager.getRepository<Token>(this.repository.target));
+      } finally {
+        await runner.release();
+      }
+    });
+  }
+
+  /**
    * The SQL that reads only a token's own row, for when the subject's log-out marker is
    * already known (`LogOutMarkerCache`): the same one-key probe as `jtiRevoked`.
    */
@@ -195,15 +305,21 @@ export class TokenStore {
       SELECT purpose, expires_at > now() AS live FROM ${this.table} WHERE jti = $1`);
   }
 
-  /** The SQL that flips or inserts a revocation row; returns a row only if this call revoked. */
+  /**
+   * The SQL that flips or inserts a revocation row; returns a row only if this call revoked.
+   * A stored row's expiry is never shortened (its token must stay revoked as long as it
+   * lives), and with `$4` it is kept as it is. A stored row of another subject is never
+   * flipped: revoking is for the `jti`'s owner.
+   */
   revokeStatement(): Statement {
     return this.statement('revoke', `
       INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose)
       VALUES ($1, $2, $3, '${REVOCATION_PURPOSE}')
       ON CONFLICT (jti) DO UPDATE
-        SET purpose = '${REVOCATION_PURPOSE}', subject = EXCLUDED.subject,
-            expires_at = EXCLUDED.expires_at, updated_at = now()
-        WHERE t.purpose <> '${REVOCATION_PURPOSE}'
+        SET purpose = '${REVOCATION_PURPOSE}',
+            expires_at = CASE WHEN $4::boolean THEN t.expires_at ELSE GREATEST(t.expires_at, EXCLUDED.expires_at) END,
+            updated_at = now()
+        WHERE t.purpose <> '${REVOCATION_PURPOSE}' AND t.subject = EXCLUDED.subject
       RETURNING 1 AS revoked`);
   }
 
@@ -240,12 +356,12 @@ export class TokenStore {
   }
 }
 
-function toResult<Row>(result: QueryResult): StatementResult<Row> {
-  return { rows: result.rows as Row[], rowCount: result.rowCount ?? result.rows.length };
+function dataSourceName(manager: EntityManager): string {
+  return (manager.connection.options as { name?: string }).name ?? 'default';
 }
 
-function rethrowAsUnavailable(error: unknown): never {
-  throw asUnavailable(error);
+function toResult<Row>(result: QueryResult): StatementResult<Row> {
+  return { rows: result.rows as Row[], rowCount: result.rowCount ?? result.rows.length };
 }
 
 /** A connection error as TokenResourceUnavailableError; any other error as it is. */

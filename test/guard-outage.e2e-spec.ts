@@ -29,11 +29,15 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
   let app: INestApplication;
   let token: string;
   let logged: jest.SpiedFunction<Logger['error']>;
+  let loggedInfo: jest.SpiedFunction<Logger['log']>;
+  /** Requests the guard answered 503 in the current test. */
+  let refused: number;
 
   /** GETs the guarded route with the token; a hang fails the test after 5 s instead of passing. */
   async function get(): Promise<{ status: number; body: unknown; ms: number; challenge?: string }> {
     const started = performance.now();
     const res = await request(app.getHttpServer()).get('/guarded').set('Authorization', `Bearer ${token}`).timeout(5000);
+    if (res.status === 503) refused++;
     return { status: res.status, body: res.body, ms: performance.now() - started, challenge: res.headers['www-authenticate'] };
   }
 
@@ -68,11 +72,14 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
   });
 
   beforeEach(() => {
+    refused = 0;
     logged = jest.spyOn(Logger.prototype, 'error');
+    loggedInfo = jest.spyOn(Logger.prototype, 'log');
   });
 
   afterEach(async () => {
     logged.mockRestore();
+    loggedInfo.mockRestore();
     proxy.setMode('forward');
   });
 
@@ -82,16 +89,32 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     await db?.drop();
   });
 
-  /** The guard logged one line per failed request, naming the 503 and never the token. */
-  function expectLoggedFailures(count: number): void {
-    expect(logged).toHaveBeenCalledTimes(count);
-    for (const args of logged.mock.calls) {
-      const line = args.map(String).join(' ');
-      expect(line).toMatch(/answering 503/);
+  /**
+   * The error lines logged so far: each refusal is counted in exactly one of them, either
+   * the first of its cause (`..., answering 503: <error>`) or a count of those since.
+   */
+  function outageLines(): { lines: string[]; counted: number } {
+    const lines = logged.mock.calls.map((args) => String(args[0]));
+    let counted = 0;
+    for (const line of lines) {
       expect(line).not.toContain(token);
       expect(line).not.toContain(token.split('.')[2]!);
       expect(line).not.toMatch(/\n/);
+      const summary = /^token store unavailable: (\d+) requests? answered 503 in the last \d+\.\d s \(.+\)$/.exec(line);
+      if (summary) counted += Number(summary[1]);
+      else if (/^token store unavailable \(.+\), answering 503: \S/.test(line)) counted++;
+      else throw new Error(`unexpected error line: ${line}`);
     }
+    return { lines, counted };
+  }
+
+  /** Once the store answered again: every refused request was counted, and the end of the outage logged once. */
+  function expectOutageLogged(): void {
+    expect(refused).toBeGreaterThan(0);
+    expect(outageLines().counted).toBe(refused);
+    const recoveries = loggedInfo.mock.calls.map((args) => String(args[0])).filter((line) => line.includes('available again'));
+    expect(recoveries).toHaveLength(1);
+    expect(recoveries[0]).toMatch(new RegExp(`^token store available again after \\d+\\.\\d s \\(${refused} requests? answered 503\\)$`));
   }
 
   it('answers 200 while the store is up', async () => {
@@ -108,9 +131,11 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     // The token is not at fault: no WWW-Authenticate challenge asks for other credentials.
     expect(down.challenge).toBeUndefined();
     expect(down.ms).toBeLessThan(STORE_TIMEOUT_MS + 1000);
-    expectLoggedFailures(1);
+    // The first failure is logged at once.
+    expect(outageLines().lines).toHaveLength(1);
     proxy.setMode('forward');
     expect(await recovered()).toBe(200);
+    expectOutageLogged();
   });
 
   it('answers 503 within storeTimeoutMs while the database never answers, even with the pool exhausted, and 200 once it is back', async () => {
@@ -126,10 +151,12 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
       expect(answer.ms).toBeLessThan(STORE_TIMEOUT_MS + 1500);
     }
     expect(proxy.held()).toBeGreaterThan(0);
-    expectLoggedFailures(15);
+    // The guard's timer and the store's own, of the same length, race: one cause or two.
+    expect(outageLines().lines.length).toBeLessThanOrEqual(4);
     expect(logged.mock.calls[0]!.join(' ')).toContain(`no answer within ${STORE_TIMEOUT_MS} ms`);
     proxy.setMode('forward');
     expect(await recovered()).toBe(200);
+    expectOutageLogged();
   });
 
   it('recovers without a restart when every pooled connection goes silent mid-query (a partition that never heals)', async () => {
@@ -149,6 +176,7 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     // The frozen connections never answer again; only if pg gave up on them (and the pool
     // dropped them) can new connections be made.
     expect(await recovered()).toBe(200);
+    expectOutageLogged();
   });
 
   it('answers 503 while the DataSource is destroyed, and 200 once it is initialized again, without a restart', async () => {
@@ -157,9 +185,10 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     const down = await get();
     expect(down.status).toBe(503);
     expect(down.body).toEqual(UNAVAILABLE);
-    expectLoggedFailures(1);
+    expect(outageLines().lines).toHaveLength(1);
     await dataSource.initialize();
     expect((await get()).status).toBe(200);
+    expectOutageLogged();
   });
 
   it('answers 503 when PostgreSQL terminates the connections and rejects new ones, 200 once it accepts again', async () => {
@@ -175,11 +204,11 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
         expect(down.status).toBe(503);
         expect(down.body).toEqual(UNAVAILABLE);
       }
-      expectLoggedFailures(3);
     } finally {
       await asAdmin((admin) => admin.query(`ALTER DATABASE ${db.name} ALLOW_CONNECTIONS true`));
     }
     expect(await recovered()).toBe(200);
+    expectOutageLogged();
   });
 
   it('answers 503, never 500, to any other error from the store, and never admits', async () => {
@@ -193,11 +222,36 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
       const hung = await get();
       expect(hung.status).toBe(503);
       expect(hung.ms).toBeGreaterThanOrEqual(STORE_TIMEOUT_MS - 20);
-      expectLoggedFailures(2);
+      // Two causes, each logged at once.
+      expect(outageLines().lines).toHaveLength(2);
       expect(logged.mock.calls[0]!.join(' ')).toContain('TypeError: something unexpected');
+      expect(logged.mock.calls[1]!.join(' ')).toContain(`no answer within ${STORE_TIMEOUT_MS} ms`);
     } finally {
       spy.mockRestore();
     }
     expect((await get()).status).toBe(200);
+    expectOutageLogged();
+  });
+
+  it('logs a long outage in a few lines rather than one per refused request, and its end in one', async () => {
+    await cutConnections();
+    proxy.setMode('reset');
+    // A few hundred requests over 2.5 s, sixteen at a time, as a busy instance gets them.
+    const started = performance.now();
+    const statuses: number[] = [];
+    while (performance.now() - started < 2500) {
+      statuses.push(...(await Promise.all(Array.from({ length: 16 }, () => get()))).map((answer) => answer.status));
+      await new Promise((resolve) => setTimeout(resolve, 40));
+    }
+    expect(statuses.length).toBeGreaterThanOrEqual(100);
+    expect(statuses.every((status) => status === 503)).toBe(true);
+    // One line at once, then one a second with the count since the last.
+    const { lines, counted } = outageLines();
+    expect(lines.length).toBeGreaterThanOrEqual(2);
+    expect(lines.length).toBeLessThanOrEqual(5);
+    expect(counted).toBeLessThanOrEqual(refused);
+    proxy.setMode('forward');
+    expect(await recovered()).toBe(200);
+    expectOutageLogged();
   });
 });

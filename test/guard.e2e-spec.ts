@@ -462,12 +462,18 @@ describe('with a remote JWKS', () => {
   let jwks: Server;
   let jwksUri: string;
   let jwksRequests = 0;
+  /** While set, the JWKS server answers 503. */
+  let jwksDown = false;
   let closedUri: string;
 
   beforeAll(async () => {
     const jwk = { ...(await exportJWK(rsa.publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' };
     jwks = createServer((_req, res) => {
       jwksRequests++;
+      if (jwksDown) {
+        res.writeHead(503).end();
+        return;
+      }
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [jwk] }));
     });
     await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
@@ -515,6 +521,30 @@ describe('with a remote JWKS', () => {
       expect(logged).toHaveBeenCalledTimes(1);
     } finally {
       logged.mockRestore();
+      await app.close();
+    }
+  });
+
+  it('logs a JWKS outage at its first refusal, counts the others, and logs its end once', async () => {
+    const app = await createGuardApp(db.url, { platform: 'express', options: { jwt: { secret: undefined, jwksUri } }, controllers: [GuardedController] });
+    const errors = jest.spyOn(Logger.prototype, 'error');
+    const infos = jest.spyOn(Logger.prototype, 'log');
+    const lines = (spy: typeof errors) => spy.mock.calls.map((args) => String(args[0]));
+    jwksDown = true;
+    try {
+      const token = await signRs256();
+      const get = () => request(app.getHttpServer()).get('/guarded').set(bearer(token)).then((res) => res.status);
+      expect(await Promise.all(Array.from({ length: 20 }, get))).toEqual(Array(20).fill(503));
+      expect(lines(errors)).toEqual([expect.stringMatching(/^token keys unavailable \(.+\), answering 503: TokenResourceUnavailableError: the JWKS at /)]);
+      jwksDown = false;
+      expect(await get()).toBe(200);
+      expect(lines(infos).filter((line) => line.includes('available again'))).toEqual([
+        expect.stringMatching(/^token keys available again after \d+\.\d s \(20 requests answered 503\)$/),
+      ]);
+    } finally {
+      jwksDown = false;
+      errors.mockRestore();
+      infos.mockRestore();
       await app.close();
     }
   });

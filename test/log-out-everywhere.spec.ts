@@ -145,6 +145,28 @@ describe('stored tokens', () => {
     }
   });
 
+  it('a purpose in both includePurposes and excludePurposes is excluded', async () => {
+    const subject = uniqueSubject();
+    const session = await stored.tokens.issueToken({ subject, purpose: 'user' });
+    const confirm = await stored.tokens.issueToken({ subject, purpose: 'confirm' });
+    expect(await stored.logOut.logOutEverywhere(subject, { includePurposes: ['user', 'confirm'], excludePurposes: ['confirm'] })).toBe(1);
+    expect(await purposesOf(subject)).toMatchObject({ [session.jti]: REVOCATION_PURPOSE, [confirm.jti]: 'confirm' });
+    expect(await stored.tokens.tokenRevoked(confirm.token)).toBe(false);
+    expect(await stored.tokens.tokenRevoked(session.token)).toBe(true);
+  });
+
+  it('revokes and counts only unexpired tokens; an expired one keeps its row and is still reported revoked', async () => {
+    const subject = uniqueSubject();
+    const live = await stored.tokens.issueToken({ subject });
+    // Issued two hours ago, expired an hour ago.
+    const expired = await wholeSecondToken(subject, Math.floor(Date.now() / 1000) - 7200);
+    await stored.tokens.storeToken({ token: expired.token, purpose: 'user' });
+    expect(await stored.logOut.logOutEverywhere(subject)).toBe(1);
+    expect(await purposesOf(subject)).toMatchObject({ [live.jti]: REVOCATION_PURPOSE, [expired.jti]: 'user' });
+    // Issued before the log-out: the subject's marker still answers "revoked" for it.
+    expect(await stored.tokens.tokenRevoked(expired.token)).toBe(true);
+  });
+
   it('never touches revocation or marker rows, even when asked to include them', async () => {
     const subject = uniqueSubject();
     await stored.logOut.logOutEverywhere(subject);
@@ -236,6 +258,8 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
     const sameSecond = await wholeSecondToken(subject, Math.floor(at / 1000));
     const nextSecond = await wholeSecondToken(subject, Math.floor(at / 1000) + 1);
     expect(await unstored.tokens.tokenRevoked(sameSecond.token)).toBe(true);
+    // Until that second begins, its iat lies in the future, which no token may claim.
+    await clockPast(Math.floor(at / 1000) * 1000 + 999);
     expect(await unstored.tokens.tokenRevoked(nextSecond.token)).toBe(false);
   });
 

@@ -1,6 +1,6 @@
-import type { INestApplication } from '@nestjs/common';
+import { Logger, type INestApplication } from '@nestjs/common';
 import { jest } from '@jest/globals';
-import type { Client as PgClient } from 'pg';
+import pg, { type Client as PgClient } from 'pg';
 import { LogOutEverywhereService, LogOutMarkerCache, TokenService, TokenStore } from '../lib/index.js';
 import { LISTENER_APPLICATION_NAME } from '../lib/marker-cache/log-out-marker.cache.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
@@ -242,13 +242,32 @@ describe('LogOutMarkerCache', () => {
     expect(await tokensThere.tokenRevoked(token)).toBe(true);
   });
 
-  it('announces the log-out of a subject too long for a notification payload', async () => {
-    await freshCache(there);
-    const user = 'x'.repeat(9000);
-    const { token } = await there.get(TokenService).issueToken({ subject: user });
-    expect(await there.get(TokenService).tokenRevoked(token)).toBe(false);
+  it('announces the log-out of the longest subject (1024 bytes of UTF-8) by name: other subjects stay cached', async () => {
+    const cache = await freshCache(there);
+    const tokensThere = there.get(TokenService);
+    const user = 'é'.repeat(512);
+    const bystander = subject();
+    const { token } = await tokensThere.issueToken({ subject: user });
+    expect(await tokensThere.tokenRevoked(token)).toBe(false);
+    expect(await tokensThere.tokenRevoked((await tokensThere.issueToken({ subject: bystander })).token)).toBe(false);
     await here.get(LogOutEverywhereService).logOutEverywhere(user);
-    await waitFor(async () => there.get(TokenService).tokenRevoked(token), MAX_STALENESS_MS, 'the other instance to see the log-out', 5);
+    await waitFor(async () => tokensThere.tokenRevoked(token), MAX_STALENESS_MS, 'the other instance to see the log-out', 5);
+    expect(cache.lookup(bystander)).toBeNull();
+  });
+
+  it('ignores announcements no log-out sends (empty, over-long): any session may NOTIFY, and must not empty the caches', async () => {
+    const cache = await freshCache(there);
+    const tokensThere = there.get(TokenService);
+    const [kept, announced] = [subject(), subject()];
+    for (const user of [kept, announced]) {
+      expect(await tokensThere.tokenRevoked((await tokensThere.issueToken({ subject: user })).token)).toBe(false);
+      expect(cache.lookup(user)).toBeNull();
+    }
+    // One transaction: delivered in this order, so once the last is heard the others were.
+    await dataSourceOf(here).query('SELECT pg_notify($1, \'\'), pg_notify($1, $2), pg_notify($1, $3)',
+      [here.get(TokenStore).logOutChannel, 'x'.repeat(7000), announced]);
+    await waitFor(() => cache.lookup(announced) === undefined, MAX_STALENESS_MS, 'the announcement to be heard');
+    expect(cache.lookup(kept)).toBeNull();
   });
 
   it('stops answering when its listener connection is killed, and listens again', async () => {
@@ -268,6 +287,32 @@ describe('LogOutMarkerCache', () => {
 
     await freshCache(there);
     expect((listenerOf(there) as unknown as { processID: number }).processID).not.toBe(pid);
+  });
+
+  it('logs an outage of its listener when it starts and when it ends, not at every attempt to listen again', async () => {
+    const app = await instance(CACHED);
+    const cache = await freshCache(app);
+    const reconnectDelayMs = () => (cache as unknown as { reconnectDelayMs: number }).reconnectDelayMs;
+    const admin = new pg.Client({ connectionString: process.env.DATABASE_URL });
+    await admin.connect();
+    const warned = jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
+    const logged = jest.spyOn(Logger.prototype, 'log').mockImplementation(() => undefined);
+    const lines = (spy: typeof warned) => spy.mock.calls.map((args) => String(args[0])).filter((line) => line.includes('log-outs'));
+    try {
+      await admin.query(`ALTER DATABASE ${db.name} ALLOW_CONNECTIONS false`);
+      await admin.query('SELECT pg_terminate_backend($1)', [(listenerOf(app) as unknown as { processID: number }).processID]);
+      // Its attempts to listen again, 0.25, 0.75 and 1.75 s after the loss, are refused.
+      await waitFor(() => reconnectDelayMs() >= 4000, 10_000, 'three refused attempts to listen again');
+      await admin.query(`ALTER DATABASE ${db.name} ALLOW_CONNECTIONS true`);
+      await freshCache(app);
+      expect(lines(warned)).toEqual([expect.stringMatching(/^stopped listening for log-outs \(/)]);
+      expect(lines(logged)).toEqual([expect.stringMatching(/^listening for log-outs again after \d+\.\d s/)]);
+    } finally {
+      await admin.query(`ALTER DATABASE ${db.name} ALLOW_CONNECTIONS true`);
+      await admin.end();
+      warned.mockRestore();
+      logged.mockRestore();
+    }
   });
 
   it('stops answering within maxStalenessMs when notifications silently stop arriving', async () => {

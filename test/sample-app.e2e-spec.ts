@@ -215,7 +215,7 @@ describe('e-mail confirmation', () => {
 
 describe('housekeeping', () => {
   it('schedules the expunger, which runs against the app\'s token table', async () => {
-    expect(app.get(SchedulerRegistry).doesExist('interval', EXPUNGE_JOB_NAME)).toBe(true);
+    expect(app.get(SchedulerRegistry).doesExist('cron', EXPUNGE_JOB_NAME)).toBe(true);
     const result = await app.get(ExpungerService).run();
     expect(result).toMatchObject({ skipped: false, deleted: expect.any(Number) });
   });

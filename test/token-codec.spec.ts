@@ -90,6 +90,18 @@ describe('HMAC secrets', () => {
     }
   });
 
+  it('by default accepts only the HS* algorithms the secret is long enough for (RFC 7518 §3.2)', async () => {
+    const accepted = async (bytes: number) => {
+      const secret = 's'.repeat(bytes);
+      const jwt = codec({ secret });
+      const verdicts = await Promise.all(['HS256', 'HS384', 'HS512'].map((alg) => signToken({}, { alg, secret }).then((token) => jwt.verify(token)).then(() => alg, () => null)));
+      return verdicts.filter(Boolean);
+    };
+    expect(await accepted(32)).toEqual(['HS256']);
+    expect(await accepted(48)).toEqual(['HS256', 'HS384']);
+    expect(await accepted(64)).toEqual(['HS256', 'HS384', 'HS512']);
+  });
+
   it('issues with the first configured algorithm and accepts only the configured ones', async () => {
     const jwt = codec({ secret: TEST_SECRET, algorithms: ['HS512'] });
     expect(decodeProtectedHeader(await jwt.sign(claims())).alg).toBe('HS512');

@@ -117,7 +117,7 @@ describe('forRootAsync', () => {
       storeAllTokens: false,
       requireTokenPresenceForAuthentication: false,
       authenticationPurpose: 'user',
-      expunge: { enabled: true, intervalHours: 12 },
+      expunge: { enabled: true, cron: '0 0,12 * * *', startupJitterSeconds: 60 },
       logOutEverywhere: { excludePurposes: [REVOCATION_PURPOSE], applyOnPasswordChange: false, passwordField: 'hashedPassword' },
       isGlobal: false,
     });
@@ -300,6 +300,9 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
     ['three keys', { jwt: { secret: TEST_SECRET, publicKey: rsaPublic, jwksUri: 'https://x.test/jwks' } }, /exactly one/],
     ['an empty secret', { jwt: { secret: '' } }, /jwt\.secret must be a non-empty/],
     ['a secret with a private key', { jwt: { secret: TEST_SECRET, privateKey: rsaPrivate } }, /jwt\.privateKey/],
+    ['a 1-byte secret', { jwt: { secret: 'x' } }, /jwt\.secret is 1 bytes, too short for HS256, HS384, HS512.*32 bytes for HS256/],
+    ['a 31-byte secret', { jwt: { secret: new Uint8Array(31) } }, /jwt\.secret is 31 bytes.*RFC 7518/],
+    ['HS512 with a 48-byte secret', { jwt: { secret: 'x'.repeat(48), algorithms: ['HS256', 'HS512'] } }, /too short for HS512.*leave those algorithms out of jwt\.algorithms/],
     ['requireTokenPresenceForAuthentication without storeAllTokens', { jwt: { secret: TEST_SECRET }, requireTokenPresenceForAuthentication: true }, /storeAllTokens: true/],
     ["algorithms containing 'none'", { jwt: { secret: TEST_SECRET, algorithms: ['HS256', 'none'] } }, /none/],
     ["algorithms containing 'NONE'", { jwt: { publicKey: rsaPublic, algorithms: ['NONE'] } }, /none/],
@@ -319,7 +322,7 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
     ['NaN clockToleranceSeconds', { jwt: { secret: TEST_SECRET, clockToleranceSeconds: Number.NaN } }, /clockToleranceSeconds/],
     ['batchSize 0', { jwt: { secret: TEST_SECRET }, expunge: { batchSize: 0 } }, /expunge\.batchSize must be a positive integer/],
     ['fractional batchSize', { jwt: { secret: TEST_SECRET }, expunge: { batchSize: 2.5 } }, /expunge\.batchSize/],
-    ['negative intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: -1 } }, /expunge\.intervalHours must be a positive/],
+    ['negative intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: -1 } }, /expunge\.intervalHours must be a whole number of hours that divides 24/],
     ['zero intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: 0 } }, /expunge\.intervalHours/],
     ["authenticationPurpose 'revocation'", { jwt: { secret: TEST_SECRET }, authenticationPurpose: REVOCATION_PURPOSE }, /authenticationPurpose/],
   ];

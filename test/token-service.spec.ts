@@ -191,11 +191,10 @@ describe('revoke / tokenRevoked / jtiRevoked', () => {
   });
 
   it('a second revoke rejects with TokenAlreadyRevokedError', async () => {
-    const token = await signToken({ jti: 'revoke-twice' });
+    const token = await signToken({ jti: 'revoke-twice', sub: 'dave' });
     await tokens.revoke(token);
     await expect(tokens.revoke(token)).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
-    await expect(tokens.revoke(token, { storeAllTokens: true })).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
-    await expect(tokens.revokeJti('revoke-twice', 'x')).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
+    await expect(tokens.revokeJti('revoke-twice', 'dave')).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
   });
 
   it('revoke and tokenRevoked accept an expired token', async () => {
@@ -285,14 +284,17 @@ describe('revoke / tokenRevoked / jtiRevoked', () => {
 });
 
 describe('revokeJti', () => {
-  it('writes a revocation row that never expires', async () => {
+  it('writes a revocation row that expires after logOutEverywhere.markerLifetime', async () => {
+    const before = Date.now();
     await tokens.revokeJti('bare-jti', 'erin');
     expect(await tokens.jtiRevoked('bare-jti')).toBe(true);
     const row = await repo.findOneByOrFail({ jti: 'bare-jti' });
     expect(row.purpose).toBe(REVOCATION_PURPOSE);
     expect(row.subject).toBe('erin');
-    // At least a thousand years away, like the reference's now + 1000 years.
-    expect(row.expiresAt.getTime()).toBeGreaterThan(Date.now() + 900 * 365 * 86_400_000);
+    // No token issueToken makes outlives it (the default markerLifetime is 365 days), and it is expunged one day.
+    const year = 365 * 86_400_000;
+    expect(row.expiresAt.getTime()).toBeGreaterThanOrEqual(before + year - 1000);
+    expect(row.expiresAt.getTime()).toBeLessThanOrEqual(Date.now() + year + 1000);
     await expect(tokens.revokeJti('bare-jti', 'erin')).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
     // A token carrying that jti is revoked.
     expect(await tokens.tokenRevoked(await signToken({ jti: 'bare-jti', sub: 'erin' }))).toBe(true);
@@ -305,12 +307,25 @@ describe('revokeJti', () => {
     expect((await repo.findOneByOrFail({ jti: 'bare-jti-expiring' })).expiresAt.getTime()).toBe(expiresAt.getTime());
   });
 
-  it('flips a stored row', async () => {
-    const token = await signToken({ jti: 'bare-jti-stored', sub: 'frank' });
+  it('flips a stored row and keeps its expiry', async () => {
+    const token = await signToken({ jti: 'bare-jti-stored', sub: 'frank' }, { expiresInSeconds: 600 });
     await tokens.storeToken({ token, purpose: 'user' });
+    const stored = (await repo.findOneByOrFail({ jti: 'bare-jti-stored' })).expiresAt.getTime();
     await tokens.revokeJti('bare-jti-stored', 'frank');
     expect(await tokens.tokenRevoked(token)).toBe(true);
     expect(await repo.countBy({ jti: 'bare-jti-stored' })).toBe(1);
+    expect((await repo.findOneByOrFail({ jti: 'bare-jti-stored' })).expiresAt.getTime()).toBe(stored);
+  });
+
+  it('never shortens a stored row\'s expiry, so the token stays revoked while it lives', async () => {
+    const token = await signToken({ jti: 'bare-jti-short', sub: 'frank' }, { expiresInSeconds: 3600 });
+    await tokens.storeToken({ token, purpose: 'user' });
+    const stored = (await repo.findOneByOrFail({ jti: 'bare-jti-short' })).expiresAt.getTime();
+    await tokens.revokeJti('bare-jti-short', 'frank', { expiresAt: new Date(Date.now() - 60_000) });
+    expect((await repo.findOneByOrFail({ jti: 'bare-jti-short' })).expiresAt.getTime()).toBe(stored);
+    await tokens.expungeExpired();
+    expect(await repo.countBy({ jti: 'bare-jti-short' })).toBe(1);
+    expect(await tokens.tokenRevoked(token)).toBe(true);
   });
 
   it('joins the caller\'s transaction with opts.manager', async () => {
@@ -543,9 +558,10 @@ describe('expungeExpired', () => {
     const store = extraApps.at(-1)!.get(TokenStore);
     const execute = jest.spyOn(store, 'execute');
     expect(await small.expungeExpired()).toBe(10);
-    // 3 + 3 + 3 + 1: four statements, each deleting at most batchSize rows.
-    expect(execute).toHaveBeenCalledTimes(4);
-    for (const result of execute.mock.results) expect((await result.value as { rowCount: number }).rowCount).toBeLessThanOrEqual(3);
+    // At least 3 + 3 + 3 + 1: four deleting statements, each deleting at most batchSize rows.
+    const deletes = execute.mock.calls.flatMap(([statement], i) => (/^DELETE/.test(statement.text.trim()) ? [execute.mock.results[i]] : []));
+    expect(deletes.length).toBeGreaterThanOrEqual(4);
+    for (const result of deletes) expect((await result.value as { rowCount: number }).rowCount).toBeLessThanOrEqual(3);
     execute.mockRestore();
     expect(await countRows(dataSource)).toBe(2);
   });

@@ -1,4 +1,5 @@
-import { createHash } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import {
   Inject,
   Injectable,
@@ -9,114 +10,106 @@ import {
   type OnModuleInit,
 } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
+import { CronJob } from 'cron';
 import type { QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { EXPUNGE_JOB_NAME, TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
 import { TokenResourceConfigError } from '../token-resource.exceptions.js';
-import { TokenService } from '../token.service.js';
 import { TokenStore } from '../token.store.js';
+import { ExpiredTokenDeleter } from './expired-token.deleter.js';
+import { EXPUNGE_TIME_ZONE, previousTick } from './expunge-schedule.js';
+import { EXPUNGE_LEASE_MS, ExpungeRunRecord } from './expunge-run-record.js';
+import { withExpungeSession } from './expunge-session.js';
 
 /** Outcome of one expunge run. */
 export interface ExpungeRunResult {
   /** Rows this run deleted. */
   deleted: number;
-  /** `true` when another run (here or in another instance) held the lock, so this one did nothing. */
+  /**
+   * `true` when this run did nothing: another run (here or in another instance) held the
+   * lease, or, for a start-up catch-up, a run had completed since the last scheduled time.
+   */
   skipped: boolean;
+  /** How long the run took, in milliseconds. */
   durationMs: number;
 }
 
-/** The largest delay `setInterval` honours: 2^31-1 ms (about 24.8 days). */
-export const MAX_INTERVAL_MS = 2 ** 31 - 1;
-
-const MS_PER_HOUR = 3_600_000;
-
-/**
- * The advisory-lock key of the expunger of one table: the first 64 bits of a SHA-1 of
- * the quoted table name, so expungers of two token tables never block each other.
- * Advisory locks are per database, so the same table in two databases does not clash.
- */
-export function expungeLockKey(table: string): string {
-  return createHash('sha1').update(`nestjs-token-resource:expunge:${table}`).digest().readBigInt64BE(0).toString();
-}
-
-/** A query runner that can be released with an error, which makes `pg` destroy the connection. */
-interface ReleasableWithError {
-  releasePostgresConnection?(error?: unknown): Promise<void>;
-}
+/** A run's lease is renewed between batches once this much of it has passed. */
+const RENEW_AFTER_MS = EXPUNGE_LEASE_MS / 3;
 
 /**
  * Deletes expired token rows on a schedule.
  *
- * At application bootstrap it registers an interval named {@link EXPUNGE_JOB_NAME}
- * with the host's `ScheduleModule.forRoot()` (unless `expunge.enabled` is false). Each
- * run takes a session-level `pg_try_advisory_lock` on a connection of its own, so that
- * of several instances sharing a database one does the work and the others return
- * `skipped: true` at once, and deletes in short batches on that connection. At shutdown
- * the interval is removed and a run in progress stops after its current batch.
+ * At application bootstrap it registers a cron job named {@link EXPUNGE_JOB_NAME} with
+ * the host's `ScheduleModule.forRoot()` (unless `expunge.enabled` is false), firing at the
+ * fixed UTC times of `expunge.cron`, so that restarts never postpone a run. A booting
+ * instance catches up, after a random delay of up to `expunge.startupJitterSeconds`,
+ * when no run completed since the schedule last fired. Runs of all instances sharing a
+ * table take turns through a lease in the table's run record; at shutdown the job is
+ * removed and a run in progress stops after its current batch.
  */
 @Injectable()
 export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger(ExpungerService.name);
-  private readonly lockKey: string;
+  private readonly record: ExpungeRunRecord;
   private current?: Promise<ExpungeRunResult>;
   private stopping?: AbortController;
-  /** The name the interval is registered under, while it is. */
+  /** The name the cron job is registered under, while it is. */
   private jobName?: string;
+  /** The pending start-up catch-up, or its retry once a lease held elsewhere lapses. */
+  private catchUpTimer?: NodeJS.Timeout;
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) readonly options: ResolvedTokenResourceOptions,
-    private readonly tokens: TokenService,
+    private readonly deleter: ExpiredTokenDeleter,
     private readonly store: TokenStore,
     @Optional() private readonly schedulerRegistry?: SchedulerRegistry,
   ) {
-    this.lockKey = expungeLockKey(store.table);
-  }
-
-  /** The interval between scheduled runs, in milliseconds. */
-  get intervalMs(): number {
-    return Math.round(this.options.expunge.intervalHours * MS_PER_HOUR);
+    this.record = new ExpungeRunRecord(store);
   }
 
   /**
-   * Checks, before anything starts, that the job can be scheduled as configured.
+   * Checks, before anything starts, that the job can be scheduled.
    *
-   * @throws TokenResourceConfigError when `ScheduleModule.forRoot()` is missing or the interval is out of range.
+   * @throws TokenResourceConfigError when `ScheduleModule.forRoot()` is missing.
    */
   onModuleInit(): void {
-    if (!this.options.expunge.enabled) return;
-    if (!this.schedulerRegistry) {
+    if (this.options.expunge.enabled && !this.schedulerRegistry) {
       throw new TokenResourceConfigError(
         'nestjs-token-resource: the expunger is enabled but SchedulerRegistry is not available. Import ScheduleModule.forRoot() from @nestjs/schedule in your application module, or set expunge.enabled: false.',
       );
     }
-    const ms = this.intervalMs;
-    if (ms < 1 || ms > MAX_INTERVAL_MS) {
-      throw new TokenResourceConfigError(
-        `nestjs-token-resource: expunge.intervalHours must be between ${1 / MS_PER_HOUR} and ${Math.floor((MAX_INTERVAL_MS / MS_PER_HOUR) * 1000) / 1000} hours (setInterval accepts at most 2^31-1 ms), got ${this.options.expunge.intervalHours}.`,
-      );
-    }
   }
 
   /**
-   * Registers the interval under {@link EXPUNGE_JOB_NAME} (or, for a second token table
-   * in the same application, under `EXPUNGE_JOB_NAME + ':' + table`).
+   * Registers the cron job under {@link EXPUNGE_JOB_NAME} (or, for a second token table
+   * in the same application, under `EXPUNGE_JOB_NAME + ':' + table`) and plans the
+   * start-up catch-up.
    */
   onApplicationBootstrap(): void {
     if (!this.options.expunge.enabled || !this.schedulerRegistry) return;
-    // Not unref'd, like @nestjs/schedule's own intervals: a worker process whose only
-    // job is the expunger must stay alive.
-    const interval = setInterval(() => void this.tick(), this.intervalMs);
-    // A second token table in the same application gets a job of its own.
-    this.jobName = this.schedulerRegistry.doesExist('interval', EXPUNGE_JOB_NAME)
+    // Not unref'd, like @nestjs/schedule's own jobs: a worker process whose only job is
+    // the expunger must stay alive.
+    const job = CronJob.from({
+      cronTime: this.options.expunge.cron,
+      timeZone: EXPUNGE_TIME_ZONE,
+      onTick: () => this.tick(),
+      start: false,
+    });
+    this.jobName = this.schedulerRegistry.doesExist('cron', EXPUNGE_JOB_NAME)
       ? `${EXPUNGE_JOB_NAME}:${this.store.repository.metadata.tablePath}`
       : EXPUNGE_JOB_NAME;
-    this.schedulerRegistry.addInterval(this.jobName, interval);
+    this.schedulerRegistry.addCronJob(this.jobName, job);
+    job.start();
+    this.planCatchUp(Math.random() * this.options.expunge.startupJitterSeconds * 1000);
   }
 
-  /** Removes the interval and waits for a run in progress to finish its current batch. */
+  /** Removes the job and waits for a run in progress to finish its current batch. */
   async beforeApplicationShutdown(): Promise<void> {
-    if (this.jobName && this.schedulerRegistry?.doesExist('interval', this.jobName)) {
-      this.schedulerRegistry.deleteInterval(this.jobName);
+    clearTimeout(this.catchUpTimer);
+    this.catchUpTimer = undefined;
+    if (this.jobName && this.schedulerRegistry?.doesExist('cron', this.jobName)) {
+      this.schedulerRegistry.deleteCronJob(this.jobName);
     }
     this.jobName = undefined;
     this.stopping?.abort();
@@ -125,22 +118,58 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
 
   /**
    * Runs one expunge: deletes the rows whose `expiresAt` passed more than
-   * `jwt.clockToleranceSeconds` ago, in batches of `expunge.batchSize`. Returns
-   * `skipped: true` at once when another run holds the table's advisory lock.
-   * Logs its outcome; a failure is logged and rethrown.
+   * `jwt.clockToleranceSeconds` ago, in batches of `expunge.batchSize`, and records
+   * the run as completed. Returns `skipped: true` at once when another run holds the
+   * lease. Logs its outcome; a failure is logged and rethrown.
    */
-  async run(): Promise<ExpungeRunResult> {
+  run(): Promise<ExpungeRunResult> {
+    return this.runUnless(undefined);
+  }
+
+  /** The scheduled callback: a failing run is already logged and must not stop later ones. */
+  private async tick(): Promise<void> {
+    await this.run().catch(() => undefined);
+  }
+
+  private planCatchUp(delayMs: number): void {
+    clearTimeout(this.catchUpTimer);
+    this.catchUpTimer = setTimeout(() => void this.catchUp(), delayMs);
+  }
+
+  /**
+   * Runs unless one completed since the schedule last fired. When another run holds the
+   * lease, looks again once it lapses: its holder may have died mid-run.
+   */
+  private async catchUp(): Promise<void> {
+    this.catchUpTimer = undefined;
+    // A schedule that has not fired for years asks only for a first run ever.
+    const since = previousTick(this.options.expunge.cron, new Date()) ?? new Date(0);
+    try {
+      const result = await this.runUnless(since);
+      if (!result.skipped) return;
+      const state = await withExpungeSession(this.store, (session) => this.record.read(session));
+      const done = state?.completedAt != null && state.completedAt >= since;
+      // Unless the application shut down meanwhile.
+      if (!done && state?.leaseUntil && this.jobName) {
+        this.planCatchUp(Math.max(0, state.leaseUntil.getTime() - state.now.getTime()) + 1000);
+      }
+    } catch {
+      // runUnless() logged it; the next scheduled run retries.
+    }
+  }
+
+  private async runUnless(completedSince: Date | undefined): Promise<ExpungeRunResult> {
     if (this.current) return { deleted: 0, skipped: true, durationMs: 0 };
     const started = performance.now();
     const stopping = (this.stopping = new AbortController());
-    const running = this.expunge(stopping.signal, started);
+    const running = withExpungeSession(this.store, (session) => this.expunge(session, stopping, completedSince, started));
     this.current = running;
     try {
       const result = await running;
       if (!result.skipped) {
         this.logger.log(`expunged ${result.deleted} expired token rows from ${this.store.table} in ${Math.round(result.durationMs)} ms`);
       } else {
-        this.logger.debug(`expunge of ${this.store.table} skipped: another run holds the lock`);
+        this.logger.debug(`expunge of ${this.store.table} skipped: another run holds the lease${completedSince ? ' or one completed since it was due' : ''}`);
       }
       return result;
     } catch (error) {
@@ -154,57 +183,31 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
     }
   }
 
-  /** The scheduled callback: a failing run is already logged and must not stop later ones. */
-  private async tick(): Promise<void> {
-    try {
-      await this.run();
-    } catch {
-      // logged by run()
+  private async expunge(session: QueryRunner, stopping: AbortController, completedSince: Date | undefined, started: number): Promise<ExpungeRunResult> {
+    const holder = `${hostname()} pid ${process.pid} run ${randomUUID()}`;
+    if (!(await this.record.take(session, holder, completedSince))) {
+      return { deleted: 0, skipped: true, durationMs: performance.now() - started };
     }
-  }
-
-  private async expunge(signal: AbortSignal, started: number): Promise<ExpungeRunResult> {
-    const runner = this.store.repository.manager.connection.createQueryRunner('master');
-    let locked = false;
-    let broken: unknown;
+    let renewedAt = performance.now();
+    const renewLease = async () => {
+      if (performance.now() - renewedAt < RENEW_AFTER_MS) return;
+      if (await this.record.renew(session, holder)) {
+        renewedAt = performance.now();
+        return;
+      }
+      this.logger.warn(`expunge of ${this.store.table} stopped: its lease lapsed and another run took it over`);
+      stopping.abort();
+    };
+    let deleted: number;
     try {
-      const rows: Array<{ locked: boolean }> = await runner.query('SELECT pg_try_advisory_lock($1::bigint) AS locked', [this.lockKey]);
-      locked = rows[0]?.locked === true;
-      if (!locked) return { deleted: 0, skipped: true, durationMs: performance.now() - started };
-      const deleted = await this.tokens.expungeExpired({ manager: runner.manager, signal });
-      return { deleted, skipped: false, durationMs: performance.now() - started };
+      deleted = await this.deleter.deleteExpired({ session, signal: stopping.signal, betweenBatches: renewLease });
     } catch (error) {
-      broken = error;
+      // Best effort: if the lease cannot be freed now, it lapses on its own.
+      await this.record.release(session, holder, false, 0).catch(() => undefined);
       throw error;
-    } finally {
-      await this.unlockAndRelease(runner, locked, broken);
     }
-  }
-
-  /**
-   * Unlocks and returns the connection to the pool. After a failed run, or when the
-   * unlock cannot be confirmed, the connection is destroyed instead, which ends its
-   * session and so its lock and settings: a pooled connection must never keep them.
-   */
-  private async unlockAndRelease(runner: QueryRunner, locked: boolean, failure: unknown): Promise<void> {
-    let destroyWith: unknown = failure;
-    if (locked && !runner.isReleased) {
-      try {
-        const rows: Array<{ unlocked: boolean }> = await runner.query('SELECT pg_advisory_unlock($1::bigint) AS unlocked', [this.lockKey]);
-        if (rows[0]?.unlocked !== true) destroyWith ??= new Error('pg_advisory_unlock did not release the expunge lock');
-      } catch (error) {
-        destroyWith = error;
-      }
-    }
-    try {
-      const releasable = runner as QueryRunner & ReleasableWithError;
-      if (destroyWith !== undefined && typeof releasable.releasePostgresConnection === 'function') {
-        await releasable.releasePostgresConnection(destroyWith instanceof Error ? destroyWith : new Error(String(destroyWith)));
-      } else {
-        await runner.release();
-      }
-    } catch (error) {
-      this.logger.warn(`could not release the expunge connection: ${(error as Error)?.message ?? error}`);
-    }
+    // A run stopped early (shutdown, lost lease) is not complete: a booting instance catches up.
+    await this.record.release(session, holder, !stopping.signal.aborted, deleted);
+    return { deleted, skipped: false, durationMs: performance.now() - started };
   }
 }

@@ -2,6 +2,7 @@ import {
   Inject,
   Injectable,
   Logger,
+  Optional,
   ServiceUnavailableException,
   UnauthorizedException,
   type CanActivate,
@@ -11,6 +12,7 @@ import { Reflector } from '@nestjs/core';
 import { errors as joseErrors } from 'jose';
 import { TokenCodec, type TokenClaimsPayload } from '../jwt/token-codec.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
+import { OutageLog } from '../outage-log.js';
 import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
 import { TokenResourceUnavailableError } from '../token-resource.exceptions.js';
 import { TokenService, type TokenCheck } from '../token.service.js';
@@ -18,7 +20,7 @@ import { bearerChallenge } from './bearer-challenge.js';
 import { writeCallClaims } from './call-claims.js';
 import { requestOf } from './request-of.js';
 import { SKIP_TOKEN_CHECK_KEY, TOKEN_GUARD_MESSAGES as MESSAGES } from './token-guard.constants.js';
-import { TimeoutError, withTimeout } from './with-timeout.js';
+import { withTimeout } from './with-timeout.js';
 
 /** `Authorization: Bearer <token>`, scheme in any case; the token is one run of non-space characters. */
 const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
@@ -78,6 +80,7 @@ const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
  */
 @Injectable()
 export class RevokedTokenGuard implements CanActivate {
+  /** A logger for subclasses; the guard's own store and key failures go to {@link outageLog}. */
   protected readonly logger = new Logger(RevokedTokenGuard.name);
 
   /**
@@ -91,6 +94,11 @@ export class RevokedTokenGuard implements CanActivate {
     protected readonly codec: TokenCodec,
     protected readonly tokenService: TokenService,
     protected readonly reflector: Reflector,
+    /**
+     * Where store and key failures are logged: the module's shared one; a guard built with
+     * `new` gets one of its own.
+     */
+    @Optional() protected readonly outageLog: OutageLog = new OutageLog(),
   ) {}
 
   async canActivate(context: ExecutionContext): Promise<boolean> {
@@ -222,11 +230,12 @@ export class RevokedTokenGuard implements CanActivate {
       claims = await this.codec.verify(token);
     } catch (error) {
       if (error instanceof TokenResourceUnavailableError) {
-        this.logger.error(`Token keys unavailable, answering 503: ${error.message}`);
+        this.outageLog.refused('token keys', error);
         throw new ServiceUnavailableException(MESSAGES.keysUnavailable);
       }
       throw new GuardRefusal(rejectionReason(error));
     }
+    this.outageLog.answered('token keys');
     if (!nonEmptyString(claims.jti) || !nonEmptyString(claims.sub)) throw new GuardRefusal(MESSAGES.missingClaims);
     if (claims.purpose !== undefined && claims.purpose !== this.options.authenticationPurpose) {
       throw new GuardRefusal(MESSAGES.wrongPurpose);
@@ -236,16 +245,15 @@ export class RevokedTokenGuard implements CanActivate {
 
   /**
    * One store round trip for verified claims, bounded by `storeTimeoutMs`. Any failure or
-   * timeout is logged (one line, never the token) and answered `503`.
+   * timeout is answered `503` and counted in the {@link outageLog} (never with the token).
    */
   protected async checkStore(claims: TokenClaimsPayload): Promise<TokenCheck> {
     try {
-      return await withTimeout(this.tokenService.checkClaims(claims), this.options.storeTimeoutMs);
+      const check = await withTimeout(this.tokenService.checkClaims(claims), this.options.storeTimeoutMs);
+      this.outageLog.answered('token store');
+      return check;
     } catch (error) {
-      const why = error instanceof TimeoutError
-        ? `no answer within ${error.timeoutMs} ms`
-        : `${(error as Error)?.name ?? 'Error'}: ${(error as Error)?.message ?? String(error)}`;
-      this.logger.error(`Token store check failed, answering 503: ${why.replace(/\s+/g, ' ')}`);
+      this.outageLog.refused('token store', error);
       throw new ServiceUnavailableException(MESSAGES.storeUnavailable);
     }
   }

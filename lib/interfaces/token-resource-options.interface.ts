@@ -5,7 +5,11 @@ import type { Token } from '../entities/token.entity.js';
 
 /** How JWTs are verified and issued. Exactly one of `secret`, `publicKey`, `jwksUri` is required. */
 export interface TokenResourceJwtOptions {
-  /** HMAC key for HS256/384/512, used both to verify and to issue. */
+  /**
+   * HMAC key for HS256/384/512, used both to verify and to issue. At least as long as the
+   * hash of each algorithm it is used with (RFC 7518 §3.2): 32 bytes for HS256, 48 for
+   * HS384, 64 for HS512; a shorter secret fails the boot with `TokenResourceConfigError`.
+   */
   secret?: string | Uint8Array;
   /** PEM (SPKI) public key or public JWK used to verify RS*, PS*, ES* or EdDSA tokens. */
   publicKey?: string | JWK;
@@ -15,7 +19,7 @@ export interface TokenResourceJwtOptions {
   jwksUri?: string;
   /**
    * Accepted algorithms; the first one is used by `issueToken`.
-   * Default: every algorithm of the key's family (HS* for a secret, RS* and PS* for RSA, the
+   * Default: every algorithm of the key's family (the HS* the secret is long enough for, RS* and PS* for RSA, the
    * curve's ES* for EC, EdDSA for Ed25519, every asymmetric one for a JWKS). `none` is never accepted.
    */
   algorithms?: string[];
@@ -31,12 +35,32 @@ export interface TokenResourceJwtOptions {
 export interface TokenResourceExpungeOptions {
   /** Schedule the expunger with `@nestjs/schedule`. Default `true`. */
   enabled?: boolean;
-  /** Hours between runs; fractions allowed. Default `12`. */
+  /**
+   * When runs start: a cron expression (five fields, or six with seconds first), read in
+   * UTC, so that runs fall at the same wall-clock times whenever instances restart.
+   * Invalid or never-firing expressions fail at boot. Default `'0 0,12 * * *'`:
+   * every 12 hours on the hour, at 00:00 and 12:00 UTC.
+   */
+  cron?: string;
+  /**
+   * Hours between runs, kept for schedules that map onto a cron expression: a whole
+   * number dividing 24 (1, 2, 3, 4, 6, 8, 12 or 24) runs every that many hours on the
+   * hour from 00:00 UTC. Any other value, or giving `cron` too, fails at boot; use `cron`
+   * for other schedules. Default: unset (`cron` applies).
+   */
   intervalHours?: number;
   /**
-   * Rows deleted per batch. Each batch is its own short statement (about 20 ms for 10,000
-   * rows in bench:expunge), so none holds locks for long while per-statement overhead stays
-   * small: 10,000 measured 1.32x a single raw DELETE, 20,000 0.88x to 1.11x. Default `20000`.
+   * A booting instance runs once when no run completed since the schedule last fired
+   * (instances were down, or a run was cut short), after a random delay of up to this
+   * many seconds, so that a fleet restarting together spreads out and runs it once.
+   * `0` runs it at once. At most 86400. Default `60`.
+   */
+  startupJitterSeconds?: number;
+  /**
+   * Rows deleted per batch. Each batch is its own short transaction (20 to 50 ms for
+   * 20,000 rows in bench:expunge), so none holds locks for long while per-statement
+   * overhead stays small: 10,000 measured 1.32x a single raw DELETE, 20,000 0.88x to
+   * 1.11x. Default `20000`.
    */
   batchSize?: number;
 }
@@ -53,7 +77,11 @@ export interface TokenResourceLogOutEverywhereOptions {
   userEntity?: EntityTarget<ObjectLiteral>;
   /** The password property of `userEntity`. Default `'hashedPassword'`. */
   passwordField?: string;
-  /** The JWT `sub` of a user. Default `u => String(u.id)`. */
+  /**
+   * The JWT `sub` of a user. A result that is no storable subject (see `IssueTokenInput.subject`)
+   * makes the password change reject and roll back. Default `u => String(u.id)`, which refuses a
+   * user without `id`; with `applyOnPasswordChange`, the boot fails when `userEntity` has no `id` column.
+   */
   subjectOf?: (user: any) => string;
   /**
    * How long a subject's log-out moment is remembered, as seconds or a duration string.
@@ -75,9 +103,9 @@ export interface TokenResourceLogOutEverywhereOptions {
  */
 export interface TokenResourceLogOutMarkerCacheOptions {
   /**
-   * Turn the cache on. It needs a session-level PostgreSQL connection for `LISTEN` (not a
-   * transaction-pooling PgBouncer; there it stays unused and every check reads both
-   * keys). Default `false`.
+   * Turn the cache on. It needs a direct PostgreSQL connection for `LISTEN`: through a
+   * pooler (PgBouncer or alike) it warns once at start-up and stays unused, and every
+   * check reads both keys. Default `false`.
    */
   enabled?: boolean;
   /**

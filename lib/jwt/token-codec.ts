@@ -15,6 +15,7 @@ import {
   TokenResourceConfigError,
   TokenResourceUnavailableError,
 } from '../token-resource.exceptions.js';
+import { checkVerifiedClaims } from '../validation/token-values.js';
 
 const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'];
 const RSA_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
@@ -93,6 +94,22 @@ function hmacVerifyKeys(secret: Uint8Array): JWTVerifyGetKey {
   };
 }
 
+/** RFC 7518 §3.2: an HMAC key must be at least as long as its hash's output. */
+const HMAC_KEY_BYTES: Record<string, number> = { HS256: 32, HS384: 48, HS512: 64 };
+
+/**
+ * The HMAC algorithms a secret is long enough for: by default those of `candidates` it
+ * suffices for; when they were configured, all of them or a config error.
+ */
+function strongEnoughFor(secret: Uint8Array, candidates: string[], configured: boolean): string[] {
+  const strong = candidates.filter((alg) => secret.length >= HMAC_KEY_BYTES[alg]!);
+  const weak = candidates.filter((alg) => !strong.includes(alg));
+  if (strong.length === 0 || (configured && weak.length > 0)) {
+    fail(`jwt.secret is ${secret.length} bytes, too short for ${weak.join(', ')}: an HMAC key must be at least as long as its hash (RFC 7518 §3.2), 32 bytes for HS256, 48 for HS384, 64 for HS512. Use a longer random secret (for example \`openssl rand -base64 64\`)${configured ? ' or leave those algorithms out of jwt.algorithms' : ''}.`);
+  }
+  return strong;
+}
+
 /** Picks the accepted algorithms: the configured ones, checked against what the key can do. */
 function acceptedAlgorithms(configured: string[] | undefined, possible: string[], keyOption: string): string[] {
   if (configured === undefined) return possible;
@@ -133,9 +150,9 @@ export class TokenCodec {
       const bytes = typeof secret === 'string' ? new TextEncoder().encode(secret) : secret;
       if (!(bytes instanceof Uint8Array) || bytes.length === 0) fail('jwt.secret must be a non-empty string or Uint8Array.');
       this.verifyKey = hmacVerifyKeys(bytes);
-      this.algorithms = acceptedAlgorithms(algorithms, HMAC_ALGORITHMS, 'jwt.secret');
+      this.algorithms = strongEnoughFor(bytes, acceptedAlgorithms(algorithms, HMAC_ALGORITHMS, 'jwt.secret'), algorithms !== undefined);
       this.signKey = bytes;
-      this.signAlgorithm = algorithms?.[0] ?? 'HS256';
+      this.signAlgorithm = this.algorithms[0];
       return;
     }
     if (publicKey !== undefined) {
@@ -170,7 +187,10 @@ export class TokenCodec {
   }
 
   /**
-   * Verifies the signature and the configured issuer, audience and time claims.
+   * Verifies the signature and the configured issuer, audience and time claims, and that
+   * the claims can be stored as they are: a `jti` or `sub` that is well-formed, without NUL
+   * and within its length limit, an `exp` before the year 10000, an `iat` no later than
+   * now plus `clockToleranceSeconds`.
    *
    * @param allowExpired accept a token whose `exp` has passed (every other check still applies).
    * @throws InvalidTokenError when the token cannot be trusted.
@@ -190,16 +210,22 @@ export class TokenCodec {
       requiredClaims: ['exp'],
     };
     return jwtVerify(token, this.verifyKey as Uint8Array, this.verifyOptions).then(
-      ({ payload }) => payload as TokenClaimsPayload,
+      ({ payload }) => this.storable(payload),
       (error: unknown) => this.untrusted(error, allowExpired),
     );
+  }
+
+  /** Verified claims, once their `jti`, `sub`, `exp` and `iat` are fit to be stored and compared (see `checkVerifiedClaims`). */
+  private storable(payload: JWTPayload): TokenClaimsPayload {
+    checkVerifiedClaims(payload, Date.now(), this.options.clockToleranceSeconds);
+    return payload as TokenClaimsPayload;
   }
 
   /** What a failed verification means: the claims of an expired token, when accepted, or the error to throw. */
   private untrusted(error: unknown, allowExpired: boolean): TokenClaimsPayload {
     // jose checks `exp` last, after the signature, issuer, audience and `nbf`.
     if (allowExpired && error instanceof joseErrors.JWTExpired && error.claim === 'exp') {
-      return error.payload as TokenClaimsPayload;
+      return this.storable(error.payload);
     }
     // A JWKS that cannot be fetched says nothing about the token: fail closed as
     // unavailable. jose throws its generic JOSEError (code ERR_JOSE_GENERIC) only for a

@@ -1,5 +1,5 @@
 import { Inject, Injectable, Logger, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
-import type { DataSource, EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
+import type { EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import {
   LOG_OUT_EVERYWHERE_PURPOSE,
@@ -8,6 +8,8 @@ import {
 } from '../token-resource.constants.js';
 import { LogOutMarkerCache } from '../marker-cache/log-out-marker.cache.js';
 import { TokenStore } from '../token.store.js';
+import { registerSubscriber } from '../typeorm/register-subscriber.js';
+import { checkJti, checkPurpose, checkSubject } from '../validation/token-values.js';
 import { canonicalPurposes, logOutMarkerJti, purposePasses } from './log-out-marker.js';
 import { PostCommitLogOuts } from './post-commit-log-outs.js';
 
@@ -24,7 +26,7 @@ export interface LogOutEverywhereOptions {
    * internal marker rows are never touched, whatever the list says.
    */
   excludePurposes?: string[];
-  /** Keep this token valid ("log out my other devices"), stored or not. */
+  /** Keep this token valid ("log out my other devices"), stored or not. A `jti` of at most 255 bytes of UTF-8. */
   exceptJti?: string;
   /**
    * Run inside this manager's transaction (for example a password change's), so that
@@ -77,14 +79,10 @@ interface LogOutArgs {
   revokeUnstored: boolean;
 }
 
-/** The longest subject a notification carries; PostgreSQL's payload limit is 8000 bytes. */
-const MAX_ANNOUNCED_SUBJECT_BYTES = 7000;
-
 function checkPurposeList(value: unknown, name: string): asserts value is string[] | undefined {
   if (value === undefined) return;
-  if (!Array.isArray(value) || value.some((purpose) => typeof purpose !== 'string' || purpose === '')) {
-    throw new TypeError(`${name} must be an array of non-empty purpose strings`);
-  }
+  if (!Array.isArray(value)) throw new TypeError(`${name} must be an array of purposes`);
+  value.forEach((purpose, i) => checkPurpose(purpose, `${name}[${i}]`));
 }
 
 /**
@@ -115,7 +113,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
     forget: (subject) => this.markerCache.forget(subject),
     repeat: (args, runner, lockTimeoutMs) => this.repeat(args, runner, lockTimeoutMs),
   }, this.logger, this.options.storeTimeoutMs);
-  private dataSource?: DataSource;
+  private unregister?: () => void;
 
   /**
    * One statement does both halves of a log-out, so that it is atomic even in
@@ -135,13 +133,14 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    *    the database's `now()` if that is later: an application clock ahead of the
    *    database's must not let the expunger delete a marker while tokens it revokes live.
    *    A marker written before levels existed (`{ at, ... }`) becomes the level of its filter.
-   * 2. `revoked` flips every stored row of the subject whose purpose passes the filter
-   *    to `'revocation'`, on the `subject` index. A row a concurrent `revoke` holds is
+   * 2. `revoked` flips every unexpired stored row of the subject whose purpose passes the
+   *    filter to `'revocation'`, on the `subject` index; a row within `clockToleranceSeconds`
+   *    of its expiry still counts, as its token is still accepted. A row a concurrent `revoke` holds is
    *    re-checked after it commits and skipped, so each token is revoked exactly once.
    * 3. `announced` notifies the marker caches of every instance (`LogOutMarkerCache`)
    *    on the table's channel. A notification is delivered when, and only if, the
-   *    transaction commits, which is what bounds how stale a cache may be. A subject too
-   *    long for a payload is announced with an empty one, which empties the caches.
+   *    transaction commits, which is what bounds how stale a cache may be. Every subject
+   *    fits a payload (`MAX_SUBJECT_BYTES` is far below PostgreSQL's 8000 bytes).
    *
    * The marker is evaluated first (the scalar subqueries run left to right), so
    * concurrent log-outs of one subject queue on the marker row before they lock any
@@ -191,11 +190,11 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
          AND ($3::text[] IS NULL OR purpose = ANY ($3::text[]))
          AND purpose <> ALL ($4::text[])
          AND ($5::text IS NULL OR jti <> $5::text)
+         AND expires_at > now() - make_interval(secs => $9::float8)
       RETURNING 1
     )
     SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked,
-           (SELECT count(*) FROM (SELECT pg_notify('${this.store.logOutChannel}',
-              CASE WHEN octet_length($1::text) <= ${MAX_ANNOUNCED_SUBJECT_BYTES} THEN $1::text ELSE '' END) FROM marker) AS announced)::int AS announced`);
+           (SELECT count(*) FROM (SELECT pg_notify('${this.store.logOutChannel}', $1::text) FROM marker) AS announced)::int AS announced`);
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
@@ -203,23 +202,24 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
     private readonly markerCache: LogOutMarkerCache,
   ) {}
 
-  /** Listens for the commits and rollbacks of the token table's data source, for `repeatAfterCommit`. */
+  /**
+   * Listens for the commits and rollbacks of the token table's data source, for
+   * `repeatAfterCommit`, also after the data source is destroyed and initialised again.
+   */
   onModuleInit(): void {
-    this.dataSource = this.store.repository.manager.connection;
-    this.dataSource.subscribers.push(this.postCommit);
+    this.unregister = registerSubscriber(this.store.repository.manager.connection, this.postCommit);
   }
 
   /** Stops listening, so that a closed application leaves no subscriber on a shared data source. */
   onModuleDestroy(): void {
-    const subscribers = this.dataSource?.subscribers;
-    const index = subscribers?.indexOf(this.postCommit) ?? -1;
-    if (index >= 0) subscribers!.splice(index, 1);
-    this.dataSource = undefined;
+    this.unregister?.();
+    this.unregister = undefined;
   }
 
   /**
-   * Revokes, in one set-based statement, every stored token of `subject` whose purpose
-   * passes the include/exclude lists (defaults from the module options), except
+   * Revokes, in one set-based statement, every unexpired stored token of `subject` whose
+   * purpose passes the include/exclude lists (defaults from the module options; a purpose
+   * in both lists is excluded), except
    * `opts.exceptJti`, and records the moment for the subject so that tokens that were
    * never stored and were issued at or before it count as revoked too (`tokenRevoked`
    * and the guard). A token issued after it stays valid; the moment is the
@@ -236,16 +236,16 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * other instances it takes effect when their caches hear of the commit (`pg_notify`, see
    * the class), within `logOutMarkerCache.maxStalenessMs`.
    *
-   * @returns how many stored tokens it revoked (not counting tokens already revoked,
-   *   unstored tokens, or its own marker row).
-   * @throws TypeError for an empty subject or malformed purpose lists.
+   * @returns how many stored tokens it revoked (not counting expired or already revoked
+   *   tokens, unstored tokens, or its own marker row).
+   * @throws TypeError for a subject, `exceptJti` or purpose the token table cannot store
+   *   (empty, a lone UTF-16 surrogate, NUL, over 1024 / 255 / 255 bytes of UTF-8), or purpose
+   *   lists that are not arrays. Nothing is written.
    * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
    */
   async logOutEverywhere(subject: string, opts: LogOutEverywhereOptions = {}): Promise<number> {
-    if (typeof subject !== 'string' || subject === '') throw new TypeError('subject must be a non-empty string');
-    if (opts.exceptJti !== undefined && (typeof opts.exceptJti !== 'string' || opts.exceptJti === '')) {
-      throw new TypeError('exceptJti must be a non-empty string');
-    }
+    checkSubject(subject);
+    if (opts.exceptJti !== undefined) checkJti(opts.exceptJti, 'exceptJti');
     const defaults = this.options.logOutEverywhere;
     const includePurposes = opts.includePurposes ?? defaults.includePurposes;
     const excludePurposes = opts.excludePurposes ?? defaults.excludePurposes;
@@ -305,6 +305,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
       Date.now(),
       this.options.logOutEverywhere.markerLifetimeSeconds,
       args.revokeUnstored,
+      this.options.jwt.clockToleranceSeconds,
     ], manager);
     return rows[0]?.revoked ?? 0;
   }
@@ -332,9 +333,13 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * @param opts further options, for example `exceptJti` to keep the session that changed
    *   it; `repeatAfterCommit` defaults to `true`.
    * @returns how many stored tokens were revoked (by the first log-out; the repeat's are not counted).
+   * @throws TypeError when `subjectOf(user)` gives no subject the token table can store (not
+   *   a string, empty, NUL, ...; the default `subjectOf` throws for a user without `id`):
+   *   nothing is written, and a `save` that changed the password rejects and rolls back.
    */
   async logOutOnPasswordChange(user: ObjectLiteral, manager?: EntityManager, opts: Omit<LogOutEverywhereOptions, 'manager'> = {}): Promise<number> {
     const subject = this.options.logOutEverywhere.subjectOf(user);
+    checkSubject(subject, 'logOutEverywhere.subjectOf(user)');
     return this.logOutEverywhere(subject, { ...opts, repeatAfterCommit: opts.repeatAfterCommit ?? true, manager });
   }
 }

@@ -1,9 +1,10 @@
 import { Inject, Injectable, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
-import type { DataSource, EntitySubscriberInterface, ObjectLiteral, UpdateEvent } from 'typeorm';
-import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
+import type { EntitySubscriberInterface, ObjectLiteral, UpdateEvent } from 'typeorm';
+import { defaultSubjectOf, type ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
 import { TokenResourceConfigError } from '../token-resource.exceptions.js';
 import { TokenStore } from '../token.store.js';
+import { registerSubscriber } from '../typeorm/register-subscriber.js';
 import { LogOutEverywhereService } from './log-out-everywhere.service.js';
 
 /**
@@ -16,14 +17,18 @@ import { LogOutEverywhereService } from './log-out-everywhere.service.js';
  * (`repeatAfterCommit`), so that a login that still read the old password hash while the
  * change was pending does not keep its token either.
  *
- * Only `save` (and `manager.save`) is seen with the old and new values; `update()`,
- * query builders and raw SQL are not, because TypeORM does not say which rows they
- * changed. Code that changes passwords that way calls
+ * Only `save` (and `manager.save`) is seen with the old and new values. Not seen, because
+ * TypeORM runs no update subscriber for them or does not say which rows they changed:
+ * `update()`, `upsert()`, `save(user, { listeners: false })`, query builders, raw SQL and
+ * other ORMs. Code that changes passwords that way calls
  * {@link LogOutEverywhereService.logOutOnPasswordChange} itself.
+ *
+ * It stays registered when the data source is destroyed and initialised again (see
+ * `registerSubscriber`).
  */
 @Injectable()
 export class PasswordChangeSubscriber implements EntitySubscriberInterface<ObjectLiteral>, OnModuleInit, OnModuleDestroy {
-  private dataSource?: DataSource;
+  private unregister?: () => void;
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
@@ -35,7 +40,8 @@ export class PasswordChangeSubscriber implements EntitySubscriberInterface<Objec
    * Registers on the token table's data source. The user entity must live there too:
    * the revocation has to share the password change's transaction.
    *
-   * @throws TokenResourceConfigError when `userEntity` is not an entity of that data source.
+   * @throws TokenResourceConfigError when `userEntity` is not an entity of that data source,
+   *   `passwordField` not one of its columns, or it has no `id` column for the default `subjectOf`.
    */
   onModuleInit(): void {
     const { applyOnPasswordChange, userEntity } = this.options.logOutEverywhere;
@@ -52,16 +58,19 @@ export class PasswordChangeSubscriber implements EntitySubscriberInterface<Objec
         `nestjs-token-resource: logOutEverywhere.passwordField '${this.options.logOutEverywhere.passwordField}' is not a column of logOutEverywhere.userEntity.`,
       );
     }
-    dataSource.subscribers.push(this);
-    this.dataSource = dataSource;
+    // The default would log out the subject 'undefined', or refuse every password change.
+    if (this.options.logOutEverywhere.subjectOf === defaultSubjectOf && !dataSource.getMetadata(userEntity).findColumnWithPropertyName('id')) {
+      throw new TokenResourceConfigError(
+        "nestjs-token-resource: logOutEverywhere.userEntity has no 'id' column for the default subjectOf (u => String(u.id)). Set logOutEverywhere.subjectOf to the user's JWT sub, for example (u) => u.uuid.",
+      );
+    }
+    this.unregister = registerSubscriber(dataSource, this);
   }
 
   /** Unregisters, so that a closed application leaves no subscriber on a shared data source. */
   onModuleDestroy(): void {
-    if (!this.dataSource) return;
-    const index = this.dataSource.subscribers.indexOf(this);
-    if (index >= 0) this.dataSource.subscribers.splice(index, 1);
-    this.dataSource = undefined;
+    this.unregister?.();
+    this.unregister = undefined;
   }
 
   /** TypeORM: only events of the configured user entity reach this subscriber. */

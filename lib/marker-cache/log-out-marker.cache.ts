@@ -6,6 +6,7 @@ import type { LogOutMarker } from '../log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
 import { TokenStore } from '../token.store.js';
+import { isSubject } from '../validation/token-values.js';
 
 /** The first and the longest wait before the listener connects again after losing its connection. */
 const RECONNECT_DELAYS_MS = { first: 250, max: 30_000 };
@@ -37,7 +38,8 @@ interface CacheEntry {
  * only while its newest returned heartbeat is at most `maxStalenessMs` old; otherwise it
  * empties itself and the check reads the marker from the database, until heartbeats flow
  * again. A listener that dies, a notification path that silently stops (a network
- * partition, a transaction-pooling proxy) and a stalled event loop all end in that state.
+ * partition) and a stalled event loop all end in that state. Behind a pooler the cache
+ * never listens (see `throughPooler`).
  * Entries also expire after `maxEntryAgeMs`, which bounds writes that are never announced
  * (raw SQL, an older version of this library).
  *
@@ -73,6 +75,12 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectDelayMs = RECONNECT_DELAYS_MS.first;
   private stopped = false;
+  /**
+   * `performance.now()` when the cache last stopped hearing log-outs (its listener lost or
+   * refused), until a heartbeat comes back: an outage is logged once when it starts and once
+   * when it ends, not at every attempt to listen again.
+   */
+  private deafSince?: number;
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) options: ResolvedTokenResourceOptions,
@@ -182,18 +190,25 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     client.on('error', (error) => this.lose(client, error));
     client.on('end', () => this.lose(client, new Error('connection ended')));
     this.connecting = client;
+    let pooled: boolean;
     try {
       await client.connect();
-      await client.query(`LISTEN "${this.store.logOutChannel}"; LISTEN "${this.heartbeatChannel}"`);
+      const { rows: [session] } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      // Checked before LISTEN, which would stay behind on a pooler's server connection.
+      pooled = this.throughPooler(client, session!.pid);
+      if (!pooled) await client.query(`LISTEN "${this.store.logOutChannel}"; LISTEN "${this.heartbeatChannel}"`);
     } catch (error) {
-      if (!this.stopped) this.logger.warn(`cannot listen for log-outs (${(error as Error).message}); checking markers in the database meanwhile`);
+      if (!this.stopped && this.deafSince === undefined) {
+        this.deafSince = performance.now();
+        this.logger.warn(`cannot listen for log-outs (${(error as Error).message}); checking markers in the database meanwhile`);
+      }
       await client.end().catch(() => undefined);
       this.reconnectLater();
       return;
     } finally {
       this.connecting = undefined;
     }
-    if (this.stopped) {
+    if (this.stopped || pooled) {
       await client.end().catch(() => undefined);
       return;
     }
@@ -205,17 +220,40 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     this.beat();
   }
 
+  /**
+   * Whether `client` may reach PostgreSQL through a pooler: the process id the connection
+   * announced (a pooler announces its own key) is not the server process's. Behind a
+   * transaction pooler, LISTEN stays on one server connection while later statements,
+   * heartbeats too, run on it or on others, so heartbeats can come back while log-outs go
+   * unheard: the cache must stay off. It stops trying then (a pooler stays) and warns once.
+   * The `pg-native` client announces no id and is refused too.
+   */
+  private throughPooler(client: PgClient, serverPid: number): boolean {
+    const announcedPid = (client as unknown as { processID?: number | null }).processID;
+    if (announcedPid === serverPid) return false;
+    this.logger.warn('the log-out marker cache is off: its connection may go through a pooler (PgBouncer or alike; the '
+      + `process id it announced, ${String(announcedPid)}, is not the server's, ${serverPid}), where LISTEN cannot hear `
+      + 'log-outs, so every check reads the marker from the database. Connect the data source to PostgreSQL directly '
+      + 'to use the cache, or drop logOutMarkerCache.enabled to silence this.');
+    return true;
+  }
+
   private receive(client: PgClient, { channel, payload }: Notification): void {
     if (client !== this.listener) return;
     if (channel === this.heartbeatChannel) {
       const sentAt = Number(payload);
       // Anyone who may NOTIFY could send a heartbeat from the future and pin the cache fresh.
-      if (sentAt >= this.listeningSince && sentAt > this.confirmedAt && sentAt <= performance.now()) this.confirmedAt = sentAt;
-    } else if (payload) {
+      if (sentAt >= this.listeningSince && sentAt > this.confirmedAt && sentAt <= performance.now()) {
+        this.confirmedAt = sentAt;
+        if (this.deafSince !== undefined) {
+          this.logger.log(`listening for log-outs again after ${((performance.now() - this.deafSince) / 1000).toFixed(1)} s; the cache answers again`);
+          this.deafSince = undefined;
+        }
+      }
+    } else if (isSubject(payload)) {
+      // Every log-out announces its subject. Anyone may NOTIFY on this channel: a payload no
+      // log-out sends (empty, too long) must not be a cheap way to empty every cache.
       this.forget(payload);
-    } else {
-      // A subject too long for a notification payload is announced without one.
-      this.forgetAll();
     }
   }
 
@@ -250,7 +288,10 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     this.confirmedAt = -Infinity;
     this.forgetAll();
     if (this.stopped) return;
-    this.logger.warn(`stopped listening for log-outs (${error?.message ?? 'closed'}); checking markers in the database until it listens again`);
+    if (this.deafSince === undefined) {
+      this.deafSince = performance.now();
+      this.logger.warn(`stopped listening for log-outs (${error?.message ?? 'closed'}); checking markers in the database until it listens again`);
+    }
     this.reconnectLater();
   }
 

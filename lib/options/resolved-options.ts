@@ -8,6 +8,8 @@ import { TokenResourceConfigError } from '../token-resource.exceptions.js';
 import { Token } from '../entities/token.entity.js';
 import type { TokenResourceJwtOptions, TokenResourceModuleOptions } from '../interfaces/token-resource-options.interface.js';
 import { durationToSeconds } from '../jwt/duration.js';
+import { expungeCronOf } from '../expunger/expunge-schedule.js';
+import { isPurpose, MAX_PURPOSE_BYTES } from '../validation/token-values.js';
 
 /** Module options with every default filled in; what the services read. */
 export interface ResolvedTokenResourceOptions {
@@ -18,7 +20,7 @@ export interface ResolvedTokenResourceOptions {
   requireTokenPresenceForAuthentication: boolean;
   authenticationPurpose: string;
   storeTimeoutMs: number;
-  expunge: { enabled: boolean; intervalHours: number; batchSize: number };
+  expunge: { enabled: boolean; cron: string; startupJitterSeconds: number; batchSize: number };
   logOutEverywhere: {
     includePurposes?: string[];
     excludePurposes: string[];
@@ -30,6 +32,17 @@ export interface ResolvedTokenResourceOptions {
   };
   logOutMarkerCache: { enabled: boolean; maxStalenessMs: number; maxSubjects: number; maxEntryAgeMs: number };
   isGlobal: boolean;
+}
+
+/**
+ * The default `logOutEverywhere.subjectOf`: `String(user.id)`, refusing a user without `id`
+ * rather than logging out the subject `'undefined'`.
+ */
+export function defaultSubjectOf(user: { id?: unknown }): string {
+  if (user?.id === undefined || user.id === null) {
+    throw new TypeError("logOutEverywhere.subjectOf: the user has no id; set logOutEverywhere.subjectOf to say which property is the JWT's sub");
+  }
+  return String(user.id);
 }
 
 function fail(message: string): never {
@@ -52,10 +65,18 @@ function atLeast(value: number | undefined, fallback: number, minimum: number, n
   return value;
 }
 
+function between(value: number | undefined, fallback: number, minimum: number, maximum: number, name: string): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < minimum || value > maximum) {
+    fail(`${name} must be a number from ${minimum} to ${maximum}, got ${String(value)}.`);
+  }
+  return value;
+}
+
 function purposeList(value: string[] | undefined, name: string): string[] | undefined {
   if (value === undefined) return undefined;
-  if (!Array.isArray(value) || value.some((purpose) => typeof purpose !== 'string' || purpose === '')) {
-    fail(`${name} must be an array of non-empty purpose strings.`);
+  if (!Array.isArray(value) || value.some((purpose) => !isPurpose(purpose))) {
+    fail(`${name} must be an array of purposes: non-empty, well-formed strings without NUL of at most ${MAX_PURPOSE_BYTES} bytes.`);
   }
   return value;
 }
@@ -81,8 +102,8 @@ export function resolveOptions(options: TokenResourceModuleOptions | undefined):
     fail(`jwt.clockToleranceSeconds must be a number of seconds >= 0, got ${String(clockToleranceSeconds)}.`);
   }
   const authenticationPurpose = options.authenticationPurpose ?? DEFAULT_AUTHENTICATION_PURPOSE;
-  if (typeof authenticationPurpose !== 'string' || authenticationPurpose === '' || authenticationPurpose === REVOCATION_PURPOSE) {
-    fail(`authenticationPurpose must be a non-empty purpose other than '${REVOCATION_PURPOSE}'.`);
+  if (!isPurpose(authenticationPurpose) || authenticationPurpose === REVOCATION_PURPOSE) {
+    fail(`authenticationPurpose must be a purpose other than '${REVOCATION_PURPOSE}' (a non-empty, well-formed string without NUL of at most ${MAX_PURPOSE_BYTES} bytes).`);
   }
   const logOut = options.logOutEverywhere ?? {};
   const applyOnPasswordChange = logOut.applyOnPasswordChange ?? false;
@@ -111,7 +132,8 @@ export function resolveOptions(options: TokenResourceModuleOptions | undefined):
     storeTimeoutMs: positiveNumber(options.storeTimeoutMs, 2000, 'storeTimeoutMs'),
     expunge: {
       enabled: expunge.enabled ?? true,
-      intervalHours: positiveNumber(expunge.intervalHours, 12, 'expunge.intervalHours'),
+      cron: expungeCronOf(expunge),
+      startupJitterSeconds: between(expunge.startupJitterSeconds, 60, 0, 86_400, 'expunge.startupJitterSeconds'),
       batchSize: positiveNumber(expunge.batchSize, 20_000, 'expunge.batchSize', true),
     },
     logOutEverywhere: {
@@ -120,7 +142,7 @@ export function resolveOptions(options: TokenResourceModuleOptions | undefined):
       applyOnPasswordChange,
       userEntity: logOut.userEntity,
       passwordField: logOut.passwordField ?? 'hashedPassword',
-      subjectOf: logOut.subjectOf ?? ((user: { id: unknown }) => String(user.id)),
+      subjectOf: logOut.subjectOf ?? defaultSubjectOf,
       markerLifetimeSeconds,
     },
     logOutMarkerCache: {

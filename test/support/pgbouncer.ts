@@ -30,8 +30,11 @@ function findBinary(): string {
   );
 }
 
-/** PgBouncer refuses to run as root: as root, run it as the unprivileged `postgres` user. */
-function unprivilegedIds(): { uid: number; gid: number } | undefined {
+/**
+ * PgBouncer and PostgreSQL refuse to run as root: as root, they run as the unprivileged
+ * `postgres` OS user (`undefined` when not root).
+ */
+export function unprivilegedIds(): { uid: number; gid: number } | undefined {
   if (process.getuid?.() !== 0) return undefined;
   const uid = Number(spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).stdout.trim());
   const gid = Number(spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).stdout.trim());

@@ -10,8 +10,8 @@ import {
   type TokenResourceModuleOptions,
 } from '../../lib/index.js';
 
-/** The HMAC secret the tests sign with. */
-export const TEST_SECRET = 'test-secret-that-is-at-least-32-bytes-long!';
+/** The HMAC secret the tests sign with: 64 bytes and more, long enough for HS512 (RFC 7518 §3.2). */
+export const TEST_SECRET = 'test-secret-that-is-at-least-64-bytes-long-for-hs512-as-rfc-7518!';
 
 /** TypeORM options for a test database, with the library's migration run at start-up. */
 export function typeOrmOptions(url: string, overrides: Partial<TypeOrmModuleOptions> = {}): TypeOrmModuleOptions {
