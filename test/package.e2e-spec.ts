@@ -13,7 +13,7 @@ import { createTestDatabase, type TestDatabase } from './support/test-database.j
 
 const run = promisify(execFile);
 const root = process.cwd();
-const PEERS = ['@nestjs/common', '@nestjs/core', '@nestjs/schedule', '@nestjs/typeorm', 'pg', 'reflect-metadata', 'rxjs', 'typeorm'];
+const PEERS = ['@nestjs/common', '@nestjs/core', '@nestjs/schedule', '@nestjs/typeorm', 'cron', 'pg', 'reflect-metadata', 'rxjs', 'typeorm'];
 /** What any TypeScript Nest project has besides its dependencies. */
 const CONSUMER_TOOLS = ['typescript', '@types/node'];
 
