@@ -154,28 +154,30 @@ export interface TokenResourceModuleOptions {
   isGlobal?: boolean;
 }
 
-/** A class that creates the module options, for `forRootAsync({ useClass })`. */
+/** The options that wire the module before any options factory runs. */
+type WiringOption = 'dataSource' | 'entity' | 'isGlobal';
+
+/**
+ * What an options factory of `forRootAsync` returns: every option except `dataSource`,
+ * `entity` and `isGlobal`, which are given to `forRootAsync` itself. Returning one of
+ * them does not compile.
+ */
+export type TokenResourceFactoryOptions = Omit<TokenResourceModuleOptions, WiringOption> & { [K in WiringOption]?: never };
+
+/** A class that creates the module options, for `forRootAsync({ useClass })` or `useExisting`. */
 export interface TokenResourceOptionsFactory {
-  createTokenResourceOptions(): Promise<TokenResourceModuleOptions> | TokenResourceModuleOptions;
+  createTokenResourceOptions(): Promise<TokenResourceFactoryOptions> | TokenResourceFactoryOptions;
 }
 
 /** Options of `TokenResourceModule.forRootAsync`. */
-export interface TokenResourceModuleAsyncOptions extends Pick<ModuleMetadata, 'imports'> {
+export interface TokenResourceModuleAsyncOptions
+  extends Pick<TokenResourceModuleOptions, WiringOption>, Pick<ModuleMetadata, 'imports'> {
   /** Providers injected into `useFactory`. */
   inject?: any[];
   /** Returns the options. */
-  useFactory?: (...args: any[]) => Promise<TokenResourceModuleOptions> | TokenResourceModuleOptions;
+  useFactory?: (...args: any[]) => Promise<TokenResourceFactoryOptions> | TokenResourceFactoryOptions;
   /** A class implementing {@link TokenResourceOptionsFactory}, instantiated by the module. */
   useClass?: Type<TokenResourceOptionsFactory>;
   /** An existing provider implementing {@link TokenResourceOptionsFactory}. */
   useExisting?: Type<TokenResourceOptionsFactory>;
-  /**
-   * Name of the TypeORM data source. Needed here, outside the factory, because the
-   * repository provider is wired before the factory runs. Default `'default'`.
-   */
-  dataSource?: string;
-  /** Custom entity class; see {@link TokenResourceModuleOptions.entity}. Default `Token`. */
-  entity?: Type<Token>;
-  /** Register the module globally. Default `false`. */
-  isGlobal?: boolean;
 }
