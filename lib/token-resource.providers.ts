@@ -7,9 +7,9 @@ import type {
   TokenResourceOptionsFactory,
 } from './interfaces/token-resource-options.interface.js';
 import { TokenCodec } from './jwt/token-codec.js';
+import { fail } from './options/option-checks.js';
 import { resolveOptions, type ResolvedTokenResourceOptions } from './options/resolved-options.js';
 import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
-import { TokenResourceConfigError } from './token-resource.exceptions.js';
 
 /** Injection token of the options exactly as the application or its factory gave them. */
 export const TOKEN_RESOURCE_MODULE_OPTIONS = Symbol('TOKEN_RESOURCE_MODULE_OPTIONS');
@@ -41,7 +41,7 @@ export function createAsyncOptionsProviders(options: TokenResourceModuleAsyncOpt
   }
   const factoryClass = options.useExisting ?? options.useClass;
   if (!factoryClass) {
-    throw new TokenResourceConfigError('nestjs-token-resource: forRootAsync needs useFactory, useClass or useExisting.');
+    fail('forRootAsync needs useFactory, useClass or useExisting.');
   }
   const providers: Provider[] = [
     {

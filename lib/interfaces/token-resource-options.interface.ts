@@ -43,7 +43,7 @@ export interface TokenResourceExpungeOptions {
    */
   cron?: string;
   /**
-   * Hours between runs, kept for schedules that map onto a cron expression: a whole
+   * Hours between runs, for schedules that map onto a cron expression: a whole
    * number dividing 24 (1, 2, 3, 4, 6, 8, 12 or 24) runs every that many hours on the
    * hour from 00:00 UTC. Any other value, or giving `cron` too, fails at boot; use `cron`
    * for other schedules. Default: unset (`cron` applies).
@@ -119,7 +119,7 @@ export interface TokenResourceLogOutMarkerCacheOptions {
   /**
    * How long, in milliseconds, it trusts what it read about one subject. Log-outs through
    * `LogOutEverywhereService` are announced and need no expiry; this bounds markers written
-   * any other way (raw SQL, an instance running an older version), to this age plus the
+   * any other way (raw SQL, for example), to this age plus the
    * time a check may take (`storeTimeoutMs`). At least `maxStalenessMs`. Default `60000`.
    */
   maxEntryAgeMs?: number;
