@@ -467,48 +467,17 @@ describe('several log-out levels combine, never replace each other', () => {
     await unstored.logOut.logOutEverywhere(subject, { excludePurposes: ['api_key', 'revocation', 'api_key'] });
     expect((await onlyLevelOf(subject)).excludePurposes).toEqual(['api_key', 'revocation']);
   });
-
-  it('reads a marker written before levels existed as one level, and keeps it when log-outs add levels', async () => {
-    const subject = uniqueSubject();
-    const kept = await unstored.tokens.issueToken({ subject });
-    const confirm = await unstored.tokens.issueToken({ subject, purpose: 'confirm' });
-    await clockPast(Date.now());
-    const legacy = { at: Date.now(), exceptJti: kept.jti, exceptRevokedUpTo: 0, excludePurposes: ['revocation'] };
-    await dataSource.query('INSERT INTO tokens (jti, subject, expires_at, purpose, extra_data) VALUES ($1, $2, now() + interval \'1 day\', $3, $4)',
-      [logOutMarkerJti(subject), subject, LOG_OUT_EVERYWHERE_PURPOSE, JSON.stringify(legacy)]);
-    await clockPast(legacy.at);
-    const after = await unstored.tokens.issueToken({ subject });
-    expect(await unstored.tokens.tokenRevoked(confirm.token)).toBe(true);
-    expect(await unstored.tokens.tokenRevoked(kept.token)).toBe(false);
-    expect(await unstored.tokens.tokenRevoked(after.token)).toBe(false);
-
-    // Another filter: a level of its own beside the old one, which still revokes 'confirm'.
-    await unstored.logOut.logOutEverywhere(subject, { includePurposes: ['user'] });
-    expect(await levelsOf(subject)).toEqual(expect.arrayContaining([legacy]));
-    expect(await levelsOf(subject)).toHaveLength(2);
-    await unstored.tokens.storeToken({ token: confirm.token, purpose: 'confirm' });
-    expect(await unstored.tokens.tokenRevoked(confirm.token)).toBe(true);
-    expect(await unstored.tokens.tokenRevoked(kept.token)).toBe(true);
-
-    // The old marker's own filter: merged into its level, as a log-out of that filter would be.
-    await unstored.logOut.logOutEverywhere(subject);
-    const levels = await levelsOf(subject);
-    expect(levels).toHaveLength(2);
-    const merged = levels.find((level) => level.includePurposes === undefined)!;
-    expect(merged.at).toBeGreaterThan(legacy.at);
-    expect(merged.exceptJti).toBeUndefined();
-    expect(merged.exceptRevokedUpTo).toBe(legacy.at);
-  });
 });
 
 describe('logOutMarkerRevokes', () => {
   const at = 1_763_900_000_123;
+  const oneLevel = { levels: { all: { at } } };
   it('is exact to the millisecond for issueToken\'s fractional iat, despite float rounding', () => {
-    expect(logOutMarkerRevokes({ at }, 'j', at / 1000)).toBe(true);
-    expect(logOutMarkerRevokes({ at }, 'j', (at - 1) / 1000)).toBe(true);
-    expect(logOutMarkerRevokes({ at }, 'j', (at + 1) / 1000)).toBe(false);
+    expect(logOutMarkerRevokes(oneLevel, 'j', at / 1000)).toBe(true);
+    expect(logOutMarkerRevokes(oneLevel, 'j', (at - 1) / 1000)).toBe(true);
+    expect(logOutMarkerRevokes(oneLevel, 'j', (at + 1) / 1000)).toBe(false);
     for (let ms = at - 500; ms < at + 500; ms += 1) {
-      expect(logOutMarkerRevokes({ at }, 'j', ms / 1000)).toBe(ms <= at);
+      expect(logOutMarkerRevokes(oneLevel, 'j', ms / 1000)).toBe(ms <= at);
     }
   });
   it('revokes when any level does, each level with its own filter and exceptJti', () => {
@@ -528,8 +497,8 @@ describe('logOutMarkerRevokes', () => {
     expect(logOutMarkerRevokes(marker, 'other', (at + 1) / 1000, 'user')).toBe(false);
   });
   it('counts a whole-second iat in the same second, or a missing iat, as revoked', () => {
-    expect(logOutMarkerRevokes({ at }, 'j', Math.floor(at / 1000))).toBe(true);
-    expect(logOutMarkerRevokes({ at }, 'j', Math.floor(at / 1000) + 1)).toBe(false);
-    expect(logOutMarkerRevokes({ at }, 'j', undefined)).toBe(true);
+    expect(logOutMarkerRevokes(oneLevel, 'j', Math.floor(at / 1000))).toBe(true);
+    expect(logOutMarkerRevokes(oneLevel, 'j', Math.floor(at / 1000) + 1)).toBe(false);
+    expect(logOutMarkerRevokes(oneLevel, 'j', undefined)).toBe(true);
   });
 });

@@ -345,10 +345,10 @@ describe('LogOutMarkerCache', () => {
     const tokens = aged.get(TokenService);
     const { token } = await tokens.issueToken({ subject: user });
     expect(await tokens.tokenRevoked(token)).toBe(false);
-    // A marker written the way an older version of the library did, without an announcement.
+    // A marker written by raw SQL, without an announcement.
     await dataSourceOf(aged).query(
       `INSERT INTO tokens (jti, subject, expires_at, purpose, extra_data) VALUES ($1, $2, now() + interval '1 day', $3, $4)`,
-      [`log-out-everywhere:${user}`, user, 'log_out_everywhere', { at: Date.now() }]);
+      [`log-out-everywhere:${user}`, user, 'log_out_everywhere', { levels: { all: { at: Date.now() } } }]);
     const writtenAt = Date.now();
     await waitFor(async () => tokens.tokenRevoked(token), 10 * SHORT_BOUND_MS + MARGIN_MS, 'the unannounced marker to be read', 5);
     expect(Date.now() - writtenAt).toBeLessThanOrEqual(SHORT_BOUND_MS + MARGIN_MS);

@@ -274,7 +274,7 @@ describe('revoke / tokenRevoked / jtiRevoked', () => {
       subject: sub,
       purpose: LOG_OUT_EVERYWHERE_PURPOSE,
       expiresAt: new Date(Date.now() + 3_600_000),
-      extraData: { at: iat * 1000 },
+      extraData: { levels: { all: { at: iat * 1000 } } },
     });
     expect(await tokens.tokenRevoked(before)).toBe(true);
     expect(await tokens.tokenRevoked(after)).toBe(false);
@@ -397,7 +397,7 @@ describe('listTokens', () => {
     await tokens.storeToken({ token: await signToken({ jti: `${sub}-someone-else`, sub: `${sub}-x` }), purpose: 'user' });
     await repo.insert({
       jti: `log-out-everywhere:${sub}`, subject: sub, purpose: LOG_OUT_EVERYWHERE_PURPOSE,
-      expiresAt: new Date(Date.now() + 3_600_000), extraData: { at: Date.now() - 1_000_000 },
+      expiresAt: new Date(Date.now() + 3_600_000), extraData: { levels: { all: { at: Date.now() - 1_000_000 } } },
     });
 
     const jtis = (list: Token[]) => list.map((row) => row.jti).sort();

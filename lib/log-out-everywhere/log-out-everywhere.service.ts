@@ -132,7 +132,6 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    *    of `at`, of the `exp` of the tokens it revokes and of the expunger's cutoff, or after
    *    the database's `now()` if that is later: an application clock ahead of the
    *    database's must not let the expunger delete a marker while tokens it revokes live.
-   *    A marker written before levels existed (`{ at, ... }`) becomes the level of its filter.
    * 2. `revoked` flips every unexpired stored row of the subject whose purpose passes the
    *    filter to `'revocation'`, on the `subject` index; a row within `clockToleranceSeconds`
    *    of its expiry still counts, as its token is still accepted. A row a concurrent `revoke` holds is
@@ -176,8 +175,6 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
            CROSS JOIN LATERAL (SELECT CASE
                     WHEN t.purpose <> '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN '{}'::jsonb
                     WHEN t.extra_data->'levels' IS NOT NULL THEN t.extra_data->'levels'
-                    WHEN t.extra_data->'at' IS NOT NULL THEN jsonb_build_object(
-                      jsonb_build_array(t.extra_data->'includePurposes', t.extra_data->'excludePurposes')::text, t.extra_data)
                     ELSE '{}'::jsonb END AS levels) AS prior
            CROSS JOIN LATERAL (SELECT prior.levels->fresh.key AS level) AS old),
         updated_at = now()
