@@ -1,5 +1,5 @@
 import type { Provider } from '@nestjs/common';
-import { getRepositoryToken } from '@nestjs/typeorm';
+import { getDataSourceToken, getRepositoryToken } from '@nestjs/typeorm';
 import type { Token } from './entities/token.entity.js';
 import type {
   TokenResourceModuleAsyncOptions,
@@ -8,7 +8,7 @@ import type {
 } from './interfaces/token-resource-options.interface.js';
 import { TokenCodec } from './jwt/token-codec.js';
 import { resolveOptions, type ResolvedTokenResourceOptions } from './options/resolved-options.js';
-import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
+import { TOKEN_DATA_SOURCE, TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
 import { TokenResourceConfigError } from './token-resource.exceptions.js';
 
 /** Injection token of the options exactly as the application gave them. */
@@ -35,7 +35,7 @@ function checkWiring(options: TokenResourceModuleOptions, wiring: StaticWiring):
   return { ...resolved, dataSource: wiring.dataSource, entity: wiring.entity };
 }
 
-/** Providers that turn raw options into validated options, the codec and the repository alias. */
+/** Providers that turn raw options into validated options, the codec, and the data source and repository aliases. */
 export function createCoreProviders(wiring: StaticWiring): Provider[] {
   return [
     {
@@ -48,6 +48,7 @@ export function createCoreProviders(wiring: StaticWiring): Provider[] {
       useFactory: (options: ResolvedTokenResourceOptions) => new TokenCodec(options.jwt),
       inject: [TOKEN_RESOURCE_OPTIONS],
     },
+    { provide: TOKEN_DATA_SOURCE, useExisting: getDataSourceToken(wiring.dataSource) },
     { provide: TOKEN_REPOSITORY, useExisting: getRepositoryToken(wiring.entity, wiring.dataSource) },
   ];
 }

@@ -1,9 +1,10 @@
 import { Inject, Injectable, Logger, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
-import type { EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
+import type { DataSource, EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import {
   LOG_OUT_EVERYWHERE_PURPOSE,
   REVOCATION_PURPOSE,
+  TOKEN_DATA_SOURCE,
   TOKEN_RESOURCE_OPTIONS,
 } from '../token-resource.constants.js';
 import { LogOutMarkerCache } from '../marker-cache/log-out-marker.cache.js';
@@ -198,6 +199,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
+    @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly store: TokenStore,
     private readonly markerCache: LogOutMarkerCache,
   ) {}
@@ -207,7 +209,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * `repeatAfterCommit`, also after the data source is destroyed and initialised again.
    */
   onModuleInit(): void {
-    this.unregister = registerSubscriber(this.store.repository.manager.connection, this.postCommit);
+    this.unregister = registerSubscriber(this.dataSource, this.postCommit);
   }
 
   /** Stops listening, so that a closed application leaves no subscriber on a shared data source. */

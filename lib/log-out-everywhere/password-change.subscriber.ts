@@ -1,9 +1,8 @@
 import { Inject, Injectable, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
-import type { EntitySubscriberInterface, ObjectLiteral, UpdateEvent } from 'typeorm';
+import type { DataSource, EntitySubscriberInterface, ObjectLiteral, UpdateEvent } from 'typeorm';
 import { defaultSubjectOf, type ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
+import { TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
 import { TokenResourceConfigError } from '../token-resource.exceptions.js';
-import { TokenStore } from '../token.store.js';
 import { registerSubscriber } from '../typeorm/register-subscriber.js';
 import { LogOutEverywhereService } from './log-out-everywhere.service.js';
 
@@ -32,7 +31,7 @@ export class PasswordChangeSubscriber implements EntitySubscriberInterface<Objec
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
-    private readonly store: TokenStore,
+    @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly logOut: LogOutEverywhereService,
   ) {}
 
@@ -46,25 +45,24 @@ export class PasswordChangeSubscriber implements EntitySubscriberInterface<Objec
   onModuleInit(): void {
     const { applyOnPasswordChange, userEntity } = this.options.logOutEverywhere;
     if (!applyOnPasswordChange || !userEntity) return;
-    const dataSource = this.store.repository.manager.connection;
-    if (!dataSource.hasMetadata(userEntity)) {
+    if (!this.dataSource.hasMetadata(userEntity)) {
       throw new TokenResourceConfigError(
         `nestjs-token-resource: logOutEverywhere.userEntity is not an entity of data source '${this.options.dataSource}', where the token table lives. Register it there: the log-out must run in the password change's transaction.`,
       );
     }
-    const column = dataSource.getMetadata(userEntity).findColumnWithPropertyName(this.options.logOutEverywhere.passwordField);
+    const column = this.dataSource.getMetadata(userEntity).findColumnWithPropertyName(this.options.logOutEverywhere.passwordField);
     if (!column) {
       throw new TokenResourceConfigError(
         `nestjs-token-resource: logOutEverywhere.passwordField '${this.options.logOutEverywhere.passwordField}' is not a column of logOutEverywhere.userEntity.`,
       );
     }
     // The default would log out the subject 'undefined', or refuse every password change.
-    if (this.options.logOutEverywhere.subjectOf === defaultSubjectOf && !dataSource.getMetadata(userEntity).findColumnWithPropertyName('id')) {
+    if (this.options.logOutEverywhere.subjectOf === defaultSubjectOf && !this.dataSource.getMetadata(userEntity).findColumnWithPropertyName('id')) {
       throw new TokenResourceConfigError(
         "nestjs-token-resource: logOutEverywhere.userEntity has no 'id' column for the default subjectOf (u => String(u.id)). Set logOutEverywhere.subjectOf to the user's JWT sub, for example (u) => u.uuid.",
       );
     }
-    this.unregister = registerSubscriber(dataSource, this);
+    this.unregister = registerSubscriber(this.dataSource, this);
   }
 
   /** Unregisters, so that a closed application leaves no subscriber on a shared data source. */
