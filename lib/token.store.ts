@@ -345,7 +345,7 @@ export class TokenStore {
    * The SQL that reads a token's own row (`$1`) and its subject's log-out marker (`$2`)
    * in one primary-key index scan; `extra_data` is read only from the marker. Two plain
    * text parameters keep PostgreSQL's cached generic plan (an `= ANY($1::text[])` of
-   * unknown length was re-planned on every execution) and spare `pg` an array literal.
+   * unknown length would be re-planned on every execution) and spare `pg` an array literal.
    */
   tokenStateStatement(): Statement {
     return this.tokenState ??= this.checkStatement('token_state', `

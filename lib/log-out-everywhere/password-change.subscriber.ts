@@ -8,22 +8,13 @@ import { LogOutEverywhereService } from './log-out-everywhere.service.js';
 
 /**
  * With `logOutEverywhere.applyOnPasswordChange`, a TypeORM subscriber on
- * `logOutEverywhere.userEntity`: when a `save` changes `passwordField`, it logs the
- * user out everywhere through the manager of the save's own transaction (TypeORM wraps
- * every `save` in one, or joins the caller's), so a password change that rolls back
- * revokes nothing, and one that commits cannot leave old sessions alive. Once that
- * transaction commits (the caller's, for a `save` inside one) it logs the user out again
- * (`repeatAfterCommit`), so that a login that still read the old password hash while the
- * change was pending does not keep its token either.
+ * `logOutEverywhere.userEntity`: when a `save` changes `passwordField`, it logs the user
+ * out everywhere in the save's own transaction (so a rolled-back change revokes nothing),
+ * and again once that transaction commits (`repeatAfterCommit`).
  *
- * Only `save` (and `manager.save`) is seen with the old and new values. Not seen, because
- * TypeORM runs no update subscriber for them or does not say which rows they changed:
- * `update()`, `upsert()`, `save(user, { listeners: false })`, query builders, raw SQL and
- * other ORMs. Code that changes passwords that way calls
+ * Only `save` reports which columns changed; `update()`, `upsert()`, query builders and
+ * raw SQL are not seen: code that changes passwords that way calls
  * {@link LogOutEverywhereService.logOutOnPasswordChange} itself.
- *
- * It stays registered when the data source is destroyed and initialised again (see
- * `registerSubscriber`).
  */
 @Injectable()
 export class PasswordChangeSubscriber implements EntitySubscriberInterface<ObjectLiteral>, OnModuleInit, OnModuleDestroy {
