@@ -10,11 +10,8 @@ import {
   type JWTVerifyOptions,
 } from 'jose';
 import type { TokenResourceJwtOptions } from '../interfaces/token-resource-options.interface.js';
-import {
-  InvalidTokenError,
-  TokenResourceConfigError,
-  TokenResourceUnavailableError,
-} from '../token-resource.exceptions.js';
+import { InvalidTokenError, TokenResourceUnavailableError } from '../token-resource.exceptions.js';
+import { failConfig } from '../validation/fail-config.js';
 import { checkVerifiedClaims } from '../validation/token-values.js';
 
 const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'];
@@ -26,10 +23,6 @@ const ASYMMETRIC_ALGORITHMS = [...RSA_ALGORITHMS, ...Object.values(EC_ALGORITHMS
 /** The verified claims of a JWT. */
 export type TokenClaimsPayload = JWTPayload & Record<string, unknown>;
 
-function fail(message: string): never {
-  throw new TokenResourceConfigError(`nestjs-token-resource: ${message}`);
-}
-
 function algorithmsOfKey(key: KeyObject, option: string): string[] {
   switch (key.asymmetricKeyType) {
     case 'rsa':
@@ -38,12 +31,12 @@ function algorithmsOfKey(key: KeyObject, option: string): string[] {
       return RSA_ALGORITHMS.filter((alg) => alg.startsWith('PS'));
     case 'ec': {
       const alg = EC_ALGORITHMS[key.asymmetricKeyDetails?.namedCurve ?? ''];
-      return alg ? [alg] : fail(`${option} uses an unsupported EC curve; use P-256, P-384 or P-521.`);
+      return alg ? [alg] : failConfig(`${option} uses an unsupported EC curve; use P-256, P-384 or P-521.`);
     }
     case 'ed25519':
       return EDDSA_ALGORITHMS;
     default:
-      return fail(`${option} is a ${key.asymmetricKeyType ?? 'symmetric'} key; use an RSA, EC (P-256/384/521) or Ed25519 key.`);
+      return failConfig(`${option} is a ${key.asymmetricKeyType ?? 'symmetric'} key; use an RSA, EC (P-256/384/521) or Ed25519 key.`);
   }
 }
 
@@ -53,10 +46,7 @@ function importKey(material: string | JWK, kind: 'public' | 'private', option: s
     return kind === 'public' ? createPublicKey(input) : createPrivateKey(input);
   } catch (error) {
     const expected = kind === 'public' ? 'a PEM (SPKI) public key or a public JWK' : 'a PEM (PKCS#8) private key or a private JWK';
-    throw new TokenResourceConfigError(
-      `nestjs-token-resource: ${option} could not be read (${(error as Error).message}); give ${expected}.`,
-      { cause: error },
-    );
+    failConfig(`${option} could not be read (${(error as Error).message}); give ${expected}.`, error);
   }
 }
 
@@ -105,7 +95,7 @@ function strongEnoughFor(secret: Uint8Array, candidates: string[], configured: b
   const strong = candidates.filter((alg) => secret.length >= HMAC_KEY_BYTES[alg]!);
   const weak = candidates.filter((alg) => !strong.includes(alg));
   if (strong.length === 0 || (configured && weak.length > 0)) {
-    fail(`jwt.secret is ${secret.length} bytes, too short for ${weak.join(', ')}: an HMAC key must be at least as long as its hash (RFC 7518 §3.2), 32 bytes for HS256, 48 for HS384, 64 for HS512. Use a longer random secret (for example \`openssl rand -base64 64\`)${configured ? ' or leave those algorithms out of jwt.algorithms' : ''}.`);
+    failConfig(`jwt.secret is ${secret.length} bytes, too short for ${weak.join(', ')}: an HMAC key must be at least as long as its hash (RFC 7518 §3.2), 32 bytes for HS256, 48 for HS384, 64 for HS512. Use a longer random secret (for example \`openssl rand -base64 64\`)${configured ? ' or leave those algorithms out of jwt.algorithms' : ''}.`);
   }
   return strong;
 }
@@ -113,11 +103,11 @@ function strongEnoughFor(secret: Uint8Array, candidates: string[], configured: b
 /** Picks the accepted algorithms: the configured ones, checked against what the key can do. */
 function acceptedAlgorithms(configured: string[] | undefined, possible: string[], keyOption: string): string[] {
   if (configured === undefined) return possible;
-  if (!Array.isArray(configured) || configured.length === 0) fail('jwt.algorithms must be a non-empty array, or left out to accept every algorithm of the key.');
+  if (!Array.isArray(configured) || configured.length === 0) failConfig('jwt.algorithms must be a non-empty array, or left out to accept every algorithm of the key.');
   const wrong = configured.filter((alg) => !possible.includes(alg));
   if (wrong.length > 0) {
     const none = wrong.some((alg) => String(alg).toLowerCase() === 'none');
-    fail(none
+    failConfig(none
       ? "jwt.algorithms must not contain 'none': unsigned tokens are never accepted."
       : `jwt.algorithms ${JSON.stringify(wrong)} cannot be used with ${keyOption}; it supports ${possible.join(', ')}.`);
   }
@@ -141,14 +131,14 @@ export class TokenCodec {
     const { secret, publicKey, jwksUri, privateKey, algorithms } = options;
     const sources = [secret !== undefined && 'jwt.secret', publicKey !== undefined && 'jwt.publicKey', jwksUri !== undefined && 'jwt.jwksUri'].filter(Boolean);
     if (sources.length !== 1) {
-      fail(sources.length === 0
+      failConfig(sources.length === 0
         ? 'set exactly one verification key: jwt.secret (HMAC), jwt.publicKey (PEM or JWK) or jwt.jwksUri.'
         : `set exactly one verification key, not ${sources.join(' and ')}.`);
     }
     if (secret !== undefined) {
-      if (privateKey !== undefined) fail('jwt.privateKey cannot be combined with jwt.secret; an HMAC secret both signs and verifies.');
+      if (privateKey !== undefined) failConfig('jwt.privateKey cannot be combined with jwt.secret; an HMAC secret both signs and verifies.');
       const bytes = typeof secret === 'string' ? new TextEncoder().encode(secret) : secret;
-      if (!(bytes instanceof Uint8Array) || bytes.length === 0) fail('jwt.secret must be a non-empty string or Uint8Array.');
+      if (!(bytes instanceof Uint8Array) || bytes.length === 0) failConfig('jwt.secret must be a non-empty string or Uint8Array.');
       this.verifyKey = hmacVerifyKeys(bytes);
       this.algorithms = strongEnoughFor(bytes, acceptedAlgorithms(algorithms, HMAC_ALGORITHMS, 'jwt.secret'), algorithms !== undefined);
       this.signKey = bytes;
@@ -164,11 +154,11 @@ export class TokenCodec {
       try {
         url = new URL(jwksUri!);
       } catch {
-        fail(`jwt.jwksUri must be an absolute URL, got ${JSON.stringify(jwksUri)}.`);
+        failConfig(`jwt.jwksUri must be an absolute URL, got ${JSON.stringify(jwksUri)}.`);
       }
       // jose fetches the JWKS with fetch(); any other scheme would only fail at the first request.
       if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-        fail(`jwt.jwksUri must be an http(s) URL, got ${JSON.stringify(jwksUri)}.`);
+        failConfig(`jwt.jwksUri must be an http(s) URL, got ${JSON.stringify(jwksUri)}.`);
       }
       this.verifyKey = createRemoteJWKSet(url);
       this.algorithms = acceptedAlgorithms(algorithms, ASYMMETRIC_ALGORITHMS, 'jwt.jwksUri');
@@ -176,10 +166,10 @@ export class TokenCodec {
     if (privateKey !== undefined) {
       const key = importKey(privateKey, 'private', 'jwt.privateKey');
       const usable = algorithmsOfKey(key, 'jwt.privateKey').filter((alg) => this.algorithms.includes(alg));
-      if (usable.length === 0) fail(`jwt.privateKey cannot sign any of the accepted algorithms ${this.algorithms.join(', ')}.`);
+      if (usable.length === 0) failConfig(`jwt.privateKey cannot sign any of the accepted algorithms ${this.algorithms.join(', ')}.`);
       // With a publicKey the verify key is a KeyObject; a JWKS's keys are unknown until fetched.
       if (publicKey !== undefined && !keysArePair(key, this.verifyKey as KeyObject)) {
-        fail('jwt.privateKey is not the private half of jwt.publicKey: every token issueToken signs would fail verification. Give the matching key pair.');
+        failConfig('jwt.privateKey is not the private half of jwt.publicKey: every token issueToken signs would fail verification. Give the matching key pair.');
       }
       this.signKey = key;
       this.signAlgorithm = usable[0];
@@ -246,7 +236,7 @@ export class TokenCodec {
    */
   async sign(payload: JWTPayload): Promise<string> {
     if (!this.signKey || !this.signAlgorithm) {
-      fail('issueToken needs a signing key: set jwt.secret or jwt.privateKey.');
+      failConfig('issueToken needs a signing key: set jwt.secret or jwt.privateKey.');
     }
     const jwt = new SignJWT(payload).setProtectedHeader({ alg: this.signAlgorithm, typ: 'JWT' });
     if (this.options.issuer !== undefined) jwt.setIssuer(this.options.issuer);
