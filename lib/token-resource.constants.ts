@@ -4,6 +4,9 @@ export const TOKEN_RESOURCE_OPTIONS = Symbol('TOKEN_RESOURCE_OPTIONS');
 /** Injection token of the repository of the configured token entity. */
 export const TOKEN_REPOSITORY = Symbol('TOKEN_REPOSITORY');
 
+/** Injection token of the TypeORM data source that holds the token table. */
+export const TOKEN_DATA_SOURCE = Symbol('TOKEN_DATA_SOURCE');
+
 /** Name under which the expunger's cron job is registered in `SchedulerRegistry`. */
 export const EXPUNGE_JOB_NAME = 'nestjs-token-resource:expunge';
 

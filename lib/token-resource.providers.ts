@@ -1,5 +1,5 @@
 import type { Provider } from '@nestjs/common';
-import { getRepositoryToken } from '@nestjs/typeorm';
+import { getDataSourceToken, getRepositoryToken } from '@nestjs/typeorm';
 import type {
   TokenResourceFactoryOptions,
   TokenResourceModuleAsyncOptions,
@@ -9,7 +9,7 @@ import type {
 import { TokenCodec } from './jwt/token-codec.js';
 import { fail } from './options/option-checks.js';
 import { resolveOptions, type ResolvedTokenResourceOptions } from './options/resolved-options.js';
-import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
+import { TOKEN_DATA_SOURCE, TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
 
 /** Injection token of the options exactly as the application or its factory gave them. */
 export const TOKEN_RESOURCE_MODULE_OPTIONS = Symbol('TOKEN_RESOURCE_MODULE_OPTIONS');
@@ -17,7 +17,7 @@ export const TOKEN_RESOURCE_MODULE_OPTIONS = Symbol('TOKEN_RESOURCE_MODULE_OPTIO
 /** The options that wire the module, known before any options factory runs. */
 export type ModuleWiring = Required<Pick<TokenResourceModuleOptions, 'dataSource' | 'entity' | 'isGlobal'>>;
 
-/** Providers that turn raw options into validated options, the codec and the repository alias. */
+/** Providers that turn raw options into validated options, the codec, and the data source and repository aliases. */
 export function createCoreProviders(wiring: ModuleWiring): Provider[] {
   return [
     {
@@ -30,6 +30,7 @@ export function createCoreProviders(wiring: ModuleWiring): Provider[] {
       useFactory: (options: ResolvedTokenResourceOptions) => new TokenCodec(options.jwt),
       inject: [TOKEN_RESOURCE_OPTIONS],
     },
+    { provide: TOKEN_DATA_SOURCE, useExisting: getDataSourceToken(wiring.dataSource) },
     { provide: TOKEN_REPOSITORY, useExisting: getRepositoryToken(wiring.entity, wiring.dataSource) },
   ];
 }

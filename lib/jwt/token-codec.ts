@@ -11,11 +11,7 @@ import {
 } from 'jose';
 import { fail } from '../options/option-checks.js';
 import { acceptedAlgorithms, secretBytes, type ResolvedJwtOptions } from '../options/validate-jwt.js';
-import {
-  InvalidTokenError,
-  TokenResourceConfigError,
-  TokenResourceUnavailableError,
-} from '../token-resource.exceptions.js';
+import { InvalidTokenError, TokenResourceUnavailableError } from '../token-resource.exceptions.js';
 import { checkVerifiedClaims } from '../validation/token-values.js';
 
 const RSA_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
@@ -49,10 +45,7 @@ function importKey(material: string | JWK, kind: 'public' | 'private', option: s
     return kind === 'public' ? createPublicKey(input) : createPrivateKey(input);
   } catch (error) {
     const expected = kind === 'public' ? 'a PEM (SPKI) public key or a public JWK' : 'a PEM (PKCS#8) private key or a private JWK';
-    throw new TokenResourceConfigError(
-      `nestjs-token-resource: ${option} could not be read (${(error as Error).message}); give ${expected}.`,
-      { cause: error },
-    );
+    fail(`${option} could not be read (${(error as Error).message}); give ${expected}.`, error);
   }
 }
 
@@ -70,9 +63,9 @@ function keysArePair(privateKey: KeyObject, publicKey: KeyObject): boolean {
 
 /**
  * The verification key of an HMAC secret, as a key resolver that imports the secret once
- * per HMAC algorithm. Given the bare `Uint8Array`, jose imports it into a WebCrypto key on
- * every verification, about half the CPU of an HS256 verify. jose calls the resolver only
- * after it has checked the header's `alg` against the accepted algorithms, all `HS*`.
+ * per HMAC algorithm: given the bare `Uint8Array`, jose would import it into a WebCrypto
+ * key on every verification. jose calls the resolver only after it has checked the
+ * header's `alg` against the accepted algorithms, all `HS*`.
  */
 function hmacVerifyKeys(secret: Uint8Array): JWTVerifyGetKey {
   // Once imported, a key is handed back as it is rather than as a promise: jose awaits

@@ -1,9 +1,9 @@
 import { TokenResourceConfigError } from '../token-resource.exceptions.js';
 import { isPurpose, MAX_PURPOSE_BYTES } from '../validation/token-values.js';
 
-/** Throws the configuration error every option check ends in. */
-export function fail(message: string): never {
-  throw new TokenResourceConfigError(`nestjs-token-resource: ${message}`);
+/** Throws the configuration error every option check ends in; its message names the package. */
+export function fail(message: string, cause?: unknown): never {
+  throw new TokenResourceConfigError(`nestjs-token-resource: ${message}`, cause === undefined ? undefined : { cause });
 }
 
 function isNumber(value: unknown): value is number {
