@@ -23,16 +23,12 @@ import { NestFactory } from '@nestjs/core';
 import { jwtVerify } from 'jose';
 import type pg from 'pg';
 import { DataSource } from 'typeorm';
-import {
-  LOG_OUT_EVERYWHERE_PURPOSE,
-  LogOutMarkerCache,
-  TOKEN_RESOURCE_OPTIONS,
-  TokenCodec,
-  TokenService,
-  TokenStore,
-  type ResolvedTokenResourceOptions,
-} from '../lib/index.js';
+import { LogOutMarkerCache, TokenService } from '../lib/index.js';
 import { ExpiredTokenDeleter } from '../lib/expunger/expired-token.deleter.js';
+import { TokenCodec } from '../lib/jwt/token-codec.js';
+import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
+import { TokenStore } from '../lib/token.store.js';
 import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
 import { closedLoop, mergeResults, type LoadResult } from './support/closed-loop.js';
 import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';

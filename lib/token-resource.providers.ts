@@ -8,7 +8,7 @@ import type {
 } from './interfaces/token-resource-options.interface.js';
 import { TokenCodec } from './jwt/token-codec.js';
 import { resolveOptions, type ResolvedTokenResourceOptions } from './options/resolved-options.js';
-import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
+import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.internal-constants.js';
 import { TokenResourceConfigError } from './token-resource.exceptions.js';
 
 /** Injection token of the options exactly as the application gave them. */

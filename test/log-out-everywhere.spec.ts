@@ -2,14 +2,9 @@ import type { INestApplication } from '@nestjs/common';
 import { SignJWT } from 'jose';
 import type { Client as PgClient } from 'pg';
 import type { DataSource } from 'typeorm';
-import {
-  LOG_OUT_EVERYWHERE_PURPOSE,
-  LogOutEverywhereService,
-  LogOutMarkerCache,
-  REVOCATION_PURPOSE,
-  TokenService,
-} from '../lib/index.js';
+import { LogOutEverywhereService, LogOutMarkerCache, REVOCATION_PURPOSE, TokenService } from '../lib/index.js';
 import { logOutMarkerJti, logOutMarkerRevokes, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE } from '../lib/token-resource.internal-constants.js';
 import { clockPast } from './support/clock.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';

@@ -1,8 +1,9 @@
 import { Logger, type INestApplication } from '@nestjs/common';
 import { jest } from '@jest/globals';
 import pg, { type Client as PgClient } from 'pg';
-import { LogOutEverywhereService, LogOutMarkerCache, TokenService, TokenStore } from '../lib/index.js';
+import { LogOutEverywhereService, LogOutMarkerCache, TokenService } from '../lib/index.js';
 import { LISTENER_APPLICATION_NAME } from '../lib/marker-cache/log-out-marker.cache.js';
+import { TokenStore } from '../lib/token.store.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';

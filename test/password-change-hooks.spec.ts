@@ -2,13 +2,13 @@ import type { INestApplication } from '@nestjs/common';
 import { Column, Entity, PrimaryColumn, PrimaryGeneratedColumn, type DataSource, type Repository } from 'typeorm';
 import {
   LogOutEverywhereService,
-  PasswordChangeSubscriber,
   Token,
   TokenResourceConfigError,
   TokenService,
   type TokenResourceModuleOptions,
 } from '../lib/index.js';
 import { logOutMarkerJti, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
+import { PasswordChangeSubscriber } from '../lib/log-out-everywhere/password-change.subscriber.js';
 import { PostCommitLogOuts } from '../lib/log-out-everywhere/post-commit-log-outs.js';
 import { clockPast } from './support/clock.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';

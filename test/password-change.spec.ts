@@ -15,10 +15,10 @@ import {
   LogOutEverywhereService,
   REVOCATION_PURPOSE,
   Token,
-  TokenCodec,
   TokenResourceConfigError,
   TokenService,
 } from '../lib/index.js';
+import { TokenCodec } from '../lib/jwt/token-codec.js';
 import { logOutMarkerJti, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
 import { clockPast } from './support/clock.js';
 import { proxyDatabase } from './support/tcp-proxy.js';

@@ -3,13 +3,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/glob
 import type { INestApplication } from '@nestjs/common';
 import pg from 'pg';
 import request from 'supertest';
-import {
-  InvalidTokenError,
-  LogOutEverywhereService,
-  TOKEN_GUARD_MESSAGES,
-  TokenAlreadyRevokedError,
-  TokenService,
-} from '../lib/index.js';
+import { InvalidTokenError, LogOutEverywhereService, TokenAlreadyRevokedError, TokenService } from '../lib/index.js';
+import { TOKEN_GUARD_MESSAGES } from '../lib/guard/token-guard.constants.js';
 import { createGuardApp } from './support/guard-app.js';
 import { GuardedSubjectController } from './support/guarded-controller.js';
 import { nowSeconds, signToken, sleep } from './support/jwt-fixtures.js';

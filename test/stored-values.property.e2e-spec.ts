@@ -5,12 +5,8 @@ import fc from 'fast-check';
 import { SignJWT, type JWTPayload } from 'jose';
 import pg from 'pg';
 import request from 'supertest';
-import {
-  InvalidTokenError,
-  LogOutEverywhereService,
-  TOKEN_GUARD_MESSAGES,
-  TokenService,
-} from '../lib/index.js';
+import { InvalidTokenError, LogOutEverywhereService, TokenService } from '../lib/index.js';
+import { TOKEN_GUARD_MESSAGES } from '../lib/guard/token-guard.constants.js';
 import { createGuardApp } from './support/guard-app.js';
 import { GuardedSubjectController } from './support/guarded-controller.js';
 import { nowSeconds } from './support/jwt-fixtures.js';

@@ -5,16 +5,15 @@ import type { DataSource, Repository } from 'typeorm';
 import {
   InvalidTokenError,
   LogOutEverywhereService,
-  LOG_OUT_EVERYWHERE_PURPOSE,
   REVOCATION_PURPOSE,
   Token,
   TokenAlreadyRevokedError,
   TokenResourceUnavailableError,
   TokenService,
-  TokenStore,
-  TOKEN_REPOSITORY,
   type TokenResourceModuleOptions,
 } from '../lib/index.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_REPOSITORY } from '../lib/token-resource.internal-constants.js';
+import { TokenStore } from '../lib/token.store.js';
 import { countRows, nowSeconds, signToken, sleep } from './support/jwt-fixtures.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';

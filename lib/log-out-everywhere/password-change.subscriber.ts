@@ -1,7 +1,7 @@
 import { Inject, Injectable, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
 import type { EntitySubscriberInterface, ObjectLiteral, UpdateEvent } from 'typeorm';
 import { defaultSubjectOf, type ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
+import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { TokenResourceConfigError } from '../token-resource.exceptions.js';
 import { TokenStore } from '../token.store.js';
 import { registerSubscriber } from '../typeorm/register-subscriber.js';

@@ -1,9 +1,7 @@
 import type { Type } from '@nestjs/common';
 import type { EntityTarget, ObjectLiteral } from 'typeorm';
-import {
-  DEFAULT_AUTHENTICATION_PURPOSE,
-  REVOCATION_PURPOSE,
-} from '../token-resource.constants.js';
+import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
+import { DEFAULT_AUTHENTICATION_PURPOSE } from '../token-resource.internal-constants.js';
 import { TokenResourceConfigError } from '../token-resource.exceptions.js';
 import { Token } from '../entities/token.entity.js';
 import type { TokenResourceJwtOptions, TokenResourceModuleOptions } from '../interfaces/token-resource-options.interface.js';
