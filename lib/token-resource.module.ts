@@ -19,7 +19,7 @@ import {
   TOKEN_RESOURCE_MODULE_OPTIONS,
   type ModuleWiring,
 } from './token-resource.providers.js';
-import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
+import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.internal-constants.js';
 import { TokenService } from './token.service.js';
 import { TokenStore } from './token.store.js';
 

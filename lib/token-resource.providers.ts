@@ -9,7 +9,7 @@ import type {
 import { TokenCodec } from './jwt/token-codec.js';
 import { fail } from './options/option-checks.js';
 import { resolveOptions, type ResolvedTokenResourceOptions } from './options/resolved-options.js';
-import { TOKEN_DATA_SOURCE, TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
+import { TOKEN_DATA_SOURCE, TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.internal-constants.js';
 
 /** Injection token of the options exactly as the application or its factory gave them. */
 export const TOKEN_RESOURCE_MODULE_OPTIONS = Symbol('TOKEN_RESOURCE_MODULE_OPTIONS');

@@ -3,13 +3,8 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import type { Client as PgClient, Pool, PoolClient, QueryConfig, QueryResult } from 'pg';
 import type { DataSource, EntityManager, Repository } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
-import {
-  LOG_OUT_EVERYWHERE_PURPOSE,
-  REVOCATION_PURPOSE,
-  TOKEN_DATA_SOURCE,
-  TOKEN_REPOSITORY,
-  TOKEN_RESOURCE_OPTIONS,
-} from './token-resource.constants.js';
+import { REVOCATION_PURPOSE } from './token-resource.constants.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_DATA_SOURCE, TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.internal-constants.js';
 import { TokenResourceUnavailableError } from './token-resource.exceptions.js';
 import type { LogOutMarker } from './log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';

@@ -1,16 +1,12 @@
 import type { INestApplication } from '@nestjs/common';
 import { SignJWT } from 'jose';
-import type { Client as PgClient } from 'pg';
 import type { DataSource } from 'typeorm';
-import {
-  LOG_OUT_EVERYWHERE_PURPOSE,
-  LogOutEverywhereService,
-  LogOutMarkerCache,
-  REVOCATION_PURPOSE,
-  TokenService,
-} from '../lib/index.js';
+import { LogOutEverywhereService, LogOutMarkerCache, REVOCATION_PURPOSE, TokenService } from '../lib/index.js';
 import { logOutMarkerJti, logOutMarkerRevokes, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE } from '../lib/token-resource.internal-constants.js';
 import { clockPast } from './support/clock.js';
+import { uniqueSubject } from './support/jwt-fixtures.js';
+import { listenerSocketOf } from './support/marker-cache-listener.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';
@@ -25,10 +21,6 @@ let unstoredApp: INestApplication;
 let stored: { tokens: TokenService; logOut: LogOutEverywhereService };
 let unstored: { tokens: TokenService; logOut: LogOutEverywhereService };
 let dataSource: DataSource;
-
-function uniqueSubject(): string {
-  return `subject-${Math.random().toString(36).slice(2)}`;
-}
 
 async function purposesOf(subject: string): Promise<Record<string, string>> {
   const rows: Array<{ jti: string; purpose: string }> = await dataSource.query('SELECT jti, purpose FROM tokens WHERE subject = $1', [subject]);
@@ -358,10 +350,8 @@ describe('with the marker cache on, a log-out inside a transaction takes effect 
     cachedApp = await createTokenApp(db.url, { options: { expunge: { enabled: false }, logOutMarkerCache: { enabled: true, maxStalenessMs: 60_000 } } });
     const cache = cachedApp.get(LogOutMarkerCache);
     await waitFor(() => cache.fresh, 10_000, 'the marker cache to be fresh');
-    // Its own notification must not be what it relies on: stop reading the listener's socket
-    // (the private `listener` of LogOutMarkerCache), as test/log-out-marker-cache.spec.ts does.
-    const listener = (cache as unknown as { listener: PgClient }).listener;
-    socket = (listener as unknown as { connection: { stream: { pause(): void; resume(): void } } }).connection.stream;
+    // Its own notification must not be what it relies on: stop reading the listener's socket.
+    socket = listenerSocketOf(cachedApp);
     socket.pause();
   });
 

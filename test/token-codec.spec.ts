@@ -6,11 +6,11 @@ import { JwtService } from '@nestjs/jwt';
 import { decodeProtectedHeader, SignJWT, type JWK } from 'jose';
 import {
   InvalidTokenError,
-  TokenCodec,
   TokenResourceUnavailableError,
   TokenService,
   type TokenResourceJwtOptions,
 } from '../lib/index.js';
+import { TokenCodec } from '../lib/jwt/token-codec.js';
 import { resolveJwtOptions } from '../lib/options/validate-jwt.js';
 import { countRows, nowSeconds, signToken } from './support/jwt-fixtures.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';

@@ -11,12 +11,12 @@ import {
   TokenResourceConfigError,
   TokenResourceModule,
   TokenService,
-  TOKEN_RESOURCE_OPTIONS,
-  type ResolvedTokenResourceOptions,
   type TokenResourceFactoryOptions,
   type TokenResourceModuleOptions,
   type TokenResourceOptionsFactory,
 } from '../lib/index.js';
+import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
+import { TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
 import { countRows, signToken } from './support/jwt-fixtures.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET, typeOrmOptions } from './support/token-app.js';

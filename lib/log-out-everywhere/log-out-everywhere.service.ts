@@ -1,12 +1,8 @@
 import { Inject, Injectable, Logger, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
 import type { DataSource, EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import {
-  LOG_OUT_EVERYWHERE_PURPOSE,
-  REVOCATION_PURPOSE,
-  TOKEN_DATA_SOURCE,
-  TOKEN_RESOURCE_OPTIONS,
-} from '../token-resource.constants.js';
+import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { LogOutMarkerCache } from '../marker-cache/log-out-marker.cache.js';
 import { TokenStore } from '../token.store.js';
 import { registerSubscriber } from '../typeorm/register-subscriber.js';

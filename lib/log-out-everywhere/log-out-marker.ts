@@ -1,4 +1,4 @@
-import { LOG_OUT_EVERYWHERE_JTI_PREFIX } from '../token-resource.constants.js';
+import { LOG_OUT_EVERYWHERE_JTI_PREFIX } from '../token-resource.internal-constants.js';
 
 /**
  * One level of a subject's log-out marker: what the log-outs with one purpose filter

@@ -2,7 +2,7 @@ import { Inject, Injectable, type OnModuleDestroy, type OnModuleInit } from '@ne
 import type { DataSource, EntitySubscriberInterface, ObjectLiteral, UpdateEvent } from 'typeorm';
 import { defaultSubjectOf } from '../options/defaults.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import { TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
+import { TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { TokenResourceConfigError } from '../token-resource.exceptions.js';
 import { registerSubscriber } from '../typeorm/register-subscriber.js';
 import { LogOutEverywhereService } from './log-out-everywhere.service.js';

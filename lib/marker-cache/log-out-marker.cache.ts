@@ -4,7 +4,7 @@ import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnModuleD
 import type { Client as PgClient, Notification } from 'pg';
 import type { LogOutMarker } from '../log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
+import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { TokenStore } from '../token.store.js';
 import { isSubject } from '../validation/token-values.js';
 

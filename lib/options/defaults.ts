@@ -1,5 +1,6 @@
 import { Token } from '../entities/token.entity.js';
-import { DEFAULT_AUTHENTICATION_PURPOSE, REVOCATION_PURPOSE } from '../token-resource.constants.js';
+import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
+import { DEFAULT_AUTHENTICATION_PURPOSE } from '../token-resource.internal-constants.js';
 
 /**
  * The default `logOutEverywhere.subjectOf`: `String(user.id)`, refusing a user without `id`
