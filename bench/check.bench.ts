@@ -23,16 +23,12 @@ import { NestFactory } from '@nestjs/core';
 import { jwtVerify } from 'jose';
 import type pg from 'pg';
 import { DataSource } from 'typeorm';
-import {
-  LOG_OUT_EVERYWHERE_PURPOSE,
-  LogOutMarkerCache,
-  TOKEN_RESOURCE_OPTIONS,
-  TokenCodec,
-  TokenService,
-  TokenStore,
-  type ResolvedTokenResourceOptions,
-} from '../lib/index.js';
+import { LogOutMarkerCache, TokenService } from '../lib/index.js';
 import { ExpiredTokenDeleter } from '../lib/expunger/expired-token.deleter.js';
+import { TokenCodec } from '../lib/jwt/token-codec.js';
+import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
+import { LOG_OUT_EVERYWHERE_JTI_PREFIX, LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
+import { TokenStore } from '../lib/token.store.js';
 import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
 import { closedLoop, mergeResults, type LoadResult } from './support/closed-loop.js';
 import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';
@@ -44,7 +40,6 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
 const PROBES = 20_000;
 const SUBJECTS = 50_000;
-const MARKER_PREFIX = 'log-out-everywhere:';
 
 /** Row `i` of the table: `jti` bench-i, every tenth a revocation; `i > ROWS` is never stored. */
 const jtiOf = (i: number) => `bench-${i}`;
@@ -60,7 +55,7 @@ async function fill(pool: pg.Pool): Promise<void> {
   // (and parsed) by tokenRevoked, but revoke none of the tokens signed now.
   await pool.query(`
     INSERT INTO tokens (jti, subject, expires_at, purpose, extra_data)
-    SELECT '${MARKER_PREFIX}user-' || s, 'user-' || s, now() + interval '100 years', '${LOG_OUT_EVERYWHERE_PURPOSE}',
+    SELECT '${LOG_OUT_EVERYWHERE_JTI_PREFIX}user-' || s, 'user-' || s, now() + interval '100 years', '${LOG_OUT_EVERYWHERE_PURPOSE}',
            jsonb_build_object('levels', jsonb_build_object(jsonb_build_array(NULL, '["revocation"]'::jsonb)::text, jsonb_build_object(
              'at', (extract(epoch from now() - interval '1 day') * 1000)::bigint, 'exceptRevokedUpTo', 0,
              'excludePurposes', '["revocation"]'::jsonb)))
@@ -149,7 +144,7 @@ async function main(): Promise<void> {
       { name: 'raw: jose verify + PK SELECT', call: async (i) => rawRevoked((await verify(at(tokens, i))).jti as string) },
       { name: 'raw: jose verify + SELECT own row & marker', call: async (i) => {
         const claims = await verify(at(tokens, i));
-        return raw.query({ name: selectBoth.name, text: selectBoth.text, values: [claims.jti, MARKER_PREFIX + claims.sub] });
+        return raw.query({ name: selectBoth.name, text: selectBoth.text, values: [claims.jti, LOG_OUT_EVERYWHERE_JTI_PREFIX + claims.sub] });
       } },
       { name: 'TokenService.tokenRevoked', call: (i) => service.tokenRevoked(at(tokens, i)) },
       { name: 'tokenRevoked, logOutMarkerCache on', call: (i) => cachedService.tokenRevoked(at(tokens, i)) },

@@ -24,9 +24,9 @@ import {
   Token,
   TokenResourceModule,
   TokenService,
-  TokenStore,
 } from '../lib/index.js';
-import { EXPUNGE_RECORD_JTI } from '../lib/token-resource.constants.js';
+import { EXPUNGE_RECORD_JTI } from '../lib/token-resource.internal-constants.js';
+import { TokenStore } from '../lib/token.store.js';
 import { BENCH_SECRET } from './support/bench-app.js';
 import { describeMachine, openBenchDatabase, percentile, printTable, type BenchDatabase } from './support/bench-kit.js';
 

@@ -30,12 +30,8 @@ import {
 import { NestFactory } from '@nestjs/core';
 import { jwtVerify } from 'jose';
 import type pg from 'pg';
-import {
-  LogOutMarkerCache,
-  RevokedTokenGuard,
-  TokenCodec,
-  type TokenResourceModuleOptions,
-} from '../lib/index.js';
+import { LogOutMarkerCache, RevokedTokenGuard, type TokenResourceModuleOptions } from '../lib/index.js';
+import { TokenCodec } from '../lib/jwt/token-codec.js';
 import type { LoadJob, LoadReport } from './support/autocannon-loader.js';
 import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
 import { describeMachine, openBenchDatabase, printTable } from './support/bench-kit.js';

@@ -1,6 +1,5 @@
 import { Module, type DynamicModule, type Provider } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import { Token } from './entities/token.entity.js';
 import { ExpiredTokenDeleter } from './expunger/expired-token.deleter.js';
 import { ExpungerService } from './expunger/expunger.service.js';
 import { RevokedTokenGuard } from './guard/revoked-token.guard.js';
@@ -12,14 +11,15 @@ import { TokenCodec } from './jwt/token-codec.js';
 import { LogOutEverywhereService } from './log-out-everywhere/log-out-everywhere.service.js';
 import { PasswordChangeSubscriber } from './log-out-everywhere/password-change.subscriber.js';
 import { LogOutMarkerCache } from './marker-cache/log-out-marker.cache.js';
+import { DEFAULT_OPTIONS } from './options/defaults.js';
 import { OutageLog } from './outage-log.js';
 import {
   createAsyncOptionsProviders,
   createCoreProviders,
   TOKEN_RESOURCE_MODULE_OPTIONS,
-  type StaticWiring,
+  type ModuleWiring,
 } from './token-resource.providers.js';
-import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
+import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.internal-constants.js';
 import { TokenService } from './token.service.js';
 import { TokenStore } from './token.store.js';
 
@@ -40,26 +40,30 @@ export class TokenResourceModule {
    */
   static forRoot(options: TokenResourceModuleOptions): DynamicModule {
     const optionsProvider: Provider = { provide: TOKEN_RESOURCE_MODULE_OPTIONS, useValue: options };
-    return this.assemble(this.wiringOf(options ?? {}), options?.isGlobal, [], [optionsProvider]);
+    return this.assemble(this.wiringOf(options ?? {}), [], [optionsProvider]);
   }
 
   /**
    * Configures the module with options made by a factory, a class or an existing
    * provider. `dataSource`, `entity` and `isGlobal` are given here, next to the factory,
-   * because the module's wiring depends on them.
+   * because the module's wiring depends on them; the factory's return type leaves them out.
    */
   static forRootAsync(options: TokenResourceModuleAsyncOptions): DynamicModule {
-    return this.assemble(this.wiringOf(options), options.isGlobal, options.imports ?? [], createAsyncOptionsProviders(options));
+    return this.assemble(this.wiringOf(options), options.imports ?? [], createAsyncOptionsProviders(options));
   }
 
-  private static wiringOf(options: { dataSource?: string; entity?: new () => Token }): StaticWiring {
-    return { dataSource: options.dataSource ?? 'default', entity: options.entity ?? Token };
+  private static wiringOf(options: Partial<ModuleWiring>): ModuleWiring {
+    return {
+      dataSource: options.dataSource ?? DEFAULT_OPTIONS.dataSource,
+      entity: options.entity ?? DEFAULT_OPTIONS.entity,
+      isGlobal: options.isGlobal ?? DEFAULT_OPTIONS.isGlobal,
+    };
   }
 
-  private static assemble(wiring: StaticWiring, isGlobal: boolean | undefined, imports: DynamicModule['imports'], optionsProviders: Provider[]): DynamicModule {
+  private static assemble(wiring: ModuleWiring, imports: DynamicModule['imports'], optionsProviders: Provider[]): DynamicModule {
     return {
       module: TokenResourceModule,
-      global: isGlobal ?? false,
+      global: wiring.isGlobal,
       imports: [...(imports ?? []), TypeOrmModule.forFeature([wiring.entity], wiring.dataSource)],
       providers: [...optionsProviders, ...createCoreProviders(wiring), ...SERVICES],
       exports: EXPORTS,

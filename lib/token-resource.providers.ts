@@ -1,46 +1,28 @@
 import type { Provider } from '@nestjs/common';
-import { getRepositoryToken } from '@nestjs/typeorm';
-import type { Token } from './entities/token.entity.js';
+import { getDataSourceToken, getRepositoryToken } from '@nestjs/typeorm';
 import type {
+  TokenResourceFactoryOptions,
   TokenResourceModuleAsyncOptions,
   TokenResourceModuleOptions,
   TokenResourceOptionsFactory,
 } from './interfaces/token-resource-options.interface.js';
 import { TokenCodec } from './jwt/token-codec.js';
+import { fail } from './options/option-checks.js';
 import { resolveOptions, type ResolvedTokenResourceOptions } from './options/resolved-options.js';
-import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.constants.js';
-import { TokenResourceConfigError } from './token-resource.exceptions.js';
+import { TOKEN_DATA_SOURCE, TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.internal-constants.js';
 
-/** Injection token of the options exactly as the application gave them. */
+/** Injection token of the options exactly as the application or its factory gave them. */
 export const TOKEN_RESOURCE_MODULE_OPTIONS = Symbol('TOKEN_RESOURCE_MODULE_OPTIONS');
 
-/** The data source and entity, which must be known before any options factory runs. */
-export interface StaticWiring {
-  dataSource: string;
-  entity: new () => Token;
-}
+/** The options that wire the module, known before any options factory runs. */
+export type ModuleWiring = Required<Pick<TokenResourceModuleOptions, 'dataSource' | 'entity' | 'isGlobal'>>;
 
-function checkWiring(options: TokenResourceModuleOptions, wiring: StaticWiring): ResolvedTokenResourceOptions {
-  const resolved = resolveOptions(options);
-  if (options.dataSource !== undefined && options.dataSource !== wiring.dataSource) {
-    throw new TokenResourceConfigError(
-      `nestjs-token-resource: the factory returned dataSource '${options.dataSource}', but the module was wired to '${wiring.dataSource}'. Pass dataSource to forRootAsync itself, next to useFactory.`,
-    );
-  }
-  if (options.entity !== undefined && options.entity !== wiring.entity) {
-    throw new TokenResourceConfigError(
-      'nestjs-token-resource: the factory returned another entity than the module was wired to. Pass entity to forRootAsync itself, next to useFactory.',
-    );
-  }
-  return { ...resolved, dataSource: wiring.dataSource, entity: wiring.entity };
-}
-
-/** Providers that turn raw options into validated options, the codec and the repository alias. */
-export function createCoreProviders(wiring: StaticWiring): Provider[] {
+/** Providers that turn raw options into validated options, the codec, and the data source and repository aliases. */
+export function createCoreProviders(wiring: ModuleWiring): Provider[] {
   return [
     {
       provide: TOKEN_RESOURCE_OPTIONS,
-      useFactory: (options: TokenResourceModuleOptions) => checkWiring(options, wiring),
+      useFactory: (options: TokenResourceFactoryOptions | TokenResourceModuleOptions) => resolveOptions({ ...options, ...wiring }),
       inject: [TOKEN_RESOURCE_MODULE_OPTIONS],
     },
     {
@@ -48,6 +30,7 @@ export function createCoreProviders(wiring: StaticWiring): Provider[] {
       useFactory: (options: ResolvedTokenResourceOptions) => new TokenCodec(options.jwt),
       inject: [TOKEN_RESOURCE_OPTIONS],
     },
+    { provide: TOKEN_DATA_SOURCE, useExisting: getDataSourceToken(wiring.dataSource) },
     { provide: TOKEN_REPOSITORY, useExisting: getRepositoryToken(wiring.entity, wiring.dataSource) },
   ];
 }
@@ -59,7 +42,7 @@ export function createAsyncOptionsProviders(options: TokenResourceModuleAsyncOpt
   }
   const factoryClass = options.useExisting ?? options.useClass;
   if (!factoryClass) {
-    throw new TokenResourceConfigError('nestjs-token-resource: forRootAsync needs useFactory, useClass or useExisting.');
+    fail('forRootAsync needs useFactory, useClass or useExisting.');
   }
   const providers: Provider[] = [
     {

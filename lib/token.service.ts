@@ -8,6 +8,7 @@ import { TokenCodec, type TokenClaimsPayload } from './jwt/token-codec.js';
 import { logOutMarkerJti, logOutMarkerRevokes } from './log-out-everywhere/log-out-marker.js';
 import { LogOutMarkerCache } from './marker-cache/log-out-marker.cache.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
+import { REVOCATION_PURPOSE } from './token-resource.constants.js';
 import {
   DEFAULT_AUTHENTICATION_PURPOSE,
   DEFAULT_CONFIRM_PURPOSE,
@@ -16,9 +17,8 @@ import {
   EXPUNGER_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_PURPOSE,
-  REVOCATION_PURPOSE,
   TOKEN_RESOURCE_OPTIONS,
-} from './token-resource.constants.js';
+} from './token-resource.internal-constants.js';
 import { InvalidTokenError, TokenAlreadyRevokedError } from './token-resource.exceptions.js';
 import { TokenStore, type OwnStateRow, type TokenStateRow } from './token.store.js';
 import { checkExpiresAt, checkJsonb, checkJti, checkPurpose, checkSubject, expiryOfExp } from './validation/token-values.js';

@@ -1,14 +1,10 @@
 import { createHash } from 'node:crypto';
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import type { Client as PgClient, Pool, PoolClient, QueryConfig, QueryResult } from 'pg';
-import type { EntityManager, Repository } from 'typeorm';
+import type { DataSource, EntityManager, Repository } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
-import {
-  LOG_OUT_EVERYWHERE_PURPOSE,
-  REVOCATION_PURPOSE,
-  TOKEN_REPOSITORY,
-  TOKEN_RESOURCE_OPTIONS,
-} from './token-resource.constants.js';
+import { REVOCATION_PURPOSE } from './token-resource.constants.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_DATA_SOURCE, TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.internal-constants.js';
 import { TokenResourceUnavailableError } from './token-resource.exceptions.js';
 import type { LogOutMarker } from './log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
@@ -61,7 +57,6 @@ export interface TokenStateRow extends OwnStateRow {
 export class TokenStore {
   /** The quoted table name of the configured entity. */
   readonly table: string;
-  private readonly driver: { master?: Pool };
   private readonly statementNames = new Map<string, string>();
   private readonly logger = new Logger(TokenStore.name);
   /**
@@ -83,12 +78,12 @@ export class TokenStore {
   readonly logOutChannel: string;
 
   constructor(
+    @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     @Inject(TOKEN_REPOSITORY) readonly repository: Repository<Token>,
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: Pick<ResolvedTokenResourceOptions, 'storeTimeoutMs'>,
   ) {
-    const driver = repository.manager.connection.driver;
+    const { driver } = dataSource;
     this.table = repository.metadata.tablePath.split('.').map((part) => driver.escape(part)).join('.');
-    this.driver = driver as unknown as { master?: Pool };
     this.logOutChannel = `ntr_log_out_${createHash('sha1').update(this.table).digest('hex').slice(0, 16)}`;
   }
 
@@ -117,7 +112,7 @@ export class TokenStore {
    * the pool and `initialize()` makes a new one, and the store must follow it.
    */
   private get pool(): Pool {
-    const pool = this.driver.master;
+    const pool = (this.dataSource.driver as unknown as { master?: Pool }).master;
     if (!pool) throw new TokenResourceUnavailableError('the token store is unavailable: its data source is not initialized');
     return pool;
   }
@@ -147,8 +142,8 @@ export class TokenStore {
   async execute<Row>(statement: Statement, values: unknown[], manager?: EntityManager): Promise<StatementResult<Row>> {
     // With a named data source, the application's default manager would silently run the
     // statement in another database (and another transaction than the caller thinks).
-    if (manager && manager.connection !== this.repository.manager.connection) {
-      throw new TypeError(`opts.manager belongs to data source '${dataSourceName(manager)}', but the token table lives in '${dataSourceName(this.repository.manager)}'; pass a manager of that data source.`);
+    if (manager && manager.connection !== this.dataSource) {
+      throw new TypeError(`opts.manager belongs to data source '${nameOf(manager.connection)}', but the token table lives in '${nameOf(this.dataSource)}'; pass a manager of that data source.`);
     }
     const runner = manager?.queryRunner;
     if (!runner || runner.isReleased) return this.query(statement, values);
@@ -256,7 +251,7 @@ export class TokenStore {
     if (this.sendsNamedStatements) {
       this.sendsNamedStatements = false;
       this.logger.warn(
-        `token table ${this.table} of data source '${dataSourceName(this.repository.manager)}': PostgreSQL rejected a named prepared statement `
+        `token table ${this.table} of data source '${nameOf(this.dataSource)}': PostgreSQL rejected a named prepared statement `
         + `(${code}: ${error.message}); a transaction-pooling proxy (PgBouncer, pool_mode = transaction) is probably in between. `
         + 'Sending unnamed statements from now on, parsed again on every call. To keep prepared statements and silence this, '
         + "enable the pooler's own support for them (PgBouncer 1.21+: max_prepared_statements) or use session pooling.",
@@ -287,7 +282,7 @@ export class TokenStore {
    */
   readPrimary<T>(work: (repository: Repository<Token>) => Promise<T>): Promise<T> {
     return this.whileAvailable(async () => {
-      const runner = this.repository.manager.connection.createQueryRunner('master');
+      const runner = this.dataSource.createQueryRunner('master');
       try {
         return await work(runner.manager.getRepository<Token>(this.repository.target));
       } finally {
@@ -345,7 +340,7 @@ export class TokenStore {
    * The SQL that reads a token's own row (`$1`) and its subject's log-out marker (`$2`)
    * in one primary-key index scan; `extra_data` is read only from the marker. Two plain
    * text parameters keep PostgreSQL's cached generic plan (an `= ANY($1::text[])` of
-   * unknown length was re-planned on every execution) and spare `pg` an array literal.
+   * unknown length would be re-planned on every execution) and spare `pg` an array literal.
    */
   tokenStateStatement(): Statement {
     return this.tokenState ??= this.checkStatement('token_state', `
@@ -356,8 +351,8 @@ export class TokenStore {
   }
 }
 
-function dataSourceName(manager: EntityManager): string {
-  return (manager.connection.options as { name?: string }).name ?? 'default';
+function nameOf(dataSource: DataSource): string {
+  return (dataSource.options as { name?: string }).name ?? 'default';
 }
 
 function toResult<Row>(result: QueryResult): StatementResult<Row> {

@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import ts from 'typescript';
 
 /**
  * `npm run build` emits a typed ESM package with its TSDoc. Built into a scratch
@@ -49,15 +50,35 @@ it('ships source maps only together with their sources', async () => {
   expect(map.sourcesContent?.[0]).toContain('class TokenService');
 });
 
-it('loads as an ES module under plain node and exports the documented API', async () => {
-  const script = `import(${JSON.stringify(join(outDir, 'index.js'))}).then((m) => console.log(JSON.stringify(Object.keys(m).sort())))`;
+/** The package root's runtime exports: the documented API, nothing else. */
+const PUBLIC_VALUES = [
+  'CreateTokensTable1763900000000', 'EXPUNGE_JOB_NAME', 'ExpungerService', 'InvalidTokenError', 'LogOutEverywhereService',
+  'LogOutMarkerCache', 'REVOCATION_PURPOSE', 'RevokedTokenGuard', 'SkipTokenCheck', 'Token', 'TokenAlreadyRevokedError',
+  'TokenClaims', 'TokenResourceConfigError', 'TokenResourceError', 'TokenResourceModule', 'TokenResourceUnavailableError',
+  'TokenService', 'createTokensTableMigration', 'getTokenClaims',
+];
+
+/** The types users write against: options, inputs and results of the public methods, the verified claims. */
+const PUBLIC_TYPES = [
+  'ExpungeExpiredOptions', 'ExpungeRunResult', 'GetTokenQuery', 'IssueTokenInput', 'IssuedToken', 'ListTokensOptions',
+  'LogOutEverywhereOptions', 'RevokeJtiOptions', 'RevokeOptions', 'StoreConfirmationChangesInput', 'StoreTokenInput',
+  'TokenClaimsPayload', 'TokenResourceExpungeOptions', 'TokenResourceJwtOptions', 'TokenResourceLogOutEverywhereOptions',
+  'TokenResourceLogOutMarkerCacheOptions', 'TokenResourceModuleAsyncOptions', 'TokenResourceModuleOptions',
+  'TokenResourceOptionsFactory', 'TokenResourceFactoryOptions',
+];
+
+it('loads as an ES module under plain node and exports exactly the documented values', async () => {
+  const script = `import(${JSON.stringify(join(outDir, 'index.js'))}).then((m) => console.log(JSON.stringify(Object.keys(m))))`;
   const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { cwd: root });
-  const names: string[] = JSON.parse(stdout);
-  for (const name of [
-    'Token', 'TokenResourceModule', 'TokenService', 'LogOutEverywhereService', 'ExpungerService', 'RevokedTokenGuard',
-    'EXPUNGE_JOB_NAME', 'TokenResourceError', 'InvalidTokenError', 'TokenAlreadyRevokedError', 'TokenResourceConfigError',
-    'CreateTokensTable1763900000000',
-  ]) {
-    expect(names).toContain(name);
-  }
+  expect((JSON.parse(stdout) as string[]).sort()).toEqual([...PUBLIC_VALUES].sort());
 }, 60_000);
+
+it('declares exactly the documented values and types, and no building block', () => {
+  const program = ts.createProgram([join(outDir, 'index.d.ts')], {
+    module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, noLib: true, types: [],
+  });
+  const checker = program.getTypeChecker();
+  const index = checker.getSymbolAtLocation(program.getSourceFile(join(outDir, 'index.d.ts'))!)!;
+  const names = checker.getExportsOfModule(index).map((symbol) => symbol.name);
+  expect(names.sort()).toEqual([...PUBLIC_VALUES, ...PUBLIC_TYPES].sort());
+});

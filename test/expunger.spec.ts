@@ -21,7 +21,7 @@ import {
 } from '../lib/index.js';
 import { ExpiredTokenDeleter } from '../lib/expunger/expired-token.deleter.js';
 import { previousTick } from '../lib/expunger/expunge-schedule.js';
-import { EXPUNGE_RECORD_JTI, EXPUNGE_RECORD_PURPOSE } from '../lib/token-resource.constants.js';
+import { EXPUNGE_RECORD_JTI, EXPUNGE_RECORD_PURPOSE } from '../lib/token-resource.internal-constants.js';
 import { readRunRecord, writeRunRecord } from './support/expunge-record.js';
 import { signToken } from './support/jwt-fixtures.js';
 import { createTokenApp, TEST_SECRET, typeOrmOptions } from './support/token-app.js';

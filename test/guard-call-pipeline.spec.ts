@@ -17,11 +17,11 @@ import {
   RevokedTokenGuard,
   SkipTokenCheck,
   TokenClaims,
-  TokenCodec,
   TokenService,
   type TokenClaimsPayload,
 } from '../lib/index.js';
-import { TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.constants.js';
+import { TokenCodec } from '../lib/jwt/token-codec.js';
+import { TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
 
 // The guard and @TokenClaims() as Nest runs them for a WebSocket message or an RPC call.
 // @nestjs/websockets and @nestjs/microservices are not installed; their context creators are

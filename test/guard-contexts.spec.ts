@@ -11,12 +11,12 @@ import {
   RevokedTokenGuard,
   SkipTokenCheck,
   TokenClaims,
-  type ResolvedTokenResourceOptions,
   type TokenClaimsPayload,
-  type TokenCodec,
   type TokenService,
 } from '../lib/index.js';
 import { bearerChallenge } from '../lib/guard/bearer-challenge.js';
+import type { TokenCodec } from '../lib/jwt/token-codec.js';
+import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
 
 // The guard outside HTTP, with the codec and the store stubbed: what is under test here is
 // where the guard reads the token, leaves the claims and sets the challenge, per context type.

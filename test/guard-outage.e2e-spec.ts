@@ -108,13 +108,24 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     return { lines, counted };
   }
 
-  /** Once the store answered again: every refused request was counted, and the end of the outage logged once. */
-  function expectOutageLogged(): void {
+  /**
+   * Once the store answered again: every refused request was counted, and the end of each
+   * outage logged once. Requests that race may end an outage and start another (a 200
+   * between 503s): `outages` says how many there may be.
+   */
+  function expectOutageLogged(outages: { atMost: number } = { atMost: 1 }): void {
     expect(refused).toBeGreaterThan(0);
     expect(outageLines().counted).toBe(refused);
     const recoveries = loggedInfo.mock.calls.map((args) => String(args[0])).filter((line) => line.includes('available again'));
-    expect(recoveries).toHaveLength(1);
-    expect(recoveries[0]).toMatch(new RegExp(`^token store available again after \\d+\\.\\d s \\(${refused} requests? answered 503\\)$`));
+    expect(recoveries.length).toBeGreaterThanOrEqual(1);
+    expect(recoveries.length).toBeLessThanOrEqual(outages.atMost);
+    let recovered = 0;
+    for (const line of recoveries) {
+      const ended = /^token store available again after \d+\.\d s \((\d+) requests? answered 503\)$/.exec(line);
+      expect(ended).not.toBeNull();
+      recovered += Number(ended![1]);
+    }
+    expect(recovered).toBe(refused);
   }
 
   it('answers 200 while the store is up', async () => {
@@ -176,7 +187,8 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     // The frozen connections never answer again; only if pg gave up on them (and the pool
     // dropped them) can new connections be made.
     expect(await recovered()).toBe(200);
-    expectOutageLogged();
+    // Each 200 of the two queued requests may end the outage between 503s.
+    expectOutageLogged({ atMost: 3 });
   });
 
   it('answers 503 while the DataSource is destroyed, and 200 once it is initialized again, without a restart', async () => {

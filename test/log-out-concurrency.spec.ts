@@ -3,15 +3,15 @@ import type { INestApplication } from '@nestjs/common';
 import type { Pool } from 'pg';
 import type { DataSource } from 'typeorm';
 import {
-  LOG_OUT_EVERYWHERE_PURPOSE,
   LogOutEverywhereService,
   REVOCATION_PURPOSE,
   TokenAlreadyRevokedError,
-  TokenCodec,
   TokenService,
   type LogOutEverywhereOptions,
 } from '../lib/index.js';
+import { TokenCodec } from '../lib/jwt/token-codec.js';
 import type { LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE } from '../lib/token-resource.internal-constants.js';
 import { clockPast } from './support/clock.js';
 import { createRoomyDatabase, type RoomyDatabase } from './support/roomy-server.js';
 import { sleep } from './support/jwt-fixtures.js';

@@ -1,16 +1,12 @@
 import type { INestApplication } from '@nestjs/common';
 import { SignJWT } from 'jose';
-import type { Client as PgClient } from 'pg';
 import type { DataSource } from 'typeorm';
-import {
-  LOG_OUT_EVERYWHERE_PURPOSE,
-  LogOutEverywhereService,
-  LogOutMarkerCache,
-  REVOCATION_PURPOSE,
-  TokenService,
-} from '../lib/index.js';
+import { LogOutEverywhereService, LogOutMarkerCache, REVOCATION_PURPOSE, TokenService } from '../lib/index.js';
 import { logOutMarkerJti, logOutMarkerRevokes, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE } from '../lib/token-resource.internal-constants.js';
 import { clockPast } from './support/clock.js';
+import { uniqueSubject } from './support/jwt-fixtures.js';
+import { listenerSocketOf } from './support/marker-cache-listener.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';
@@ -25,10 +21,6 @@ let unstoredApp: INestApplication;
 let stored: { tokens: TokenService; logOut: LogOutEverywhereService };
 let unstored: { tokens: TokenService; logOut: LogOutEverywhereService };
 let dataSource: DataSource;
-
-function uniqueSubject(): string {
-  return `subject-${Math.random().toString(36).slice(2)}`;
-}
 
 async function purposesOf(subject: string): Promise<Record<string, string>> {
   const rows: Array<{ jti: string; purpose: string }> = await dataSource.query('SELECT jti, purpose FROM tokens WHERE subject = $1', [subject]);
@@ -358,10 +350,8 @@ describe('with the marker cache on, a log-out inside a transaction takes effect 
     cachedApp = await createTokenApp(db.url, { options: { expunge: { enabled: false }, logOutMarkerCache: { enabled: true, maxStalenessMs: 60_000 } } });
     const cache = cachedApp.get(LogOutMarkerCache);
     await waitFor(() => cache.fresh, 10_000, 'the marker cache to be fresh');
-    // Its own notification must not be what it relies on: stop reading the listener's socket
-    // (the private `listener` of LogOutMarkerCache), as test/log-out-marker-cache.spec.ts does.
-    const listener = (cache as unknown as { listener: PgClient }).listener;
-    socket = (listener as unknown as { connection: { stream: { pause(): void; resume(): void } } }).connection.stream;
+    // Its own notification must not be what it relies on: stop reading the listener's socket.
+    socket = listenerSocketOf(cachedApp);
     socket.pause();
   });
 
@@ -467,48 +457,17 @@ describe('several log-out levels combine, never replace each other', () => {
     await unstored.logOut.logOutEverywhere(subject, { excludePurposes: ['api_key', 'revocation', 'api_key'] });
     expect((await onlyLevelOf(subject)).excludePurposes).toEqual(['api_key', 'revocation']);
   });
-
-  it('reads a marker written before levels existed as one level, and keeps it when log-outs add levels', async () => {
-    const subject = uniqueSubject();
-    const kept = await unstored.tokens.issueToken({ subject });
-    const confirm = await unstored.tokens.issueToken({ subject, purpose: 'confirm' });
-    await clockPast(Date.now());
-    const legacy = { at: Date.now(), exceptJti: kept.jti, exceptRevokedUpTo: 0, excludePurposes: ['revocation'] };
-    await dataSource.query('INSERT INTO tokens (jti, subject, expires_at, purpose, extra_data) VALUES ($1, $2, now() + interval \'1 day\', $3, $4)',
-      [logOutMarkerJti(subject), subject, LOG_OUT_EVERYWHERE_PURPOSE, JSON.stringify(legacy)]);
-    await clockPast(legacy.at);
-    const after = await unstored.tokens.issueToken({ subject });
-    expect(await unstored.tokens.tokenRevoked(confirm.token)).toBe(true);
-    expect(await unstored.tokens.tokenRevoked(kept.token)).toBe(false);
-    expect(await unstored.tokens.tokenRevoked(after.token)).toBe(false);
-
-    // Another filter: a level of its own beside the old one, which still revokes 'confirm'.
-    await unstored.logOut.logOutEverywhere(subject, { includePurposes: ['user'] });
-    expect(await levelsOf(subject)).toEqual(expect.arrayContaining([legacy]));
-    expect(await levelsOf(subject)).toHaveLength(2);
-    await unstored.tokens.storeToken({ token: confirm.token, purpose: 'confirm' });
-    expect(await unstored.tokens.tokenRevoked(confirm.token)).toBe(true);
-    expect(await unstored.tokens.tokenRevoked(kept.token)).toBe(true);
-
-    // The old marker's own filter: merged into its level, as a log-out of that filter would be.
-    await unstored.logOut.logOutEverywhere(subject);
-    const levels = await levelsOf(subject);
-    expect(levels).toHaveLength(2);
-    const merged = levels.find((level) => level.includePurposes === undefined)!;
-    expect(merged.at).toBeGreaterThan(legacy.at);
-    expect(merged.exceptJti).toBeUndefined();
-    expect(merged.exceptRevokedUpTo).toBe(legacy.at);
-  });
 });
 
 describe('logOutMarkerRevokes', () => {
   const at = 1_763_900_000_123;
+  const oneLevel = { levels: { all: { at } } };
   it('is exact to the millisecond for issueToken\'s fractional iat, despite float rounding', () => {
-    expect(logOutMarkerRevokes({ at }, 'j', at / 1000)).toBe(true);
-    expect(logOutMarkerRevokes({ at }, 'j', (at - 1) / 1000)).toBe(true);
-    expect(logOutMarkerRevokes({ at }, 'j', (at + 1) / 1000)).toBe(false);
+    expect(logOutMarkerRevokes(oneLevel, 'j', at / 1000)).toBe(true);
+    expect(logOutMarkerRevokes(oneLevel, 'j', (at - 1) / 1000)).toBe(true);
+    expect(logOutMarkerRevokes(oneLevel, 'j', (at + 1) / 1000)).toBe(false);
     for (let ms = at - 500; ms < at + 500; ms += 1) {
-      expect(logOutMarkerRevokes({ at }, 'j', ms / 1000)).toBe(ms <= at);
+      expect(logOutMarkerRevokes(oneLevel, 'j', ms / 1000)).toBe(ms <= at);
     }
   });
   it('revokes when any level does, each level with its own filter and exceptJti', () => {
@@ -528,8 +487,8 @@ describe('logOutMarkerRevokes', () => {
     expect(logOutMarkerRevokes(marker, 'other', (at + 1) / 1000, 'user')).toBe(false);
   });
   it('counts a whole-second iat in the same second, or a missing iat, as revoked', () => {
-    expect(logOutMarkerRevokes({ at }, 'j', Math.floor(at / 1000))).toBe(true);
-    expect(logOutMarkerRevokes({ at }, 'j', Math.floor(at / 1000) + 1)).toBe(false);
-    expect(logOutMarkerRevokes({ at }, 'j', undefined)).toBe(true);
+    expect(logOutMarkerRevokes(oneLevel, 'j', Math.floor(at / 1000))).toBe(true);
+    expect(logOutMarkerRevokes(oneLevel, 'j', Math.floor(at / 1000) + 1)).toBe(false);
+    expect(logOutMarkerRevokes(oneLevel, 'j', undefined)).toBe(true);
   });
 });

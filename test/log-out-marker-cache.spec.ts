@@ -1,8 +1,11 @@
 import { Logger, type INestApplication } from '@nestjs/common';
 import { jest } from '@jest/globals';
-import pg, { type Client as PgClient } from 'pg';
-import { LogOutEverywhereService, LogOutMarkerCache, TokenService, TokenStore } from '../lib/index.js';
+import pg from 'pg';
+import { LogOutEverywhereService, LogOutMarkerCache, TokenService } from '../lib/index.js';
 import { LISTENER_APPLICATION_NAME } from '../lib/marker-cache/log-out-marker.cache.js';
+import { TokenStore } from '../lib/token.store.js';
+import { uniqueSubject } from './support/jwt-fixtures.js';
+import { listenerOf, listenerSocketOf } from './support/marker-cache-listener.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';
@@ -32,10 +35,6 @@ async function instance(options: object): Promise<INestApplication> {
   return app;
 }
 
-function subject(): string {
-  return `cached-${Math.random().toString(36).slice(2)}`;
-}
-
 /** The names of the revoked-check statements an instance sends while `work` runs. */
 async function statementsDuring(app: INestApplication, work: () => Promise<unknown>): Promise<string[]> {
   const store = app.get(TokenStore);
@@ -52,18 +51,6 @@ async function freshCache(app: INestApplication): Promise<LogOutMarkerCache> {
   const cache = app.get(LogOutMarkerCache);
   await waitFor(() => cache.fresh, 10_000, 'the marker cache to be fresh');
   return cache;
-}
-
-/** The connection the cache listens on (private: the tests reach in to cut it). */
-function listenerOf(app: INestApplication): PgClient {
-  const listener = (app.get(LogOutMarkerCache) as unknown as { listener?: PgClient }).listener;
-  if (!listener) throw new Error('the cache is not listening');
-  return listener;
-}
-
-/** The socket of that connection: pausing it stops notifications as a partition would, unseen by the client. */
-function listenerSocketOf(app: INestApplication): { pause(): void; resume(): void } {
-  return (listenerOf(app) as unknown as { connection: { stream: { pause(): void; resume(): void } } }).connection.stream;
 }
 
 /**
@@ -106,7 +93,7 @@ afterAll(async () => {
 describe('LogOutMarkerCache', () => {
   it('is off by default: every check reads both keys and nothing listens', async () => {
     const plain = await instance({ expunge: { enabled: false } });
-    const { token } = await plain.get(TokenService).issueToken({ subject: subject() });
+    const { token } = await plain.get(TokenService).issueToken({ subject: uniqueSubject() });
     const sent = await statementsDuring(plain, async () => {
       for (let i = 0; i < 3; i++) await plain.get(TokenService).tokenRevoked(token);
     });
@@ -121,7 +108,7 @@ describe('LogOutMarkerCache', () => {
     expect(listening[0].n).toBe(2);
 
     const tokens = here.get(TokenService);
-    const { token } = await tokens.issueToken({ subject: subject() });
+    const { token } = await tokens.issueToken({ subject: uniqueSubject() });
     const sent = await statementsDuring(here, async () => {
       expect(await tokens.tokenRevoked(token)).toBe(false);
       expect(await tokens.tokenRevoked(token)).toBe(false);
@@ -132,7 +119,7 @@ describe('LogOutMarkerCache', () => {
   it('still reads revocations of single tokens on every check', async () => {
     await freshCache(here);
     const tokens = here.get(TokenService);
-    const { token } = await tokens.issueToken({ subject: subject() });
+    const { token } = await tokens.issueToken({ subject: uniqueSubject() });
     expect(await tokens.tokenRevoked(token)).toBe(false);
     await there.get(TokenService).revoke(token);
     expect(await tokens.tokenRevoked(token)).toBe(true);
@@ -140,7 +127,7 @@ describe('LogOutMarkerCache', () => {
 
   it('sees a log-out on its own instance at once', async () => {
     await freshCache(here);
-    const user = subject();
+    const user = uniqueSubject();
     const { token } = await here.get(TokenService).issueToken({ subject: user });
     expect(await here.get(TokenService).tokenRevoked(token)).toBe(false);
     // Its own notification must not be what it relies on: hold the listener's socket.
@@ -157,7 +144,7 @@ describe('LogOutMarkerCache', () => {
 
   it('hears of a log-out on another instance through its notification, long before maxStalenessMs', async () => {
     await freshCache(there);
-    const user = subject();
+    const user = uniqueSubject();
     const { token } = await there.get(TokenService).issueToken({ subject: user });
     expect(await there.get(TokenService).tokenRevoked(token)).toBe(false);
     expect(there.get(LogOutMarkerCache).lookup(user)).toBeNull();
@@ -171,7 +158,7 @@ describe('LogOutMarkerCache', () => {
 
   it('re-reads the marker when a log-out was announced while the check waited for a connection', async () => {
     await freshCache(there);
-    const user = subject();
+    const user = uniqueSubject();
     const tokensThere = there.get(TokenService);
     const { token } = await tokensThere.issueToken({ subject: user });
     expect(await tokensThere.tokenRevoked(token)).toBe(false);
@@ -195,8 +182,8 @@ describe('LogOutMarkerCache', () => {
 
   it('announces a log-out inside a transaction when it commits, and never when it rolls back', async () => {
     await freshCache(there);
-    const rolledBack = subject();
-    const committed = subject();
+    const rolledBack = uniqueSubject();
+    const committed = uniqueSubject();
     const tokensThere = there.get(TokenService);
     const a = (await tokensThere.issueToken({ subject: rolledBack })).token;
     const b = (await tokensThere.issueToken({ subject: committed })).token;
@@ -221,7 +208,7 @@ describe('LogOutMarkerCache', () => {
 
   it('does not keep an answer read before a log-out that was announced while the read was in flight', async () => {
     await freshCache(there);
-    const user = subject();
+    const user = uniqueSubject();
     const tokensThere = there.get(TokenService);
     const { token } = await tokensThere.issueToken({ subject: user });
     const cache = there.get(LogOutMarkerCache);
@@ -246,7 +233,7 @@ describe('LogOutMarkerCache', () => {
     const cache = await freshCache(there);
     const tokensThere = there.get(TokenService);
     const user = 'é'.repeat(512);
-    const bystander = subject();
+    const bystander = uniqueSubject();
     const { token } = await tokensThere.issueToken({ subject: user });
     expect(await tokensThere.tokenRevoked(token)).toBe(false);
     expect(await tokensThere.tokenRevoked((await tokensThere.issueToken({ subject: bystander })).token)).toBe(false);
@@ -258,7 +245,7 @@ describe('LogOutMarkerCache', () => {
   it('ignores announcements no log-out sends (empty, over-long): any session may NOTIFY, and must not empty the caches', async () => {
     const cache = await freshCache(there);
     const tokensThere = there.get(TokenService);
-    const [kept, announced] = [subject(), subject()];
+    const [kept, announced] = [uniqueSubject(), uniqueSubject()];
     for (const user of [kept, announced]) {
       expect(await tokensThere.tokenRevoked((await tokensThere.issueToken({ subject: user })).token)).toBe(false);
       expect(cache.lookup(user)).toBeNull();
@@ -272,7 +259,7 @@ describe('LogOutMarkerCache', () => {
 
   it('stops answering when its listener connection is killed, and listens again', async () => {
     const cache = await freshCache(there);
-    const user = subject();
+    const user = uniqueSubject();
     const tokensThere = there.get(TokenService);
     const { token } = await tokensThere.issueToken({ subject: user });
     expect(await tokensThere.tokenRevoked(token)).toBe(false);
@@ -318,7 +305,7 @@ describe('LogOutMarkerCache', () => {
   it('stops answering within maxStalenessMs when notifications silently stop arriving', async () => {
     const strict = await instance({ ...CACHED, logOutMarkerCache: { enabled: true, maxStalenessMs: SHORT_BOUND_MS } });
     const cache = await freshCache(strict);
-    const user = subject();
+    const user = uniqueSubject();
     const tokensThere = strict.get(TokenService);
     const { token } = await tokensThere.issueToken({ subject: user });
     expect(await tokensThere.tokenRevoked(token)).toBe(false);
@@ -341,14 +328,14 @@ describe('LogOutMarkerCache', () => {
   it('trusts what it read about a subject for at most maxEntryAgeMs, which bounds unannounced markers', async () => {
     const aged = await instance({ ...CACHED, logOutMarkerCache: { enabled: true, maxStalenessMs: SHORT_BOUND_MS, maxEntryAgeMs: SHORT_BOUND_MS } });
     await freshCache(aged);
-    const user = subject();
+    const user = uniqueSubject();
     const tokens = aged.get(TokenService);
     const { token } = await tokens.issueToken({ subject: user });
     expect(await tokens.tokenRevoked(token)).toBe(false);
-    // A marker written the way an older version of the library did, without an announcement.
+    // A marker written by raw SQL, without an announcement.
     await dataSourceOf(aged).query(
       `INSERT INTO tokens (jti, subject, expires_at, purpose, extra_data) VALUES ($1, $2, now() + interval '1 day', $3, $4)`,
-      [`log-out-everywhere:${user}`, user, 'log_out_everywhere', { at: Date.now() }]);
+      [`log-out-everywhere:${user}`, user, 'log_out_everywhere', { levels: { all: { at: Date.now() } } }]);
     const writtenAt = Date.now();
     await waitFor(async () => tokens.tokenRevoked(token), 10 * SHORT_BOUND_MS + MARGIN_MS, 'the unannounced marker to be read', 5);
     expect(Date.now() - writtenAt).toBeLessThanOrEqual(SHORT_BOUND_MS + MARGIN_MS);
@@ -358,7 +345,7 @@ describe('LogOutMarkerCache', () => {
     const small = await instance({ ...CACHED, logOutMarkerCache: { ...CACHED.logOutMarkerCache, maxSubjects: 2 } });
     const cache = await freshCache(small);
     const tokens = small.get(TokenService);
-    const [first, second, third] = [subject(), subject(), subject()];
+    const [first, second, third] = [uniqueSubject(), uniqueSubject(), uniqueSubject()];
     for (const user of [first, second]) await tokens.tokenRevoked((await tokens.issueToken({ subject: user })).token);
     expect(cache.lookup(first)).toBeNull();
     expect(cache.lookup(second)).toBeNull();

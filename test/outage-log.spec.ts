@@ -1,7 +1,8 @@
 import { afterEach, beforeEach, describe, expect, it, jest } from '@jest/globals';
 import { Logger } from '@nestjs/common';
-import { OutageLog, TokenResourceUnavailableError } from '../lib/index.js';
+import { TokenResourceUnavailableError } from '../lib/index.js';
 import { TimeoutError } from '../lib/guard/with-timeout.js';
+import { OutageLog } from '../lib/outage-log.js';
 
 /** The outage log's counting and timers, on a fake clock; the real outages are in guard-outage.e2e-spec.ts. */
 describe('OutageLog', () => {

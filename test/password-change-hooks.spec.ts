@@ -2,15 +2,15 @@ import type { INestApplication } from '@nestjs/common';
 import { Column, Entity, PrimaryColumn, PrimaryGeneratedColumn, type DataSource, type Repository } from 'typeorm';
 import {
   LogOutEverywhereService,
-  PasswordChangeSubscriber,
   Token,
   TokenResourceConfigError,
   TokenService,
   type TokenResourceModuleOptions,
 } from '../lib/index.js';
-import { logOutMarkerJti, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
+import { PasswordChangeSubscriber } from '../lib/log-out-everywhere/password-change.subscriber.js';
 import { PostCommitLogOuts } from '../lib/log-out-everywhere/post-commit-log-outs.js';
 import { clockPast } from './support/clock.js';
+import { loggedOutAt } from './support/logged-out-at.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
 
@@ -57,12 +57,6 @@ async function appWith(logOutEverywhere: TokenResourceModuleOptions['logOutEvery
     CREATE TABLE IF NOT EXISTS hook_users (id serial PRIMARY KEY, "hashedPassword" text NOT NULL);
     CREATE TABLE IF NOT EXISTS uuid_users (uuid text PRIMARY KEY, "hashedPassword" text NOT NULL)`);
   return app;
-}
-
-/** The latest log-out moment of `subject`, as `session` (a data source or a query runner) sees it now. */
-async function loggedOutAt(session: Pick<DataSource, 'query'>, subject: string): Promise<number> {
-  const [row] = await session.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]);
-  return Math.max(...Object.values<LogOutLevel>(row.extra_data.levels).map((level) => level.at));
 }
 
 describe('after DataSource.destroy() and initialize()', () => {

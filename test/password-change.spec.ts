@@ -3,7 +3,6 @@ import { jest } from '@jest/globals';
 import pg from 'pg';
 import { Logger, type INestApplication } from '@nestjs/common';
 import {
-  Column,
   Entity,
   PrimaryGeneratedColumn,
   type DataSource,
@@ -15,33 +14,23 @@ import {
   LogOutEverywhereService,
   REVOCATION_PURPOSE,
   Token,
-  TokenCodec,
   TokenResourceConfigError,
   TokenService,
 } from '../lib/index.js';
-import { logOutMarkerJti, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
+import { TokenCodec } from '../lib/jwt/token-codec.js';
+import { logOutMarkerJti } from '../lib/log-out-everywhere/log-out-marker.js';
 import { clockPast } from './support/clock.js';
+import { loggedOutAt } from './support/logged-out-at.js';
 import { proxyDatabase } from './support/tcp-proxy.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
+import { User } from './support/user.entity.js';
 import { waitFor } from './support/wait-for.js';
 
 /**
  * logOutEverywhere.applyOnPasswordChange: a `save` that changes the
  * password revokes the user's tokens in the same transaction.
  */
-
-@Entity('users')
-class User {
-  @PrimaryGeneratedColumn()
-  id!: number;
-
-  @Column({ type: 'text' })
-  email!: string;
-
-  @Column({ type: 'text' })
-  hashedPassword!: string;
-}
 
 let db: TestDatabase;
 let app: INestApplication;
@@ -86,19 +75,13 @@ async function purposeOf(jti: string): Promise<string> {
   return (await dataSource.query('SELECT purpose FROM tokens WHERE jti = $1', [jti]))[0].purpose;
 }
 
-/** The latest log-out moment recorded for the user, as `manager` (default: autocommit) sees it. */
-async function loggedOutAt(user: User, manager: EntityManager = dataSource.manager): Promise<number> {
-  const [row] = await manager.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(String(user.id))]);
-  return Math.max(...Object.values<LogOutLevel>(row.extra_data.levels).map((level) => level.at));
-}
-
 /**
  * A login on another connection while a password change is written but not committed
  * (`changing` is the change's transaction): it still reads the old hash, and signs its
  * tokens strictly after the log-out the change has recorded so far.
  */
 async function racingLogin(user: User, changing: EntityManager): Promise<{ stored: { token: string; jti: string }; unstored: string }> {
-  await clockPast(await loggedOutAt(user, changing));
+  await clockPast(await loggedOutAt(changing, String(user.id)));
   expect((await users.findOneByOrFail({ id: user.id })).hashedPassword).toBe('old-hash');
   const stored = await tokens.issueToken({ subject: String(user.id) });
   const iat = Date.now() / 1000;
@@ -124,7 +107,7 @@ const commitHook: EntitySubscriberInterface = {
 
 /** A login after the password change, and after the clock moved past its log-out: valid. */
 async function expectLaterLoginValid(user: User): Promise<void> {
-  await clockPast(await loggedOutAt(user));
+  await clockPast(await loggedOutAt(dataSource, String(user.id)));
   const later = await tokens.issueToken({ subject: String(user.id) });
   expect(await tokens.tokenRevoked(later.token)).toBe(false);
 }
@@ -303,7 +286,7 @@ describe('a login racing an uncommitted password change does not survive its com
 
 it('keeps the committed connection until its repeat is done, even when another commit subscriber fails', async () => {
   const { user } = await userWithSessions();
-  const before = await loggedOutAt(user).catch(() => 0);
+  const before = await loggedOutAt(dataSource, String(user.id)).catch(() => 0);
   // TypeORM awaits the commit subscribers together; one that fails makes save() release
   // the connection at once, while the repeat may still be inside its own transaction.
   const failing: EntitySubscriberInterface = { afterTransactionCommit: () => Promise.reject(new Error('audit trail failed')) };
@@ -315,7 +298,7 @@ it('keeps the committed connection until its repeat is done, even when another c
   }
   expect((await users.findOneByOrFail({ id: user.id })).hashedPassword).toBe('new-hash');
   // The repeat ran to its COMMIT on that connection before the pool got it back.
-  expect(await loggedOutAt(user)).toBeGreaterThan(before);
+  expect(await loggedOutAt(dataSource, String(user.id))).toBeGreaterThan(before);
   await new Promise((resolve) => setTimeout(resolve, 100));
   expect(await dataSource.query(
     `SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`)).toEqual([]);

@@ -3,13 +3,8 @@ import type { INestApplication } from '@nestjs/common';
 import pg from 'pg';
 import request from 'supertest';
 import type { Repository } from 'typeorm';
-import {
-  LogOutEverywhereService,
-  LogOutMarkerCache,
-  Token,
-  TOKEN_REPOSITORY,
-  TokenService,
-} from '../lib/index.js';
+import { LogOutEverywhereService, LogOutMarkerCache, Token, TokenService } from '../lib/index.js';
+import { TOKEN_REPOSITORY } from '../lib/token-resource.internal-constants.js';
 import { createGuardApp } from './support/guard-app.js';
 import { GuardedSubjectController } from './support/guarded-controller.js';
 import { startStreamingReplica, type StreamingReplica } from './support/replica.js';

@@ -1,12 +1,8 @@
 import type { INestApplication } from '@nestjs/common';
 import type { Pool } from 'pg';
 import type { DataSource, EntityManager, QueryRunner } from 'typeorm';
-import {
-  REVOCATION_PURPOSE,
-  TokenAlreadyRevokedError,
-  TokenCodec,
-  TokenService,
-} from '../lib/index.js';
+import { REVOCATION_PURPOSE, TokenAlreadyRevokedError, TokenService } from '../lib/index.js';
+import { TokenCodec } from '../lib/jwt/token-codec.js';
 import { raceCalls, tally, type Tally } from './support/race.js';
 import { createRoomyDatabase, type RoomyDatabase } from './support/roomy-server.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';

@@ -1,6 +1,7 @@
 import type { INestApplication } from '@nestjs/common';
 import type { Pool, PoolClient } from 'pg';
 import { TokenResourceUnavailableError, TokenService } from '../lib/index.js';
+import { preparedStatementRuns } from './support/prepared-statements.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
 
@@ -38,10 +39,8 @@ afterAll(async () => {
 });
 
 /** How many times the pool's one connection has run the jtiRevoked statement. */
-async function jtiChecksRun(client: PoolClient): Promise<number> {
-  const { rows } = await client.query<{ n: number }>(
-    `SELECT coalesce(sum(generic_plans + custom_plans), 0)::int AS n FROM pg_prepared_statements WHERE name LIKE 'ntr_jti_revoked%'`);
-  return rows[0]!.n;
+function jtiChecksRun(client: PoolClient): Promise<number> {
+  return preparedStatementRuns(client, 'ntr_jti_revoked_');
 }
 
 it('checks that timed out waiting for a connection are never sent once one frees up', async () => {

@@ -2,17 +2,13 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from '@jest/globals';
 import type { INestApplication } from '@nestjs/common';
 import pg from 'pg';
-import request from 'supertest';
-import {
-  InvalidTokenError,
-  LogOutEverywhereService,
-  TOKEN_GUARD_MESSAGES,
-  TokenAlreadyRevokedError,
-  TokenService,
-} from '../lib/index.js';
+import type { DataSource } from 'typeorm';
+import { InvalidTokenError, LogOutEverywhereService, TokenAlreadyRevokedError, TokenService } from '../lib/index.js';
+import { TOKEN_GUARD_MESSAGES } from '../lib/guard/token-guard.constants.js';
 import { createGuardApp } from './support/guard-app.js';
 import { GuardedSubjectController } from './support/guarded-controller.js';
-import { nowSeconds, signToken, sleep } from './support/jwt-fixtures.js';
+import { guardAnswer } from './support/guard-answer.js';
+import { countRows, nowSeconds, signToken, sleep } from './support/jwt-fixtures.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { dataSourceOf } from './support/token-app.js';
 
@@ -26,12 +22,14 @@ import { dataSourceOf } from './support/token-app.js';
 let db: TestDatabase;
 let app: INestApplication;
 let admin: pg.Client;
+let dataSource: DataSource;
 let tokens: TokenService;
 let logOut: LogOutEverywhereService;
 
 beforeAll(async () => {
   db = await createTestDatabase();
   app = await createGuardApp(db.url, { platform: 'express', options: { storeAllTokens: true }, controllers: [GuardedSubjectController] });
+  dataSource = dataSourceOf(app);
   tokens = app.get(TokenService);
   logOut = app.get(LogOutEverywhereService);
   admin = new pg.Client({ connectionString: db.url });
@@ -48,16 +46,6 @@ afterAll(async () => {
   await db?.drop();
 });
 
-async function rowCount(): Promise<number> {
-  return (await admin.query<{ n: number }>('SELECT count(*)::int AS n FROM tokens')).rows[0]!.n;
-}
-
-/** The guard's answer to a token: its status and, for a 401, its reason. */
-async function guardAnswer(token: string): Promise<{ status: number; message?: string }> {
-  const res = await request(app.getHttpServer()).get('/guarded').set('Authorization', `Bearer ${token}`);
-  return res.status === 200 ? { status: 200 } : { status: res.status, message: res.body.message };
-}
-
 const invalid = { status: 401, message: TOKEN_GUARD_MESSAGES.invalidToken };
 const revoked = { status: 401, message: TOKEN_GUARD_MESSAGES.revoked };
 
@@ -72,8 +60,8 @@ describe('a lone UTF-16 surrogate', () => {
     await expect(tokens.revoke(token)).rejects.toBeInstanceOf(InvalidTokenError);
     await expect(tokens.tokenRevoked(token)).rejects.toBeInstanceOf(InvalidTokenError);
     await expect(tokens.revokeJti('half-\ud800', 'alice')).rejects.toThrow(TypeError);
-    expect(await guardAnswer(token)).toEqual(invalid);
-    expect(await rowCount()).toBe(0);
+    expect(await guardAnswer(app, token)).toEqual(invalid);
+    expect(await countRows(dataSource)).toBe(0);
   });
 
   it('in a subject: log out everywhere refuses it, and the guard refuses its tokens', async () => {
@@ -82,15 +70,15 @@ describe('a lone UTF-16 surrogate', () => {
     await expect(logOut.logOutEverywhere(sub)).rejects.toThrow(TypeError);
     await expect(tokens.revokeJti(randomUUID(), sub)).rejects.toThrow(TypeError);
     await expect(tokens.issueToken({ subject: sub })).rejects.toThrow(TypeError);
-    expect(await guardAnswer(token)).toEqual(invalid);
-    expect(await rowCount()).toBe(0);
+    expect(await guardAnswer(app, token)).toEqual(invalid);
+    expect(await countRows(dataSource)).toBe(0);
   });
 });
 
 describe('a NUL character', () => {
   it('in a signed sub: 401, not 503', async () => {
-    expect(await guardAnswer(await signToken({ sub: 'nul\0sub' }))).toEqual(invalid);
-    expect(await guardAnswer(await signToken({ jti: 'nul\0jti' }))).toEqual(invalid);
+    expect(await guardAnswer(app, await signToken({ sub: 'nul\0sub' }))).toEqual(invalid);
+    expect(await guardAnswer(app, await signToken({ jti: 'nul\0jti' }))).toEqual(invalid);
   });
 
   it('in a subject, jti or purpose: a TypeError from every call, and nothing written', async () => {
@@ -108,14 +96,14 @@ describe('a NUL character', () => {
     await expect(tokens.issueToken({ subject: 'nul\0sub' })).rejects.toThrow(TypeError);
     await expect(tokens.issueToken({ subject: 'sub', purpose: 'nul\0purpose' })).rejects.toThrow(TypeError);
     await expect(tokens.revoke(await signToken({ sub: 'nul\0sub' }))).rejects.toBeInstanceOf(InvalidTokenError);
-    expect(await rowCount()).toBe(0);
+    expect(await countRows(dataSource)).toBe(0);
   });
 
   it('or a lone surrogate in stored JSON (extraData, confirmation changes): a TypeError, and nothing written', async () => {
     await expect(tokens.storeToken({ token: await signToken(), purpose: 'user', extraData: { device: 'nul\0' } })).rejects.toThrow(TypeError);
     await expect(tokens.storeConfirmationChanges({ token: await signToken(), changes: { 'half-\ud800': 'x' } })).rejects.toThrow(TypeError);
     await expect(tokens.issueToken({ subject: 'sub', extraData: { nested: ['\0'] } })).rejects.toThrow(TypeError);
-    expect(await rowCount()).toBe(0);
+    expect(await countRows(dataSource)).toBe(0);
   });
 });
 
@@ -124,29 +112,29 @@ describe('length limits, in UTF-8 bytes', () => {
     const longest = await signToken({ jti: utf8OfBytes(255) });
     await tokens.revoke(longest);
     expect(await tokens.tokenRevoked(longest)).toBe(true);
-    expect(await guardAnswer(longest)).toEqual(revoked);
+    expect(await guardAnswer(app, longest)).toEqual(revoked);
 
     for (const jti of [utf8OfBytes(256), 'j'.repeat(3000)]) {
       const token = await signToken({ jti });
       await expect(tokens.revoke(token)).rejects.toBeInstanceOf(InvalidTokenError);
       await expect(tokens.revokeJti(jti, 'alice')).rejects.toThrow(/at most 255 bytes/);
-      expect(await guardAnswer(token)).toEqual(invalid);
+      expect(await guardAnswer(app, token)).toEqual(invalid);
     }
-    expect(await rowCount()).toBe(1);
+    expect(await countRows(dataSource)).toBe(1);
   });
 
   it('a subject of 1024 bytes is logged out everywhere; 1025 bytes and 3 kB are refused', async () => {
     const longest = utf8OfBytes(1024);
     const token = await signToken({ sub: longest });
     expect(await logOut.logOutEverywhere(longest)).toBe(0);
-    expect(await guardAnswer(token)).toEqual(revoked);
+    expect(await guardAnswer(app, token)).toEqual(revoked);
 
     for (const sub of [utf8OfBytes(1025), 's'.repeat(3000)]) {
       await expect(logOut.logOutEverywhere(sub)).rejects.toThrow(/at most 1024 bytes/);
       await expect(tokens.issueToken({ subject: sub })).rejects.toThrow(TypeError);
-      expect(await guardAnswer(await signToken({ sub }))).toEqual(invalid);
+      expect(await guardAnswer(app, await signToken({ sub }))).toEqual(invalid);
     }
-    expect(await rowCount()).toBe(1);
+    expect(await countRows(dataSource)).toBe(1);
   });
 });
 
@@ -155,8 +143,8 @@ describe('expiries', () => {
     const token = await signToken({ exp: 1e20 });
     await expect(tokens.revoke(token)).rejects.toBeInstanceOf(InvalidTokenError);
     await expect(tokens.storeToken({ token, purpose: 'user' })).rejects.toBeInstanceOf(InvalidTokenError);
-    expect(await guardAnswer(token)).toEqual(invalid);
-    expect(await rowCount()).toBe(0);
+    expect(await guardAnswer(app, token)).toEqual(invalid);
+    expect(await countRows(dataSource)).toBe(0);
   });
 
   it("revokeJti's expiresAt: a valid Date up to the end of 9999, kept rounded up to the second", async () => {
@@ -167,7 +155,7 @@ describe('expiries', () => {
     await tokens.revokeJti(jti, 'alice', { expiresAt: new Date(Date.UTC(2030, 0, 1, 0, 0, 0, 1)) });
     const { rows } = await admin.query('SELECT expires_at FROM tokens WHERE jti = $1', [jti]);
     expect(rows[0].expires_at.toISOString()).toBe('2030-01-01T00:00:01.000Z');
-    expect(await rowCount()).toBe(1);
+    expect(await countRows(dataSource)).toBe(1);
   });
 
   it('a fractional exp is kept rounded up: a revoked token stays revoked until jose stops accepting it', async () => {
@@ -181,7 +169,7 @@ describe('expiries', () => {
 
     while (Date.now() < exp * 1000 + 50) await sleep(20);
     await tokens.expungeExpired();
-    expect((await guardAnswer(token)).status).toBe(401);
+    expect((await guardAnswer(app, token)).status).toBe(401);
   });
 });
 
@@ -192,7 +180,7 @@ describe('an iat in the future (an issuer whose clock runs ahead)', () => {
     await expect(tokens.tokenRevoked(token)).rejects.toThrow(/iat is in the future/);
     await expect(tokens.revoke(token)).rejects.toBeInstanceOf(InvalidTokenError);
     await logOut.logOutEverywhere(sub);
-    expect(await guardAnswer(token)).toEqual(invalid);
+    expect(await guardAnswer(app, token)).toEqual(invalid);
   });
 
   it('within jwt.clockToleranceSeconds is accepted', async () => {
@@ -217,19 +205,19 @@ describe('revokeJti is for the owner of the jti', () => {
     await expect(tokens.revokeJti(jti, 'mallory')).rejects.toThrow(/belongs to another subject/);
     const { rows } = await admin.query('SELECT subject, purpose FROM tokens WHERE jti = $1', [jti]);
     expect(rows).toEqual([{ subject: 'alice', purpose: 'user' }]);
-    expect((await guardAnswer(token)).status).toBe(200);
+    expect((await guardAnswer(app, token)).status).toBe(200);
 
     await tokens.revokeJti(jti, 'alice');
     // Revoked is revoked, whoever asks: TokenAlreadyRevokedError always means the token is refused.
     await expect(tokens.revokeJti(jti, 'alice')).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
     await expect(tokens.revokeJti(jti, 'mallory')).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
     expect((await admin.query('SELECT subject FROM tokens WHERE jti = $1', [jti])).rows).toEqual([{ subject: 'alice' }]);
-    expect(await guardAnswer(token)).toEqual(revoked);
+    expect(await guardAnswer(app, token)).toEqual(revoked);
   });
 
   it('inside a transaction too, and the transaction can go on', async () => {
     const { jti } = await tokens.issueToken({ subject: 'alice' });
-    const runner = dataSourceOf(app).createQueryRunner();
+    const runner = dataSource.createQueryRunner();
     await runner.startTransaction();
     try {
       await expect(tokens.revokeJti(jti, 'mallory', { manager: runner.manager })).rejects.toBeInstanceOf(InvalidTokenError);

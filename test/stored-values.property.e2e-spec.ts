@@ -3,19 +3,15 @@ import { afterAll, beforeAll, expect, it } from '@jest/globals';
 import type { INestApplication } from '@nestjs/common';
 import fc from 'fast-check';
 import { SignJWT, type JWTPayload } from 'jose';
-import pg from 'pg';
-import request from 'supertest';
-import {
-  InvalidTokenError,
-  LogOutEverywhereService,
-  TOKEN_GUARD_MESSAGES,
-  TokenService,
-} from '../lib/index.js';
+import type { DataSource } from 'typeorm';
+import { InvalidTokenError, LogOutEverywhereService, TokenService } from '../lib/index.js';
+import { TOKEN_GUARD_MESSAGES } from '../lib/guard/token-guard.constants.js';
 import { createGuardApp } from './support/guard-app.js';
 import { GuardedSubjectController } from './support/guarded-controller.js';
-import { nowSeconds } from './support/jwt-fixtures.js';
+import { guardAnswer } from './support/guard-answer.js';
+import { countRows, nowSeconds } from './support/jwt-fixtures.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
-import { TEST_SECRET } from './support/token-app.js';
+import { dataSourceOf, TEST_SECRET } from './support/token-app.js';
 
 /**
  * The revocation invariant over generated claims: once `revoke`, `revokeJti` or
@@ -27,7 +23,7 @@ import { TEST_SECRET } from './support/token-app.js';
 
 let db: TestDatabase;
 let app: INestApplication;
-let admin: pg.Client;
+let dataSource: DataSource;
 let tokens: TokenService;
 let logOut: LogOutEverywhereService;
 
@@ -36,24 +32,13 @@ beforeAll(async () => {
   app = await createGuardApp(db.url, { platform: 'express', controllers: [GuardedSubjectController] });
   tokens = app.get(TokenService);
   logOut = app.get(LogOutEverywhereService);
-  admin = new pg.Client({ connectionString: db.url });
-  await admin.connect();
+  dataSource = dataSourceOf(app);
 });
 
 afterAll(async () => {
   await app?.close();
-  await admin?.end();
   await db?.drop();
 });
-
-async function rowCount(): Promise<number> {
-  return (await admin.query<{ n: number }>('SELECT count(*)::int AS n FROM tokens')).rows[0]!.n;
-}
-
-async function guardStatus(token: string): Promise<{ status: number; message?: string }> {
-  const res = await request(app.getHttpServer()).get('/guarded').set('Authorization', `Bearer ${token}`);
-  return res.status === 200 ? { status: 200 } : { status: res.status, message: res.body.message };
-}
 
 function sign(payload: JWTPayload): Promise<string> {
   return new SignJWT(payload).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(TEST_SECRET));
@@ -102,40 +87,40 @@ it('revoke, revokeJti and logOutEverywhere: revoked once resolved, otherwise a l
       const token = await sign({ jti, sub, exp: expiry, ...(issuedAt === undefined ? {} : { iat: issuedAt }) });
       const unexpired = expiry > Date.now() / 1000 + 5;
 
-      let before = await rowCount();
+      let before = await countRows(dataSource);
       const revoked = await settle(tokens.revoke(token));
       if (revoked.ok) {
         expect(await tokens.tokenRevoked(token)).toBe(true);
-        if (unexpired) expect(await guardStatus(token)).toEqual({ status: 401, message: TOKEN_GUARD_MESSAGES.revoked });
+        if (unexpired) expect(await guardAnswer(app, token)).toEqual({ status: 401, message: TOKEN_GUARD_MESSAGES.revoked });
       } else {
         expectClientError(revoked.error);
-        expect(await rowCount()).toBe(before);
-        expect((await guardStatus(token)).status).toBe(401);
+        expect(await countRows(dataSource)).toBe(before);
+        expect((await guardAnswer(app, token)).status).toBe(401);
       }
 
       const bareJti = `bare.${jti}`;
-      before = await rowCount();
+      before = await countRows(dataSource);
       const bare = await settle(tokens.revokeJti(bareJti, sub));
       if (bare.ok) {
         expect(await tokens.jtiRevoked(bareJti)).toBe(true);
         const bareToken = await sign({ jti: bareJti, sub, iat: nowSeconds(), exp: nowSeconds() + 3600 });
-        expect(await guardStatus(bareToken)).toEqual({ status: 401, message: TOKEN_GUARD_MESSAGES.revoked });
+        expect(await guardAnswer(app, bareToken)).toEqual({ status: 401, message: TOKEN_GUARD_MESSAGES.revoked });
       } else {
         expectClientError(bare.error);
-        expect(await rowCount()).toBe(before);
+        expect(await countRows(dataSource)).toBe(before);
       }
 
       const session = await sign({ jti: randomUUID(), sub, iat: nowSeconds() - 1, exp: nowSeconds() + 3600 });
-      before = await rowCount();
+      before = await countRows(dataSource);
       const loggedOut = await settle(logOut.logOutEverywhere(sub));
       if (loggedOut.ok) {
         expect(await tokens.tokenRevoked(session)).toBe(true);
-        expect(await guardStatus(session)).toEqual({ status: 401, message: TOKEN_GUARD_MESSAGES.revoked });
+        expect(await guardAnswer(app, session)).toEqual({ status: 401, message: TOKEN_GUARD_MESSAGES.revoked });
       } else {
         expectClientError(loggedOut.error);
-        expect(await rowCount()).toBe(before);
+        expect(await countRows(dataSource)).toBe(before);
         // A subject that cannot be logged out has no token the guard admits.
-        expect((await guardStatus(session)).status).toBe(401);
+        expect((await guardAnswer(app, session)).status).toBe(401);
       }
     }),
     { numRuns: 60 },

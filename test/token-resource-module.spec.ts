@@ -11,11 +11,12 @@ import {
   TokenResourceConfigError,
   TokenResourceModule,
   TokenService,
-  TOKEN_RESOURCE_OPTIONS,
-  type ResolvedTokenResourceOptions,
+  type TokenResourceFactoryOptions,
   type TokenResourceModuleOptions,
   type TokenResourceOptionsFactory,
 } from '../lib/index.js';
+import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
+import { TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
 import { countRows, signToken } from './support/jwt-fixtures.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET, typeOrmOptions } from './support/token-app.js';
@@ -31,7 +32,7 @@ class SecretModule {}
 @Injectable()
 class OptionsFactory implements TokenResourceOptionsFactory {
   static calls = 0;
-  createTokenResourceOptions(): TokenResourceModuleOptions {
+  createTokenResourceOptions(): TokenResourceFactoryOptions {
     OptionsFactory.calls += 1;
     return { jwt: { secret: FACTORY_SECRET }, storeAllTokens: true, expunge: { enabled: false } };
   }
@@ -110,21 +111,29 @@ describe('forRootAsync', () => {
 
   it('fills in the documented defaults', async () => {
     const app = await boot(db.url, TokenResourceModule.forRootAsync({ useFactory: () => ({ jwt: { secret: TEST_SECRET } }) }));
-    const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
-    expect(options).toMatchObject({
+    const { logOutEverywhere: { subjectOf, ...logOutEverywhere }, ...options } = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
+    expect({ ...options, logOutEverywhere }).toEqual({
       dataSource: 'default',
       entity: Token,
+      isGlobal: false,
+      jwt: { secret: TEST_SECRET, clockToleranceSeconds: 0, algorithms: ['HS256', 'HS384', 'HS512'] },
       storeAllTokens: false,
       requireTokenPresenceForAuthentication: false,
       authenticationPurpose: 'user',
-      expunge: { enabled: true, cron: '0 0,12 * * *', startupJitterSeconds: 60 },
-      logOutEverywhere: { excludePurposes: [REVOCATION_PURPOSE], applyOnPasswordChange: false, passwordField: 'hashedPassword' },
-      isGlobal: false,
+      storeTimeoutMs: 2000,
+      expunge: { enabled: true, cron: '0 0,12 * * *', startupJitterSeconds: 60, batchSize: 20_000 },
+      logOutEverywhere: {
+        includePurposes: undefined,
+        excludePurposes: [REVOCATION_PURPOSE],
+        applyOnPasswordChange: false,
+        userEntity: undefined,
+        passwordField: 'hashedPassword',
+        markerLifetimeSeconds: 365 * 86_400,
+      },
+      logOutMarkerCache: { enabled: false, maxStalenessMs: 1000, maxSubjects: 100_000, maxEntryAgeMs: 60_000 },
     });
-    expect(options.jwt.clockToleranceSeconds).toBe(0);
-    expect(options.expunge.batchSize).toBeGreaterThan(0);
-    expect(options.logOutEverywhere.includePurposes).toBeUndefined();
-    expect(options.logOutEverywhere.subjectOf({ id: 42 })).toBe('42');
+    expect(subjectOf({ id: 42 })).toBe('42');
+    expect(() => subjectOf({})).toThrow(TypeError);
   });
 
   it('needs useFactory, useClass or useExisting', () => {
@@ -135,9 +144,24 @@ describe('forRootAsync', () => {
     await expect(createTokenApp(db.url, {
       tokenModule: TokenResourceModule.forRootAsync({ useFactory: () => ({ jwt: {} }) }),
     })).rejects.toBeInstanceOf(TokenResourceConfigError);
-    await expect(createTokenApp(db.url, {
-      tokenModule: TokenResourceModule.forRootAsync({ useFactory: () => ({ jwt: { secret: TEST_SECRET }, dataSource: 'elsewhere' }) }),
-    })).rejects.toThrow(/forRootAsync/);
+  });
+
+  it('a factory cannot return the wiring options: they do not compile, and the ones given to forRootAsync win', async () => {
+    class WiringFactory implements TokenResourceOptionsFactory {
+      createTokenResourceOptions(): TokenResourceFactoryOptions {
+        // @ts-expect-error entity belongs next to useClass, not in what the factory returns
+        return { jwt: { secret: TEST_SECRET }, expunge: { enabled: false }, entity: MyToken };
+      }
+    }
+    const fromClass = await boot(db.url, TokenResourceModule.forRootAsync({ useClass: WiringFactory }));
+    const fromFactory = await boot(db.url, TokenResourceModule.forRootAsync({
+      // @ts-expect-error dataSource and isGlobal belong next to useFactory, not in what it returns
+      useFactory: () => ({ jwt: { secret: TEST_SECRET }, expunge: { enabled: false }, dataSource: 'elsewhere', isGlobal: true }),
+    }));
+    for (const app of [fromClass, fromFactory]) {
+      const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
+      expect(options).toMatchObject({ dataSource: 'default', entity: Token, isGlobal: false });
+    }
   });
 });
 
@@ -325,6 +349,15 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
     ['negative intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: -1 } }, /expunge\.intervalHours must be a whole number of hours that divides 24/],
     ['zero intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: 0 } }, /expunge\.intervalHours/],
     ["authenticationPurpose 'revocation'", { jwt: { secret: TEST_SECRET }, authenticationPurpose: REVOCATION_PURPOSE }, /authenticationPurpose/],
+    ['a secret that is neither a string nor bytes', { jwt: { secret: 42 } }, /jwt\.secret must be a non-empty string or Uint8Array/],
+    ['storeTimeoutMs 0', { jwt: { secret: TEST_SECRET }, storeTimeoutMs: 0 }, /storeTimeoutMs must be a positive number, got 0/],
+    ['an expunge.cron that is no string', { jwt: { secret: TEST_SECRET }, expunge: { cron: 5 } }, /expunge\.cron must be a cron expression such as '0 0,12 \* \* \*'/],
+    ['an empty purpose in includePurposes', { jwt: { secret: TEST_SECRET }, logOutEverywhere: { includePurposes: [''] } }, /logOutEverywhere\.includePurposes must be an array of purposes/],
+    ['excludePurposes that is no array', { jwt: { secret: TEST_SECRET }, logOutEverywhere: { excludePurposes: 'revocation' } }, /logOutEverywhere\.excludePurposes must be an array/],
+    ['applyOnPasswordChange without userEntity', { jwt: { secret: TEST_SECRET }, logOutEverywhere: { applyOnPasswordChange: true } }, /applyOnPasswordChange needs logOutEverywhere\.userEntity/],
+    ['a subjectOf that is no function', { jwt: { secret: TEST_SECRET }, logOutEverywhere: { subjectOf: 'uuid' } }, /logOutEverywhere\.subjectOf must be a function/],
+    ['a markerLifetime that is no duration', { jwt: { secret: TEST_SECRET }, logOutEverywhere: { markerLifetime: 'forever' } }, /logOutEverywhere\.markerLifetime/],
+    ['logOutMarkerCache.maxSubjects 0', { jwt: { secret: TEST_SECRET }, logOutMarkerCache: { maxSubjects: 0 } }, /logOutMarkerCache\.maxSubjects must be a positive integer/],
   ];
 
   it.each(CASES)('%s', async (_label, options, message) => {

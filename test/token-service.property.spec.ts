@@ -1,12 +1,7 @@
 import type { INestApplication } from '@nestjs/common';
 import fc from 'fast-check';
-import {
-  REVOCATION_PURPOSE,
-  TokenAlreadyRevokedError,
-  TokenService,
-  TOKEN_REPOSITORY,
-  type Token,
-} from '../lib/index.js';
+import { REVOCATION_PURPOSE, TokenAlreadyRevokedError, TokenService, type Token } from '../lib/index.js';
+import { TOKEN_REPOSITORY } from '../lib/token-resource.internal-constants.js';
 import type { Repository } from 'typeorm';
 import { signToken } from './support/jwt-fixtures.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';

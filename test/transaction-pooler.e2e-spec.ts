@@ -1,7 +1,7 @@
 import { jest } from '@jest/globals';
 import { Logger, type INestApplication } from '@nestjs/common';
 import type { Pool } from 'pg';
-import { Column, Entity, PrimaryGeneratedColumn, type DataSource, type EntityManager, type Repository } from 'typeorm';
+import type { DataSource, Repository } from 'typeorm';
 import {
   LogOutEverywhereService,
   LogOutMarkerCache,
@@ -10,14 +10,15 @@ import {
   TokenAlreadyRevokedError,
   TokenService,
 } from '../lib/index.js';
-import { logOutMarkerJti, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
 import { clockPast } from './support/clock.js';
+import { loggedOutAt } from './support/logged-out-at.js';
 import { createGuardApp } from './support/guard-app.js';
 import { GuardedSubjectController } from './support/guarded-controller.js';
 import { startPgBouncer, type PgBouncer } from './support/pgbouncer.js';
 import { raceCalls } from './support/race.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf } from './support/token-app.js';
+import { User } from './support/user.entity.js';
 import { waitFor } from './support/wait-for.js';
 
 /**
@@ -32,18 +33,6 @@ const SERVER_CONNECTIONS = 10;
 const CALLERS = 100;
 const HTTP_CLIENTS = 50;
 const POOLER_WARNING = /rejected a named prepared statement/;
-
-@Entity('users')
-class User {
-  @PrimaryGeneratedColumn()
-  id!: number;
-
-  @Column({ type: 'text' })
-  email!: string;
-
-  @Column({ type: 'text' })
-  hashedPassword!: string;
-}
 
 let db: TestDatabase;
 let bouncer: PgBouncer;
@@ -144,7 +133,7 @@ describe('through a transaction pooler', () => {
     expect(counts.reduce((sum, count) => sum + count, 0)).toBe(stored.length);
     for (const token of [...stored, unstored]) expect(await tokens.tokenRevoked(token)).toBe(true);
 
-    await clockPast(await loggedOutAt('everywhere'));
+    await clockPast(await loggedOutAt(dataSource, 'everywhere'));
     const later = await tokens.issueToken({ subject: 'everywhere' });
     expect(await tokens.tokenRevoked(later.token)).toBe(false);
     expect(await logOut.logOutEverywhere('everywhere')).toBe(0);
@@ -160,13 +149,13 @@ describe('through a transaction pooler', () => {
     await dataSource.transaction(async (manager) => {
       user.hashedPassword = 'new-hash';
       await manager.save(user);
-      inside = await loggedOutAt(subject, manager);
+      inside = await loggedOutAt(manager, subject);
       // A login on another connection after the log-out's statement, before its commit.
       await clockPast(inside);
       meanwhile = (await tokens.issueToken({ subject })).token;
     });
     expect(await tokens.tokenRevoked(before.token)).toBe(true);
-    expect(await loggedOutAt(subject)).toBeGreaterThan(inside);
+    expect(await loggedOutAt(dataSource, subject)).toBeGreaterThan(inside);
     expect(await tokens.tokenRevoked(meanwhile)).toBe(true);
     expect(error).not.toHaveBeenCalled();
   });
@@ -222,8 +211,3 @@ describe('the log-out marker cache behind a transaction pooler', () => {
   });
 });
 
-/** The latest log-out moment recorded for `subject`, as `manager` (default: autocommit) sees it. */
-async function loggedOutAt(subject: string, manager: EntityManager = dataSource.manager): Promise<number> {
-  const [row] = await manager.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]);
-  return Math.max(...Object.values<LogOutLevel>(row.extra_data.levels).map((level) => level.at));
-}

@@ -1,7 +1,7 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
-import type { QueryRunner } from 'typeorm';
+import type { DataSource, QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
+import { TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { TokenStore, type Statement, type StatementResult } from '../token.store.js';
 import { withExpungeSession } from './expunge-session.js';
 
@@ -95,6 +95,7 @@ export class ExpiredTokenDeleter {
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
+    @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly store: TokenStore,
   ) {
     const table = store.table;
@@ -132,7 +133,7 @@ export class ExpiredTokenDeleter {
    */
   async deleteExpired(opts: ExpungePassOptions = {}): Promise<number> {
     const session = opts.session;
-    if (!session) return withExpungeSession(this.store, (own) => this.deleteExpired({ ...opts, session: own }));
+    if (!session) return withExpungeSession(this.dataSource, (own) => this.deleteExpired({ ...opts, session: own }));
     const pass: Pass = {
       session,
       cutoff: new Date(Date.now() - this.options.jwt.clockToleranceSeconds * 1000),

@@ -1,5 +1,5 @@
 import type { QueryRunner } from 'typeorm';
-import { EXPUNGE_RECORD_JTI, EXPUNGE_RECORD_PURPOSE } from '../token-resource.constants.js';
+import { EXPUNGE_RECORD_JTI, EXPUNGE_RECORD_PURPOSE } from '../token-resource.internal-constants.js';
 import type { Statement, TokenStore } from '../token.store.js';
 
 /**

@@ -1,5 +1,4 @@
-import type { QueryRunner } from 'typeorm';
-import type { TokenStore } from '../token.store.js';
+import type { DataSource, QueryRunner } from 'typeorm';
 
 /** A query runner that can be released with an error, which makes `pg` destroy the connection. */
 interface ReleasableWithError {
@@ -11,8 +10,8 @@ interface ReleasableWithError {
  * a failure the connection is destroyed rather than returned: it may be inside a
  * transaction that could not be rolled back, and a pooled connection must never be.
  */
-export async function withExpungeSession<T>(store: TokenStore, work: (session: QueryRunner) => Promise<T>): Promise<T> {
-  const session = store.repository.manager.connection.createQueryRunner('master');
+export async function withExpungeSession<T>(dataSource: DataSource, work: (session: QueryRunner) => Promise<T>): Promise<T> {
+  const session = dataSource.createQueryRunner('master');
   let failure: unknown;
   try {
     return await work(session);

@@ -11,9 +11,10 @@ import {
 } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { CronJob } from 'cron';
-import type { QueryRunner } from 'typeorm';
+import type { DataSource, QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import { EXPUNGE_JOB_NAME, TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
+import { EXPUNGE_JOB_NAME } from '../token-resource.constants.js';
+import { TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { TokenResourceConfigError } from '../token-resource.exceptions.js';
 import { TokenStore } from '../token.store.js';
 import { ExpiredTokenDeleter } from './expired-token.deleter.js';
@@ -61,6 +62,7 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) readonly options: ResolvedTokenResourceOptions,
+    @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly deleter: ExpiredTokenDeleter,
     private readonly store: TokenStore,
     @Optional() private readonly schedulerRegistry?: SchedulerRegistry,
@@ -147,7 +149,7 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
     try {
       const result = await this.runUnless(since);
       if (!result.skipped) return;
-      const state = await withExpungeSession(this.store, (session) => this.record.read(session));
+      const state = await withExpungeSession(this.dataSource, (session) => this.record.read(session));
       const done = state?.completedAt != null && state.completedAt >= since;
       // Unless the application shut down meanwhile.
       if (!done && state?.leaseUntil && this.jobName) {
@@ -162,7 +164,7 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
     if (this.current) return { deleted: 0, skipped: true, durationMs: 0 };
     const started = performance.now();
     const stopping = (this.stopping = new AbortController());
-    const running = withExpungeSession(this.store, (session) => this.expunge(session, stopping, completedSince, started));
+    const running = withExpungeSession(this.dataSource, (session) => this.expunge(session, stopping, completedSince, started));
     this.current = running;
     try {
       const result = await running;

@@ -13,7 +13,7 @@ import { errors as joseErrors } from 'jose';
 import { TokenCodec, type TokenClaimsPayload } from '../jwt/token-codec.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { OutageLog } from '../outage-log.js';
-import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
+import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { TokenResourceUnavailableError } from '../token-resource.exceptions.js';
 import { TokenService, type TokenCheck } from '../token.service.js';
 import { bearerChallenge } from './bearer-challenge.js';

@@ -43,7 +43,7 @@ export interface TokenResourceExpungeOptions {
    */
   cron?: string;
   /**
-   * Hours between runs, kept for schedules that map onto a cron expression: a whole
+   * Hours between runs, for schedules that map onto a cron expression: a whole
    * number dividing 24 (1, 2, 3, 4, 6, 8, 12 or 24) runs every that many hours on the
    * hour from 00:00 UTC. Any other value, or giving `cron` too, fails at boot; use `cron`
    * for other schedules. Default: unset (`cron` applies).
@@ -119,7 +119,7 @@ export interface TokenResourceLogOutMarkerCacheOptions {
   /**
    * How long, in milliseconds, it trusts what it read about one subject. Log-outs through
    * `LogOutEverywhereService` are announced and need no expiry; this bounds markers written
-   * any other way (raw SQL, an instance running an older version), to this age plus the
+   * any other way (raw SQL, for example), to this age plus the
    * time a check may take (`storeTimeoutMs`). At least `maxStalenessMs`. Default `60000`.
    */
   maxEntryAgeMs?: number;
@@ -154,28 +154,30 @@ export interface TokenResourceModuleOptions {
   isGlobal?: boolean;
 }
 
-/** A class that creates the module options, for `forRootAsync({ useClass })`. */
+/** The options that wire the module before any options factory runs. */
+type WiringOption = 'dataSource' | 'entity' | 'isGlobal';
+
+/**
+ * What an options factory of `forRootAsync` returns: every option except `dataSource`,
+ * `entity` and `isGlobal`, which are given to `forRootAsync` itself. Returning one of
+ * them does not compile.
+ */
+export type TokenResourceFactoryOptions = Omit<TokenResourceModuleOptions, WiringOption> & { [K in WiringOption]?: never };
+
+/** A class that creates the module options, for `forRootAsync({ useClass })` or `useExisting`. */
 export interface TokenResourceOptionsFactory {
-  createTokenResourceOptions(): Promise<TokenResourceModuleOptions> | TokenResourceModuleOptions;
+  createTokenResourceOptions(): Promise<TokenResourceFactoryOptions> | TokenResourceFactoryOptions;
 }
 
 /** Options of `TokenResourceModule.forRootAsync`. */
-export interface TokenResourceModuleAsyncOptions extends Pick<ModuleMetadata, 'imports'> {
+export interface TokenResourceModuleAsyncOptions
+  extends Pick<TokenResourceModuleOptions, WiringOption>, Pick<ModuleMetadata, 'imports'> {
   /** Providers injected into `useFactory`. */
   inject?: any[];
   /** Returns the options. */
-  useFactory?: (...args: any[]) => Promise<TokenResourceModuleOptions> | TokenResourceModuleOptions;
+  useFactory?: (...args: any[]) => Promise<TokenResourceFactoryOptions> | TokenResourceFactoryOptions;
   /** A class implementing {@link TokenResourceOptionsFactory}, instantiated by the module. */
   useClass?: Type<TokenResourceOptionsFactory>;
   /** An existing provider implementing {@link TokenResourceOptionsFactory}. */
   useExisting?: Type<TokenResourceOptionsFactory>;
-  /**
-   * Name of the TypeORM data source. Needed here, outside the factory, because the
-   * repository provider is wired before the factory runs. Default `'default'`.
-   */
-  dataSource?: string;
-  /** Custom entity class; see {@link TokenResourceModuleOptions.entity}. Default `Token`. */
-  entity?: Type<Token>;
-  /** Register the module globally. Default `false`. */
-  isGlobal?: boolean;
 }

@@ -9,15 +9,11 @@ import {
   type JWTVerifyGetKey,
   type JWTVerifyOptions,
 } from 'jose';
-import type { TokenResourceJwtOptions } from '../interfaces/token-resource-options.interface.js';
-import {
-  InvalidTokenError,
-  TokenResourceConfigError,
-  TokenResourceUnavailableError,
-} from '../token-resource.exceptions.js';
+import { fail } from '../options/option-checks.js';
+import { acceptedAlgorithms, secretBytes, type ResolvedJwtOptions } from '../options/validate-jwt.js';
+import { InvalidTokenError, TokenResourceUnavailableError } from '../token-resource.exceptions.js';
 import { checkVerifiedClaims } from '../validation/token-values.js';
 
-const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'];
 const RSA_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
 const EC_ALGORITHMS: Record<string, string> = { 'prime256v1': 'ES256', 'secp384r1': 'ES384', 'secp521r1': 'ES512' };
 const EDDSA_ALGORITHMS = ['EdDSA', 'Ed25519'];
@@ -25,10 +21,6 @@ const ASYMMETRIC_ALGORITHMS = [...RSA_ALGORITHMS, ...Object.values(EC_ALGORITHMS
 
 /** The verified claims of a JWT. */
 export type TokenClaimsPayload = JWTPayload & Record<string, unknown>;
-
-function fail(message: string): never {
-  throw new TokenResourceConfigError(`nestjs-token-resource: ${message}`);
-}
 
 function algorithmsOfKey(key: KeyObject, option: string): string[] {
   switch (key.asymmetricKeyType) {
@@ -53,10 +45,7 @@ function importKey(material: string | JWK, kind: 'public' | 'private', option: s
     return kind === 'public' ? createPublicKey(input) : createPrivateKey(input);
   } catch (error) {
     const expected = kind === 'public' ? 'a PEM (SPKI) public key or a public JWK' : 'a PEM (PKCS#8) private key or a private JWK';
-    throw new TokenResourceConfigError(
-      `nestjs-token-resource: ${option} could not be read (${(error as Error).message}); give ${expected}.`,
-      { cause: error },
-    );
+    fail(`${option} could not be read (${(error as Error).message}); give ${expected}.`, error);
   }
 }
 
@@ -74,9 +63,9 @@ function keysArePair(privateKey: KeyObject, publicKey: KeyObject): boolean {
 
 /**
  * The verification key of an HMAC secret, as a key resolver that imports the secret once
- * per HMAC algorithm. Given the bare `Uint8Array`, jose imports it into a WebCrypto key on
- * every verification, about half the CPU of an HS256 verify. jose calls the resolver only
- * after it has checked the header's `alg` against the accepted algorithms, all `HS*`.
+ * per HMAC algorithm: given the bare `Uint8Array`, jose would import it into a WebCrypto
+ * key on every verification. jose calls the resolver only after it has checked the
+ * header's `alg` against the accepted algorithms, all `HS*`.
  */
 function hmacVerifyKeys(secret: Uint8Array): JWTVerifyGetKey {
   // Once imported, a key is handed back as it is rather than as a promise: jose awaits
@@ -94,36 +83,6 @@ function hmacVerifyKeys(secret: Uint8Array): JWTVerifyGetKey {
   };
 }
 
-/** RFC 7518 §3.2: an HMAC key must be at least as long as its hash's output. */
-const HMAC_KEY_BYTES: Record<string, number> = { HS256: 32, HS384: 48, HS512: 64 };
-
-/**
- * The HMAC algorithms a secret is long enough for: by default those of `candidates` it
- * suffices for; when they were configured, all of them or a config error.
- */
-function strongEnoughFor(secret: Uint8Array, candidates: string[], configured: boolean): string[] {
-  const strong = candidates.filter((alg) => secret.length >= HMAC_KEY_BYTES[alg]!);
-  const weak = candidates.filter((alg) => !strong.includes(alg));
-  if (strong.length === 0 || (configured && weak.length > 0)) {
-    fail(`jwt.secret is ${secret.length} bytes, too short for ${weak.join(', ')}: an HMAC key must be at least as long as its hash (RFC 7518 §3.2), 32 bytes for HS256, 48 for HS384, 64 for HS512. Use a longer random secret (for example \`openssl rand -base64 64\`)${configured ? ' or leave those algorithms out of jwt.algorithms' : ''}.`);
-  }
-  return strong;
-}
-
-/** Picks the accepted algorithms: the configured ones, checked against what the key can do. */
-function acceptedAlgorithms(configured: string[] | undefined, possible: string[], keyOption: string): string[] {
-  if (configured === undefined) return possible;
-  if (!Array.isArray(configured) || configured.length === 0) fail('jwt.algorithms must be a non-empty array, or left out to accept every algorithm of the key.');
-  const wrong = configured.filter((alg) => !possible.includes(alg));
-  if (wrong.length > 0) {
-    const none = wrong.some((alg) => String(alg).toLowerCase() === 'none');
-    fail(none
-      ? "jwt.algorithms must not contain 'none': unsigned tokens are never accepted."
-      : `jwt.algorithms ${JSON.stringify(wrong)} cannot be used with ${keyOption}; it supports ${possible.join(', ')}.`);
-  }
-  return configured;
-}
-
 /**
  * Verifies and signs JWTs with `jose` according to the module's jwt options. Key
  * material is imported once, at start-up, so a bad key fails the application boot
@@ -137,20 +96,13 @@ export class TokenCodec {
   /** jose's options for every verification, built on first use. */
   private verifyOptions?: JWTVerifyOptions;
 
-  constructor(private readonly options: TokenResourceJwtOptions & { clockToleranceSeconds: number }) {
+  /** @param options jwt options checked by `resolveOptions`; key material is read here. */
+  constructor(private readonly options: ResolvedJwtOptions) {
     const { secret, publicKey, jwksUri, privateKey, algorithms } = options;
-    const sources = [secret !== undefined && 'jwt.secret', publicKey !== undefined && 'jwt.publicKey', jwksUri !== undefined && 'jwt.jwksUri'].filter(Boolean);
-    if (sources.length !== 1) {
-      fail(sources.length === 0
-        ? 'set exactly one verification key: jwt.secret (HMAC), jwt.publicKey (PEM or JWK) or jwt.jwksUri.'
-        : `set exactly one verification key, not ${sources.join(' and ')}.`);
-    }
     if (secret !== undefined) {
-      if (privateKey !== undefined) fail('jwt.privateKey cannot be combined with jwt.secret; an HMAC secret both signs and verifies.');
-      const bytes = typeof secret === 'string' ? new TextEncoder().encode(secret) : secret;
-      if (!(bytes instanceof Uint8Array) || bytes.length === 0) fail('jwt.secret must be a non-empty string or Uint8Array.');
+      const bytes = secretBytes(secret);
       this.verifyKey = hmacVerifyKeys(bytes);
-      this.algorithms = strongEnoughFor(bytes, acceptedAlgorithms(algorithms, HMAC_ALGORITHMS, 'jwt.secret'), algorithms !== undefined);
+      this.algorithms = algorithms!;
       this.signKey = bytes;
       this.signAlgorithm = this.algorithms[0];
       return;
@@ -160,17 +112,7 @@ export class TokenCodec {
       this.verifyKey = key;
       this.algorithms = acceptedAlgorithms(algorithms, algorithmsOfKey(key, 'jwt.publicKey'), 'jwt.publicKey');
     } else {
-      let url: URL;
-      try {
-        url = new URL(jwksUri!);
-      } catch {
-        fail(`jwt.jwksUri must be an absolute URL, got ${JSON.stringify(jwksUri)}.`);
-      }
-      // jose fetches the JWKS with fetch(); any other scheme would only fail at the first request.
-      if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-        fail(`jwt.jwksUri must be an http(s) URL, got ${JSON.stringify(jwksUri)}.`);
-      }
-      this.verifyKey = createRemoteJWKSet(url);
+      this.verifyKey = createRemoteJWKSet(new URL(jwksUri!));
       this.algorithms = acceptedAlgorithms(algorithms, ASYMMETRIC_ALGORITHMS, 'jwt.jwksUri');
     }
     if (privateKey !== undefined) {

@@ -1,11 +1,8 @@
 import { Inject, Injectable, Logger, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
-import type { EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
+import type { DataSource, EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import {
-  LOG_OUT_EVERYWHERE_PURPOSE,
-  REVOCATION_PURPOSE,
-  TOKEN_RESOURCE_OPTIONS,
-} from '../token-resource.constants.js';
+import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { LogOutMarkerCache } from '../marker-cache/log-out-marker.cache.js';
 import { TokenStore } from '../token.store.js';
 import { registerSubscriber } from '../typeorm/register-subscriber.js';
@@ -35,32 +32,16 @@ export interface LogOutEverywhereOptions {
   manager?: EntityManager;
   /**
    * Also revoke tokens that were never stored, by recording the log-out moment for the
-   * subject. An unstored token has no purpose on record, so by default this happens
-   * only when the purpose filter admits the module's `authenticationPurpose`
-   * (`'user'`): a log-out limited to, say, `includePurposes: ['confirm']` leaves the
-   * user's sessions alone.
+   * subject. Default: whether the purpose filter admits the module's
+   * `authenticationPurpose` (`'user'`), since an unstored token has no purpose on record.
    */
   revokeUnstored?: boolean;
   /**
-   * With a `manager` inside a transaction: once that transaction commits, log out once
-   * more (in a short transaction of its own, on the same connection), so that the recorded
-   * moment follows the commit rather than the statement. Tokens issued while the
-   * transaction was pending are then revoked too: a login on another connection that still
-   * read the old password hash, but also a token the same transaction issued after the
-   * log-out (issue it after the commit, or keep it with `exceptJti`). The transaction must
-   * be committed through TypeORM (`EntityManager.transaction()`,
-   * `QueryRunner.commitTransaction()`); a rollback, or a rollback to a savepoint taken
-   * before the log-out, repeats nothing.
-   *
-   * The repeat runs inside `commitTransaction()` (TypeORM awaits its subscribers), so its
-   * lock waits are bounded (PostgreSQL's `lock_timeout`): a long transaction holding the
-   * subject's marker row must not hang a committed `save()`. The bound is the module's
-   * `storeTimeoutMs` (default 2000 ms), one budget counted from the commit for all the
-   * repeats of that commit; each wait for a lock may last what remained of it when its
-   * repeat started (so a repeat that finds several rows held in turn may wait once per
-   * row). A repeat that fails (the wait ran out, the database gone) is logged as an error
-   * naming the subject, not thrown: the transaction has committed by then, and the
-   * log-out it made stands.
+   * With a `manager` inside a transaction: log out once more after TypeORM commits it, so
+   * that tokens issued while it was pending are revoked too (a login that still read the
+   * old password hash, or a token this transaction issued after the log-out: keep that
+   * one with `exceptJti`). A rollback repeats nothing. The repeat waits for locks at most
+   * `storeTimeoutMs` from the commit; a repeat that fails is logged, not thrown.
    *
    * Default `false`; `true` for {@link LogOutEverywhereService.logOutOnPasswordChange}
    * and so for `applyOnPasswordChange`.
@@ -89,21 +70,10 @@ function checkPurposeList(value: unknown, name: string): asserts value is string
  * Revokes all of a subject's tokens at once: "log out everywhere", "log out my other
  * devices", and the automatic log-out on password change.
  *
- * **Every log-out runs `pg_notify`.** Its statement announces the subject on the token
- * table's channel, for the marker caches (`logOutMarkerCache`) of all the application's
- * instances, whether or not this instance has its cache on: this one cannot know that no
- * other does. What that implies:
- *
- * - A transaction that contains a log-out (a password change's, say) cannot be prepared
- *   for two-phase commit: PostgreSQL refuses `PREPARE TRANSACTION` after `NOTIFY`.
- * - PostgreSQL's notification queue is shared by the whole cluster (every database), and
- *   is emptied only as fast as its slowest listening session reads it. A session anywhere
- *   that `LISTEN`s and then stops reading, or stays in one transaction for hours, lets it
- *   fill (8 GB by default; the server log warns from half full, naming that session), and
- *   then every transaction with a log-out fails at its COMMIT ("too many notifications in
- *   the NOTIFY queue"), a password change with it, until that session is ended.
- * - Transactions that notified commit one at a time across the cluster (PostgreSQL takes
- *   a global lock at their commit to keep notifications in commit order).
+ * Every log-out runs `pg_notify` for the marker caches of all instances, whether or not
+ * this one has its cache on: this one cannot know that no other does. The README
+ * ("Every log-out notifies") says what that implies for two-phase commit and the
+ * cluster's notification queue.
  */
 @Injectable()
 export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
@@ -116,35 +86,11 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
   private unregister?: () => void;
 
   /**
-   * One statement does both halves of a log-out, so that it is atomic even in
-   * autocommit and needs a single round trip:
-   *
-   * 1. `marker` upserts the subject's marker row (`$8` says whether to). The row keeps
-   *    one level per purpose filter, keyed by the canonical filter (`fresh.key`), and a
-   *    token is revoked when any level revokes it: a log-out with another filter adds or
-   *    updates its own level and leaves the others alone, so it can never spare what an
-   *    earlier log-out revoked. Computing the new `extra_data` from the locked current row
-   *    inside `ON CONFLICT DO UPDATE` makes successive and concurrent log-outs compose,
-   *    whatever their filters: within a level `at` never moves back (app clocks may
-   *    differ) and `exceptRevokedUpTo` remembers whether earlier log-outs of that level
-   *    already revoked the token kept now; the marker never expires earlier. It expires
-   *    `markerLifetime` after the log-out moment `$6` of the application's clock, the clock
-   *    of `at`, of the `exp` of the tokens it revokes and of the expunger's cutoff, or after
-   *    the database's `now()` if that is later: an application clock ahead of the
-   *    database's must not let the expunger delete a marker while tokens it revokes live.
-   *    A marker written before levels existed (`{ at, ... }`) becomes the level of its filter.
-   * 2. `revoked` flips every unexpired stored row of the subject whose purpose passes the
-   *    filter to `'revocation'`, on the `subject` index; a row within `clockToleranceSeconds`
-   *    of its expiry still counts, as its token is still accepted. A row a concurrent `revoke` holds is
-   *    re-checked after it commits and skipped, so each token is revoked exactly once.
-   * 3. `announced` notifies the marker caches of every instance (`LogOutMarkerCache`)
-   *    on the table's channel. A notification is delivered when, and only if, the
-   *    transaction commits, which is what bounds how stale a cache may be. Every subject
-   *    fits a payload (`MAX_SUBJECT_BYTES` is far below PostgreSQL's 8000 bytes).
-   *
-   * The marker is evaluated first (the scalar subqueries run left to right), so
-   * concurrent log-outs of one subject queue on the marker row before they lock any
-   * token row: they cannot deadlock each other.
+   * One statement does a whole log-out, so that it is atomic even in autocommit: `marker`
+   * upserts the subject's marker row (one level per purpose filter, merged with the locked
+   * current row), `revoked` flips the subject's unexpired stored rows that pass the filter, and
+   * `announced` notifies the marker caches. The marker is written first, so concurrent
+   * log-outs of one subject cannot deadlock. docs/internals.md explains its composition.
    */
   private readonly logOutStatement = this.store.statement('log_out_everywhere', `
     WITH fresh AS (
@@ -176,8 +122,6 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
            CROSS JOIN LATERAL (SELECT CASE
                     WHEN t.purpose <> '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN '{}'::jsonb
                     WHEN t.extra_data->'levels' IS NOT NULL THEN t.extra_data->'levels'
-                    WHEN t.extra_data->'at' IS NOT NULL THEN jsonb_build_object(
-                      jsonb_build_array(t.extra_data->'includePurposes', t.extra_data->'excludePurposes')::text, t.extra_data)
                     ELSE '{}'::jsonb END AS levels) AS prior
            CROSS JOIN LATERAL (SELECT prior.levels->fresh.key AS level) AS old),
         updated_at = now()
@@ -198,6 +142,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
+    @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly store: TokenStore,
     private readonly markerCache: LogOutMarkerCache,
   ) {}
@@ -207,7 +152,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * `repeatAfterCommit`, also after the data source is destroyed and initialised again.
    */
   onModuleInit(): void {
-    this.unregister = registerSubscriber(this.store.repository.manager.connection, this.postCommit);
+    this.unregister = registerSubscriber(this.dataSource, this.postCommit);
   }
 
   /** Stops listening, so that a closed application leaves no subscriber on a shared data source. */
@@ -217,27 +162,15 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
   }
 
   /**
-   * Revokes, in one set-based statement, every unexpired stored token of `subject` whose
-   * purpose passes the include/exclude lists (defaults from the module options; a purpose
-   * in both lists is excluded), except
-   * `opts.exceptJti`, and records the moment for the subject so that tokens that were
-   * never stored and were issued at or before it count as revoked too (`tokenRevoked`
-   * and the guard). A token issued after it stays valid; the moment is the
-   * application's `Date.now()`, the clock `issueToken` writes `iat` with (in
-   * milliseconds), so a whole-second `iat` from another issuer in the same second
-   * counts as revoked.
+   * Revokes every unexpired stored token of `subject` whose purpose passes the
+   * include/exclude lists (a purpose in both is excluded), except `opts.exceptJti`, and
+   * records the moment (`Date.now()`, the clock of `iat`) so that unstored tokens issued
+   * at or before it count as revoked too. With `opts.manager` it commits or rolls back
+   * with that transaction. Other instances' marker caches see it within
+   * `logOutMarkerCache.maxStalenessMs` of the commit.
    *
-   * Given `opts.manager`, it runs in that manager's transaction and is undone with it;
-   * with `opts.repeatAfterCommit` too, it runs once more after that transaction commits.
-   *
-   * It takes effect on this instance at once: in autocommit when the statement returns,
-   * inside a transaction when TypeORM commits it (this instance's marker cache forgets the
-   * subject again then, for a check made before the commit cached the state before it). On
-   * other instances it takes effect when their caches hear of the commit (`pg_notify`, see
-   * the class), within `logOutMarkerCache.maxStalenessMs`.
-   *
-   * @returns how many stored tokens it revoked (not counting expired or already revoked
-   *   tokens, unstored tokens, or its own marker row).
+   * @returns how many stored tokens it revoked (not expired, already revoked or unstored
+   *   tokens, nor its own marker row).
    * @throws TypeError for a subject, `exceptJti` or purpose the token table cannot store
    *   (empty, a lone UTF-16 surrogate, NUL, over 1024 / 255 / 255 bytes of UTF-8), or purpose
    *   lists that are not arrays. Nothing is written.
@@ -269,15 +202,10 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
   }
 
   /**
-   * Makes a log-out again after its transaction committed, on that transaction's
-   * connection, in a transaction of its own whose lock waits end after `lockTimeoutMs`
-   * (`SET LOCAL` needs one, and it resets on its own at the end). Leaves the connection
-   * outside any transaction, whatever happens: the caller gives it back to the pool next.
-   * The statements go straight to the runner rather than through
-   * `startTransaction()`, which would broadcast transaction events to every subscriber
-   * while TypeORM is still broadcasting the commit. TypeORM runs those subscribers side by
-   * side: a query another one sends on this connection meanwhile lands in this
-   * transaction, under its lock timeout.
+   * Makes a log-out again on the committed transaction's connection, in a transaction of
+   * its own (`SET LOCAL lock_timeout` needs one), and leaves the connection outside any
+   * transaction whatever happens. Plain `BEGIN` rather than `startTransaction()`, which
+   * would broadcast transaction events while TypeORM is still broadcasting the commit.
    */
   private async repeat(args: LogOutArgs, runner: QueryRunner, lockTimeoutMs: number): Promise<void> {
     try {
@@ -311,22 +239,11 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
   }
 
   /**
-   * Logs a user out everywhere because their password changed, through `manager`'s
-   * transaction: call it from code that changes passwords without the TypeORM `save`
-   * that `applyOnPasswordChange` watches (raw SQL, `repository.update()`, a query
-   * builder, another ORM), with the manager of the transaction that writes the new
-   * password, so that a rolled-back change revokes nothing. The subject is
-   * `logOutEverywhere.subjectOf(user)` (default `String(user.id)`).
-   *
-   * Inside a transaction it logs out again once the transaction commits
-   * (`repeatAfterCommit`, on by default here): a login that read the old password hash
-   * before the commit and issued its token before the repeat is revoked too. Issue the
-   * session of the user who changed the password after the commit, or keep it with
-   * `exceptJti`. A login that verified the old password before the commit but signs its
-   * token only after the repeat is not covered; to close that window as well, have
-   * logins read the user row with a shared lock (`lock: { mode: 'pessimistic_read' }`)
-   * in a transaction that lasts until the token is issued, so that they wait for a
-   * pending password change.
+   * Logs a user out everywhere because their password changed, in `manager`'s transaction,
+   * and again after it commits (`repeatAfterCommit`, on by default here). For code that
+   * changes passwords without the `save` that `applyOnPasswordChange` watches (raw SQL,
+   * `update()`, a query builder, another ORM). The subject is
+   * `logOutEverywhere.subjectOf(user)`. README "On password change" covers the windows.
    *
    * @param user the user whose password changed; only `subjectOf` reads it.
    * @param manager the password change's transaction. Default: autocommit.

@@ -1,4 +1,4 @@
-import { LOG_OUT_EVERYWHERE_JTI_PREFIX } from '../token-resource.constants.js';
+import { LOG_OUT_EVERYWHERE_JTI_PREFIX } from '../token-resource.internal-constants.js';
 
 /**
  * One level of a subject's log-out marker: what the log-outs with one purpose filter
@@ -33,11 +33,11 @@ export interface LogOutLevel {
  * never spare what an earlier, wider one revoked. One row per subject, updated
  * atomically by each log-out, so the revoked-check reads it with the same primary-key
  * lookup as the token's own row.
- *
- * A row written before levels existed holds a single level directly (`{ at, ... }`) and
- * is read as that one level.
  */
-export type LogOutMarker = { levels: Record<string, LogOutLevel> } | LogOutLevel;
+export interface LogOutMarker {
+  /** The levels, keyed by their purpose filter. */
+  levels: Record<string, LogOutLevel>;
+}
 
 /** The `jti` of the marker row of `subject`. */
 export function logOutMarkerJti(subject: string): string {
@@ -71,7 +71,6 @@ export function canonicalPurposes(purposes: string[] | undefined): string[] | un
  *   level whose filter spares that purpose does not revoke the token.
  */
 export function logOutMarkerRevokes(marker: LogOutMarker, jti: string, iat: number | undefined, storedPurpose?: string): boolean {
-  if (!('levels' in marker)) return levelRevokes(marker, jti, iat, storedPurpose);
   // A plain loop: this runs on every revoked-check, usually over one or two levels.
   for (const key in marker.levels) {
     if (levelRevokes(marker.levels[key], jti, iat, storedPurpose)) return true;

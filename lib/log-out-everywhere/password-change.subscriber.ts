@@ -1,30 +1,21 @@
 import { Inject, Injectable, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
-import type { EntitySubscriberInterface, ObjectLiteral, UpdateEvent } from 'typeorm';
-import { defaultSubjectOf, type ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
+import type { DataSource, EntitySubscriberInterface, ObjectLiteral, UpdateEvent } from 'typeorm';
+import { defaultSubjectOf } from '../options/defaults.js';
+import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
+import { TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { TokenResourceConfigError } from '../token-resource.exceptions.js';
-import { TokenStore } from '../token.store.js';
 import { registerSubscriber } from '../typeorm/register-subscriber.js';
 import { LogOutEverywhereService } from './log-out-everywhere.service.js';
 
 /**
  * With `logOutEverywhere.applyOnPasswordChange`, a TypeORM subscriber on
- * `logOutEverywhere.userEntity`: when a `save` changes `passwordField`, it logs the
- * user out everywhere through the manager of the save's own transaction (TypeORM wraps
- * every `save` in one, or joins the caller's), so a password change that rolls back
- * revokes nothing, and one that commits cannot leave old sessions alive. Once that
- * transaction commits (the caller's, for a `save` inside one) it logs the user out again
- * (`repeatAfterCommit`), so that a login that still read the old password hash while the
- * change was pending does not keep its token either.
+ * `logOutEverywhere.userEntity`: when a `save` changes `passwordField`, it logs the user
+ * out everywhere in the save's own transaction (so a rolled-back change revokes nothing),
+ * and again once that transaction commits (`repeatAfterCommit`).
  *
- * Only `save` (and `manager.save`) is seen with the old and new values. Not seen, because
- * TypeORM runs no update subscriber for them or does not say which rows they changed:
- * `update()`, `upsert()`, `save(user, { listeners: false })`, query builders, raw SQL and
- * other ORMs. Code that changes passwords that way calls
+ * Only `save` reports which columns changed; `update()`, `upsert()`, query builders and
+ * raw SQL are not seen: code that changes passwords that way calls
  * {@link LogOutEverywhereService.logOutOnPasswordChange} itself.
- *
- * It stays registered when the data source is destroyed and initialised again (see
- * `registerSubscriber`).
  */
 @Injectable()
 export class PasswordChangeSubscriber implements EntitySubscriberInterface<ObjectLiteral>, OnModuleInit, OnModuleDestroy {
@@ -32,7 +23,7 @@ export class PasswordChangeSubscriber implements EntitySubscriberInterface<Objec
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
-    private readonly store: TokenStore,
+    @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly logOut: LogOutEverywhereService,
   ) {}
 
@@ -46,25 +37,24 @@ export class PasswordChangeSubscriber implements EntitySubscriberInterface<Objec
   onModuleInit(): void {
     const { applyOnPasswordChange, userEntity } = this.options.logOutEverywhere;
     if (!applyOnPasswordChange || !userEntity) return;
-    const dataSource = this.store.repository.manager.connection;
-    if (!dataSource.hasMetadata(userEntity)) {
+    if (!this.dataSource.hasMetadata(userEntity)) {
       throw new TokenResourceConfigError(
         `nestjs-token-resource: logOutEverywhere.userEntity is not an entity of data source '${this.options.dataSource}', where the token table lives. Register it there: the log-out must run in the password change's transaction.`,
       );
     }
-    const column = dataSource.getMetadata(userEntity).findColumnWithPropertyName(this.options.logOutEverywhere.passwordField);
+    const column = this.dataSource.getMetadata(userEntity).findColumnWithPropertyName(this.options.logOutEverywhere.passwordField);
     if (!column) {
       throw new TokenResourceConfigError(
         `nestjs-token-resource: logOutEverywhere.passwordField '${this.options.logOutEverywhere.passwordField}' is not a column of logOutEverywhere.userEntity.`,
       );
     }
     // The default would log out the subject 'undefined', or refuse every password change.
-    if (this.options.logOutEverywhere.subjectOf === defaultSubjectOf && !dataSource.getMetadata(userEntity).findColumnWithPropertyName('id')) {
+    if (this.options.logOutEverywhere.subjectOf === defaultSubjectOf && !this.dataSource.getMetadata(userEntity).findColumnWithPropertyName('id')) {
       throw new TokenResourceConfigError(
         "nestjs-token-resource: logOutEverywhere.userEntity has no 'id' column for the default subjectOf (u => String(u.id)). Set logOutEverywhere.subjectOf to the user's JWT sub, for example (u) => u.uuid.",
       );
     }
-    this.unregister = registerSubscriber(dataSource, this);
+    this.unregister = registerSubscriber(this.dataSource, this);
   }
 
   /** Unregisters, so that a closed application leaves no subscriber on a shared data source. */

@@ -34,45 +34,25 @@ interface RunnerState<Args> {
 /** What {@link PostCommitLogOuts} does once a transaction with log-outs commits. */
 export interface PostCommitActions<Args> {
   /**
-   * Drops what this instance's marker cache knows about `subject`. Run for every log-out
-   * of the transaction, at once after the COMMIT: a check on this instance between the
-   * log-out's statement and the commit read (and cached) the state before it.
+   * Drops what this instance's marker cache knows about `subject`, right after the COMMIT:
+   * a check between the log-out's statement and the commit may have cached the old state.
    */
   forget(subject: string): void;
   /**
-   * Makes a log-out again on `runner` (the committed transaction's, now outside any
-   * transaction), so that it needs no second connection from the pool, waiting at most
-   * `lockTimeoutMs` for any one lock. It must leave the connection outside any transaction,
-   * whatever happens: its owner releases it to the pool next.
+   * Makes a log-out again on `runner` (the committed transaction's, so that it needs no
+   * second connection), waiting at most `lockTimeoutMs` for any one lock. It must leave the
+   * connection outside any transaction, whatever happens: its owner releases it next.
    */
   repeat(args: Args, runner: QueryRunner, lockTimeoutMs: number): Promise<unknown>;
 }
 
 /**
- * Follows up log-outs made inside a transaction once it commits, on the same connection:
- *
- * - Every one: the subject is forgotten by this instance's marker cache right after the
- *   COMMIT. A log-out takes effect at its commit, and a check on this instance in between
- *   still read, and may have cached, the state before it; the announcement that would
- *   correct that (`pg_notify`) may take up to `maxStalenessMs` to come back.
- * - Those made with `repeatAfterCommit`: made again in a short transaction of their own. A
- *   log-out inside a transaction records its moment when its statement runs, but takes
- *   effect only at the commit: a token issued in between, for example by a login on
- *   another connection that still read the old password hash, is newer than the moment
- *   and would survive. Made again after the commit, the log-out records a moment after it.
- *
- * The repeats run inside TypeORM's `commitTransaction()`, which awaits its subscribers, so
- * their lock waits (a long transaction holding the subject's marker row) are bounded by one
- * budget, `lockBudgetMs` counted from the commit, however many subjects the transaction
- * logged out: each repeat may wait for a lock what remains of it. They never throw: a
- * repeat that fails is logged as an error naming the subject, because the transaction has
- * committed by then and the log-out it made stands.
- *
- * A TypeORM subscriber of transaction events only, on the token table's data source. It
- * follows savepoints (`manager.transaction()` inside a transaction): a log-out whose
- * savepoint is rolled back is dropped, one whose savepoint is released waits for the
- * enclosing transaction. Transactions committed or rolled back without TypeORM (raw
- * `COMMIT`) are not seen.
+ * A TypeORM subscriber of transaction events that follows up log-outs made inside a
+ * transaction once it commits, on the same connection: the marker cache forgets each
+ * subject, and those made with `repeatAfterCommit` are made again, their lock waits
+ * bounded by one `lockBudgetMs` per commit. A failed repeat is logged, never thrown: the
+ * transaction has committed. Savepoints are followed; a raw `COMMIT` is not seen.
+ * docs/internals.md ("Log-outs after the commit") says why each step is needed.
  *
  * @typeParam Args what `repeat` needs to make a log-out again.
  */

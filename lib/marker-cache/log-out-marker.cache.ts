@@ -4,7 +4,7 @@ import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnModuleD
 import type { Client as PgClient, Notification } from 'pg';
 import type { LogOutMarker } from '../log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.constants.js';
+import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { TokenStore } from '../token.store.js';
 import { isSubject } from '../validation/token-values.js';
 
@@ -28,34 +28,18 @@ interface CacheEntry {
  * Remembers subjects' log-out-everywhere markers (or that a subject has none), so that the
  * revoked-check reads only the token's own row. Off unless `logOutMarkerCache.enabled`.
  *
- * **Why the staleness is bounded.** `LogOutEverywhereService` announces every log-out on
- * {@link TokenStore.logOutChannel} with `pg_notify`, in the log-out's own transaction, so
- * the announcement is delivered when (and only if) it commits. Each instance listens on
- * one dedicated connection and drops the subject on receipt. Every quarter of
- * `maxStalenessMs` it also sends a heartbeat, on that connection, on a channel of its own.
- * PostgreSQL delivers notifications in commit order, so once a heartbeat sent at time
- * `s` comes back, every log-out committed before `s` has been applied. The cache answers
- * only while its newest returned heartbeat is at most `maxStalenessMs` old; otherwise it
- * empties itself and the check reads the marker from the database, until heartbeats flow
- * again. A listener that dies, a notification path that silently stops (a network
- * partition) and a stalled event loop all end in that state. Behind a pooler the cache
- * never listens (see `throughPooler`).
- * Entries also expire after `maxEntryAgeMs`, which bounds writes that are never announced
- * (raw SQL, an older version of this library).
- *
- * **Why a fill cannot undo an invalidation.** A check that misses takes a ticket (the
- * epoch) before it queries, and stores its answer only if no notification, local
- * invalidation or listener change bumped the epoch meanwhile: a log-out that committed
- * after the query's snapshot is announced after it too, so it either bumps the epoch
- * before the answer is stored or deletes the stored answer when it arrives.
+ * It listens for the log-outs announced on {@link TokenStore.logOutChannel} and answers
+ * only while its own heartbeats, sent on the same connection, come back within
+ * `maxStalenessMs`; a check that misses stores its answer only if nothing was invalidated
+ * meanwhile (the epoch). docs/internals.md ("The marker cache") proves both bounds.
  */
 @Injectable()
 export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestroy {
   private readonly logger = new Logger(LogOutMarkerCache.name);
   /**
    * Subject to what is known of its marker, oldest answer first. A hit does not move an
-   * entry (that churn showed on every request); a subject in use is read again once its
-   * entry ages out, which moves it to the end.
+   * entry, which would cost a delete and an insert on every request; a subject in use is
+   * read again once its entry ages out, which moves it to the end.
    */
   private readonly entries = new Map<string, CacheEntry>();
   private readonly settings: ResolvedTokenResourceOptions['logOutMarkerCache'];

@@ -1,21 +1,20 @@
 import type { Type } from '@nestjs/common';
 import type { EntityTarget, ObjectLiteral } from 'typeorm';
-import {
-  DEFAULT_AUTHENTICATION_PURPOSE,
-  REVOCATION_PURPOSE,
-} from '../token-resource.constants.js';
-import { TokenResourceConfigError } from '../token-resource.exceptions.js';
-import { Token } from '../entities/token.entity.js';
-import type { TokenResourceJwtOptions, TokenResourceModuleOptions } from '../interfaces/token-resource-options.interface.js';
+import type { Token } from '../entities/token.entity.js';
+import type { TokenResourceModuleOptions } from '../interfaces/token-resource-options.interface.js';
 import { durationToSeconds } from '../jwt/duration.js';
-import { expungeCronOf } from '../expunger/expunge-schedule.js';
+import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
 import { isPurpose, MAX_PURPOSE_BYTES } from '../validation/token-values.js';
+import { DEFAULT_OPTIONS } from './defaults.js';
+import { atLeast, between, fail, positive, purposeList } from './option-checks.js';
+import { expungeCronOf } from './validate-expunge.js';
+import { resolveJwtOptions, type ResolvedJwtOptions } from './validate-jwt.js';
 
 /** Module options with every default filled in; what the services read. */
 export interface ResolvedTokenResourceOptions {
   dataSource: string;
   entity: Type<Token>;
-  jwt: TokenResourceJwtOptions & { clockToleranceSeconds: number };
+  jwt: ResolvedJwtOptions;
   storeAllTokens: boolean;
   requireTokenPresenceForAuthentication: boolean;
   authenticationPurpose: string;
@@ -34,79 +33,12 @@ export interface ResolvedTokenResourceOptions {
   isGlobal: boolean;
 }
 
-/**
- * The default `logOutEverywhere.subjectOf`: `String(user.id)`, refusing a user without `id`
- * rather than logging out the subject `'undefined'`.
- */
-export function defaultSubjectOf(user: { id?: unknown }): string {
-  if (user?.id === undefined || user.id === null) {
-    throw new TypeError("logOutEverywhere.subjectOf: the user has no id; set logOutEverywhere.subjectOf to say which property is the JWT's sub");
-  }
-  return String(user.id);
-}
+type LogOutOptions = NonNullable<TokenResourceModuleOptions['logOutEverywhere']>;
+type MarkerCacheOptions = NonNullable<TokenResourceModuleOptions['logOutMarkerCache']>;
 
-function fail(message: string): never {
-  throw new TokenResourceConfigError(`nestjs-token-resource: ${message}`);
-}
-
-function positiveNumber(value: number | undefined, fallback: number, name: string, integer = false): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
-    fail(`${name} must be a positive ${integer ? 'integer' : 'number'}, got ${String(value)}.`);
-  }
-  return value;
-}
-
-function atLeast(value: number | undefined, fallback: number, minimum: number, name: string): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < minimum) {
-    fail(`${name} must be a number >= ${minimum}, got ${String(value)}.`);
-  }
-  return value;
-}
-
-function between(value: number | undefined, fallback: number, minimum: number, maximum: number, name: string): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < minimum || value > maximum) {
-    fail(`${name} must be a number from ${minimum} to ${maximum}, got ${String(value)}.`);
-  }
-  return value;
-}
-
-function purposeList(value: string[] | undefined, name: string): string[] | undefined {
-  if (value === undefined) return undefined;
-  if (!Array.isArray(value) || value.some((purpose) => !isPurpose(purpose))) {
-    fail(`${name} must be an array of purposes: non-empty, well-formed strings without NUL of at most ${MAX_PURPOSE_BYTES} bytes.`);
-  }
-  return value;
-}
-
-/**
- * Validates the options given to `forRoot`/`forRootAsync` and fills in the defaults.
- * Key material is checked separately when the JWT keys are built.
- *
- * @throws TokenResourceConfigError naming the option and how to fix it.
- */
-export function resolveOptions(options: TokenResourceModuleOptions | undefined): ResolvedTokenResourceOptions {
-  if (!options || typeof options !== 'object') fail('options are required: pass { jwt: { secret } } or another key source.');
-  if (!options.jwt || typeof options.jwt !== 'object') {
-    fail('the jwt option is required: set exactly one of jwt.secret, jwt.publicKey or jwt.jwksUri.');
-  }
-  const storeAllTokens = options.storeAllTokens ?? false;
-  const requirePresence = options.requireTokenPresenceForAuthentication ?? false;
-  if (requirePresence && !storeAllTokens) {
-    fail('requireTokenPresenceForAuthentication needs storeAllTokens: true, or the guard would refuse every token it never stored. Set storeAllTokens: true or drop requireTokenPresenceForAuthentication.');
-  }
-  const clockToleranceSeconds = options.jwt.clockToleranceSeconds ?? 0;
-  if (typeof clockToleranceSeconds !== 'number' || !Number.isFinite(clockToleranceSeconds) || clockToleranceSeconds < 0) {
-    fail(`jwt.clockToleranceSeconds must be a number of seconds >= 0, got ${String(clockToleranceSeconds)}.`);
-  }
-  const authenticationPurpose = options.authenticationPurpose ?? DEFAULT_AUTHENTICATION_PURPOSE;
-  if (!isPurpose(authenticationPurpose) || authenticationPurpose === REVOCATION_PURPOSE) {
-    fail(`authenticationPurpose must be a purpose other than '${REVOCATION_PURPOSE}' (a non-empty, well-formed string without NUL of at most ${MAX_PURPOSE_BYTES} bytes).`);
-  }
-  const logOut = options.logOutEverywhere ?? {};
-  const applyOnPasswordChange = logOut.applyOnPasswordChange ?? false;
+function resolveLogOutEverywhere(logOut: LogOutOptions): ResolvedTokenResourceOptions['logOutEverywhere'] {
+  const defaults = DEFAULT_OPTIONS.logOutEverywhere;
+  const applyOnPasswordChange = logOut.applyOnPasswordChange ?? defaults.applyOnPasswordChange;
   if (applyOnPasswordChange && !logOut.userEntity) {
     fail('logOutEverywhere.applyOnPasswordChange needs logOutEverywhere.userEntity: the entity whose password changes should log its user out.');
   }
@@ -115,42 +47,67 @@ export function resolveOptions(options: TokenResourceModuleOptions | undefined):
   }
   let markerLifetimeSeconds: number;
   try {
-    markerLifetimeSeconds = durationToSeconds(logOut.markerLifetime ?? '365d');
+    markerLifetimeSeconds = durationToSeconds(logOut.markerLifetime ?? defaults.markerLifetime);
   } catch (error) {
     fail(`logOutEverywhere.markerLifetime: ${(error as Error).message}`);
   }
-  const expunge = options.expunge ?? {};
-  const markerCache = options.logOutMarkerCache ?? {};
-  const maxStalenessMs = atLeast(markerCache.maxStalenessMs, 1000, 100, 'logOutMarkerCache.maxStalenessMs');
   return {
-    dataSource: options.dataSource ?? 'default',
-    entity: options.entity ?? Token,
-    jwt: { ...options.jwt, clockToleranceSeconds },
+    includePurposes: purposeList(logOut.includePurposes, 'logOutEverywhere.includePurposes'),
+    excludePurposes: purposeList(logOut.excludePurposes, 'logOutEverywhere.excludePurposes') ?? [...defaults.excludePurposes],
+    applyOnPasswordChange,
+    userEntity: logOut.userEntity,
+    passwordField: logOut.passwordField ?? defaults.passwordField,
+    subjectOf: logOut.subjectOf ?? defaults.subjectOf,
+    markerLifetimeSeconds,
+  };
+}
+
+function resolveMarkerCache(cache: MarkerCacheOptions): ResolvedTokenResourceOptions['logOutMarkerCache'] {
+  const defaults = DEFAULT_OPTIONS.logOutMarkerCache;
+  const maxStalenessMs = atLeast(cache.maxStalenessMs, 100, 'logOutMarkerCache.maxStalenessMs') ?? defaults.maxStalenessMs;
+  return {
+    enabled: cache.enabled ?? defaults.enabled,
+    maxStalenessMs,
+    maxSubjects: positive(cache.maxSubjects, 'logOutMarkerCache.maxSubjects', true) ?? defaults.maxSubjects,
+    maxEntryAgeMs: atLeast(cache.maxEntryAgeMs, maxStalenessMs, 'logOutMarkerCache.maxEntryAgeMs') ?? Math.max(defaults.maxEntryAgeMs, maxStalenessMs),
+  };
+}
+
+/**
+ * Validates the options given to `forRoot`/`forRootAsync` and fills in the defaults
+ * ({@link DEFAULT_OPTIONS}). The checks that need the running data source stay where
+ * its metadata is: `PasswordChangeSubscriber` checks `userEntity`, `passwordField` and
+ * the `id` column of the default `subjectOf`; `TokenCodec` reads key material.
+ *
+ * @throws TokenResourceConfigError naming the option and how to fix it.
+ */
+export function resolveOptions(options: TokenResourceModuleOptions): ResolvedTokenResourceOptions {
+  const storeAllTokens = options.storeAllTokens ?? DEFAULT_OPTIONS.storeAllTokens;
+  const requirePresence = options.requireTokenPresenceForAuthentication ?? DEFAULT_OPTIONS.requireTokenPresenceForAuthentication;
+  if (requirePresence && !storeAllTokens) {
+    fail('requireTokenPresenceForAuthentication needs storeAllTokens: true, or the guard would refuse every token it never stored. Set storeAllTokens: true or drop requireTokenPresenceForAuthentication.');
+  }
+  const authenticationPurpose = options.authenticationPurpose ?? DEFAULT_OPTIONS.authenticationPurpose;
+  if (!isPurpose(authenticationPurpose) || authenticationPurpose === REVOCATION_PURPOSE) {
+    fail(`authenticationPurpose must be a purpose other than '${REVOCATION_PURPOSE}' (a non-empty, well-formed string without NUL of at most ${MAX_PURPOSE_BYTES} bytes).`);
+  }
+  const expunge = options.expunge ?? {};
+  return {
+    dataSource: options.dataSource ?? DEFAULT_OPTIONS.dataSource,
+    entity: options.entity ?? DEFAULT_OPTIONS.entity,
+    jwt: resolveJwtOptions(options.jwt),
     storeAllTokens,
     requireTokenPresenceForAuthentication: requirePresence,
     authenticationPurpose,
-    storeTimeoutMs: positiveNumber(options.storeTimeoutMs, 2000, 'storeTimeoutMs'),
+    storeTimeoutMs: positive(options.storeTimeoutMs, 'storeTimeoutMs') ?? DEFAULT_OPTIONS.storeTimeoutMs,
     expunge: {
-      enabled: expunge.enabled ?? true,
+      enabled: expunge.enabled ?? DEFAULT_OPTIONS.expunge.enabled,
       cron: expungeCronOf(expunge),
-      startupJitterSeconds: between(expunge.startupJitterSeconds, 60, 0, 86_400, 'expunge.startupJitterSeconds'),
-      batchSize: positiveNumber(expunge.batchSize, 20_000, 'expunge.batchSize', true),
+      startupJitterSeconds: between(expunge.startupJitterSeconds, 0, 86_400, 'expunge.startupJitterSeconds') ?? DEFAULT_OPTIONS.expunge.startupJitterSeconds,
+      batchSize: positive(expunge.batchSize, 'expunge.batchSize', true) ?? DEFAULT_OPTIONS.expunge.batchSize,
     },
-    logOutEverywhere: {
-      includePurposes: purposeList(logOut.includePurposes, 'logOutEverywhere.includePurposes'),
-      excludePurposes: purposeList(logOut.excludePurposes, 'logOutEverywhere.excludePurposes') ?? [REVOCATION_PURPOSE],
-      applyOnPasswordChange,
-      userEntity: logOut.userEntity,
-      passwordField: logOut.passwordField ?? 'hashedPassword',
-      subjectOf: logOut.subjectOf ?? defaultSubjectOf,
-      markerLifetimeSeconds,
-    },
-    logOutMarkerCache: {
-      enabled: markerCache.enabled ?? false,
-      maxStalenessMs,
-      maxSubjects: positiveNumber(markerCache.maxSubjects, 100_000, 'logOutMarkerCache.maxSubjects', true),
-      maxEntryAgeMs: atLeast(markerCache.maxEntryAgeMs, Math.max(60_000, maxStalenessMs), maxStalenessMs, 'logOutMarkerCache.maxEntryAgeMs'),
-    },
-    isGlobal: options.isGlobal ?? false,
+    logOutEverywhere: resolveLogOutEverywhere(options.logOutEverywhere ?? {}),
+    logOutMarkerCache: resolveMarkerCache(options.logOutMarkerCache ?? {}),
+    isGlobal: options.isGlobal ?? DEFAULT_OPTIONS.isGlobal,
   };
 }

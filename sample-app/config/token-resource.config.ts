@@ -1,5 +1,5 @@
 import { ConfigService } from '@nestjs/config';
-import type { TokenResourceModuleOptions } from '../../lib/index.js';
+import type { TokenResourceFactoryOptions } from '../../lib/index.js';
 import { User } from '../users/user.entity.js';
 import type { SampleEnv } from './env.js';
 
@@ -10,7 +10,7 @@ import type { SampleEnv } from './env.js';
  * - changing `User.hashedPassword` through TypeORM logs the user out everywhere;
  * - the expunger runs every `EXPUNGE_INTERVAL_HOURS`.
  */
-export function tokenResourceOptions(config: ConfigService<SampleEnv, true>): TokenResourceModuleOptions {
+export function tokenResourceOptions(config: ConfigService<SampleEnv, true>): TokenResourceFactoryOptions {
   return {
     jwt: {
       secret: config.get('JWT_SECRET', { infer: true }),

