@@ -108,7 +108,7 @@ function causeOf(error: unknown): string {
   for (let e = error, depth = 0; typeof e === 'object' && e !== null && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
     const code = (e as { code?: unknown }).code;
     if (typeof code === 'string' && code !== '') return code;
-    if ((e as { cause?: unknown }).cause === undefined) return oneLine((e as Error).message ?? String(e)).slice(0, 120);
+    if ((e as { cause?: unknown }).cause === undefined) return oneLine((e as Error).message ?? 'unknown error').slice(0, 120);
   }
   return oneLine(String(error)).slice(0, 120);
 }

@@ -168,6 +168,7 @@ export class TokenStore {
     try {
       pool = this.pool;
     } catch (error) {
+      // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- the getter throws only TokenResourceUnavailableError
       return Promise.reject(error);
     }
     return new Promise((resolve, reject) => {
@@ -360,7 +361,7 @@ function toResult<Row>(result: QueryResult): StatementResult<Row> {
 }
 
 /** A connection error as TokenResourceUnavailableError; any other error as it is. */
-function asUnavailable(error: unknown): unknown {
+function asUnavailable<E>(error: E): E | TokenResourceUnavailableError {
   if (!isConnectionError(error)) return error;
   return new TokenResourceUnavailableError(`the token store is unavailable: ${(error as Error).message}`, { cause: error });
 }

@@ -17,7 +17,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-async function migrated(entities: Function[], migrations: Function[]): Promise<DataSource> {
+async function migrated(entities: Array<new () => unknown>, migrations: Array<new () => unknown>): Promise<DataSource> {
   const dataSource = new DataSource({ type: 'postgres', url: db.url, entities, migrations, logging: false });
   await dataSource.initialize();
   await dataSource.runMigrations();

@@ -91,7 +91,7 @@ async function naiveRevoke(token: string, run: (sql: string, values: unknown[]) 
 }
 
 const viaPool = (sql: string, values: unknown[]) => pool.query(sql, values);
-const viaManager = (manager: EntityManager) => async (sql: string, values: unknown[]) => ({ rows: await manager.query(sql, values) as unknown[] });
+const viaManager = (manager: EntityManager) => async (sql: string, values: unknown[]) => ({ rows: await manager.query<unknown[]>(sql, values) });
 
 async function expectSingleRevocationRow(jti: string): Promise<void> {
   const rows = await dataSource.query('SELECT purpose FROM tokens WHERE jti = $1', [jti]);

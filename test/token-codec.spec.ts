@@ -40,8 +40,8 @@ function pemPair(type: 'rsa' | 'ec' | 'ed25519'): PemPair {
 function jwkPair(type: 'rsa' | 'ec'): { publicKey: JWK; privateKey: JWK; privateKeyObject: KeyObject } {
   const pair = type === 'rsa' ? generateKeyPairSync('rsa', { modulusLength: 2048 }) : generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
   return {
-    publicKey: pair.publicKey.export({ format: 'jwk' }) as JWK,
-    privateKey: pair.privateKey.export({ format: 'jwk' }) as JWK,
+    publicKey: pair.publicKey.export({ format: 'jwk' }),
+    privateKey: pair.privateKey.export({ format: 'jwk' }),
     privateKeyObject: pair.privateKey,
   };
 }
@@ -200,7 +200,7 @@ describe('remote JWKS', () => {
   });
 
   it('issues with a private key and verifies through the JWKS', async () => {
-    const jwt = codec({ jwksUri: uri, privateKey: rsa.privateKey.export({ format: 'jwk' }) as JWK });
+    const jwt = codec({ jwksUri: uri, privateKey: rsa.privateKey.export({ format: 'jwk' }) });
     const token = await jwt.sign(claims());
     expect(decodeProtectedHeader(token).alg).toBe('RS256');
     expect((await jwt.verify(token)).sub).toBe('alice');
@@ -249,7 +249,7 @@ describe('TokenService with asymmetric keys and foreign tokens', () => {
   });
 
   async function serviceWith(jwt: TokenResourceJwtOptions): Promise<{ tokens: TokenService; app: INestApplication }> {
-    const app = await createTokenApp(db.url, { options: { jwt: jwt as never, storeAllTokens: true, expunge: { enabled: false } } });
+    const app = await createTokenApp(db.url, { options: { jwt: jwt, storeAllTokens: true, expunge: { enabled: false } } });
     apps.push(app);
     return { tokens: app.get(TokenService), app };
   }
@@ -259,7 +259,7 @@ describe('TokenService with asymmetric keys and foreign tokens', () => {
     ['ES256', () => pemPair('ec')],
     ['EdDSA', () => pemPair('ed25519')],
   ] as const)('issues %s tokens, stores them, and revokes them', async (alg, makeKeys) => {
-    const { tokens } = await serviceWith({ ...makeKeys(), secret: undefined } as TokenResourceJwtOptions);
+    const { tokens } = await serviceWith({ ...makeKeys(), secret: undefined });
     const issued = await tokens.issueToken({ subject: `${alg}-user` });
     expect(decodeProtectedHeader(issued.token).alg).toBe(alg);
     expect((await tokens.getToken({ token: issued.token }))?.subject).toBe(`${alg}-user`);
@@ -275,7 +275,7 @@ describe('TokenService with asymmetric keys and foreign tokens', () => {
     });
     await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
     try {
-      const { tokens } = await serviceWith({ secret: undefined, jwksUri: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks` } as TokenResourceJwtOptions);
+      const { tokens } = await serviceWith({ secret: undefined, jwksUri: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks` });
       const token = await new SignJWT(claims()).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).sign(pair.privateKey);
       await tokens.storeToken({ token, purpose: 'user' });
       await tokens.revoke(token);

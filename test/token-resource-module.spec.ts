@@ -185,7 +185,7 @@ describe('a named TypeORM data source', () => {
       imports: [
         // The default data source deliberately has no token table.
         TypeOrmModule.forRoot({ type: 'postgres', url: plain.url, entities: [], logging: false }),
-        TypeOrmModule.forRoot(typeOrmOptions(other.url, { name: 'tokens' }) as never),
+        TypeOrmModule.forRoot(typeOrmOptions(other.url, { name: 'tokens' })),
         ScheduleModule.forRoot(),
         tokenModule,
       ],

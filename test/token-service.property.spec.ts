@@ -57,7 +57,7 @@ it('agrees with the model for any sequence of writes', async () => {
       const revoked = new Set<number>();
       const purpose = new Map<number, string>();
       for (const step of ops) {
-        const { jti, sub, token } = slots[step.slot]!;
+        const { jti, sub, token } = slots[step.slot];
         const wasRevoked = revoked.has(step.slot);
         let call: Promise<void>;
         if (step.kind === 'store') call = tokens.storeToken({ token, purpose: step.purpose });

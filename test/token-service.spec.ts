@@ -86,9 +86,9 @@ describe('storeToken / getToken', () => {
     await tokens.storeToken({ token: second, purpose: 'refresh', extraData: { v: 2 } });
     const rows = await repo.find({ where: { jti: 'upsert-1' } });
     expect(rows).toHaveLength(1);
-    expect(rows[0]!.purpose).toBe('refresh');
-    expect(rows[0]!.extraData).toEqual({ v: 2 });
-    expect(rows[0]!.expiresAt.getTime()).toBe(decodeJwt(second).exp! * 1000);
+    expect(rows[0].purpose).toBe('refresh');
+    expect(rows[0].extraData).toEqual({ v: 2 });
+    expect(rows[0].expiresAt.getTime()).toBe(decodeJwt(second).exp! * 1000);
   });
 
   it('stores extraData as null when none is given', async () => {
@@ -178,8 +178,8 @@ describe('revoke / tokenRevoked / jtiRevoked', () => {
     await tokens.revoke(token);
     const rows = await repo.findBy({ jti: 'revoke-stored' });
     expect(rows).toHaveLength(1);
-    expect(rows[0]!.purpose).toBe(REVOCATION_PURPOSE);
-    expect(rows[0]!.subject).toBe('carol');
+    expect(rows[0].purpose).toBe(REVOCATION_PURPOSE);
+    expect(rows[0].subject).toBe('carol');
     expect(await tokens.tokenRevoked(token)).toBe(true);
     expect(await tokens.jtiRevoked('revoke-stored')).toBe(true);
     // A revoked token is no longer found as a stored token of its old purpose.
@@ -406,7 +406,7 @@ describe('listTokens', () => {
     expect(await tokens.listTokens(`${sub}-nobody`)).toEqual([]);
     const listed = await tokens.listTokens(sub, { purpose: 'confirm' });
     expect(listed[0]).toBeInstanceOf(Token);
-    expect(listed[0]!.subject).toBe(sub);
+    expect(listed[0].subject).toBe(sub);
   });
 });
 

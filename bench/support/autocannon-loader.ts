@@ -25,7 +25,7 @@ export interface LoadReport {
   timeouts: number;
 }
 
-process.once('message', async (job: LoadJob) => {
+async function load(job: LoadJob): Promise<void> {
   let next = 0;
   const result = await autocannon({
     url: job.url,
@@ -48,4 +48,6 @@ process.once('message', async (job: LoadJob) => {
     timeouts: result.timeouts,
   };
   process.send!(report, () => process.exit(0));
-});
+}
+
+process.once('message', (job: LoadJob) => void load(job));

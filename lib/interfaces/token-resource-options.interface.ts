@@ -82,6 +82,7 @@ export interface TokenResourceLogOutEverywhereOptions {
    * makes the password change reject and roll back. Default `u => String(u.id)`, which refuses a
    * user without `id`; with `applyOnPasswordChange`, the boot fails when `userEntity` has no `id` column.
    */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- any user entity, whatever its class
   subjectOf?: (user: any) => string;
   /**
    * How long a subject's log-out moment is remembered, as seconds or a duration string.
@@ -173,8 +174,10 @@ export interface TokenResourceOptionsFactory {
 export interface TokenResourceModuleAsyncOptions
   extends Pick<TokenResourceModuleOptions, WiringOption>, Pick<ModuleMetadata, 'imports'> {
   /** Providers injected into `useFactory`. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- injection tokens, as in Nest's own FactoryProvider
   inject?: any[];
   /** Returns the options. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the providers of `inject`, in order
   useFactory?: (...args: any[]) => Promise<TokenResourceFactoryOptions> | TokenResourceFactoryOptions;
   /** A class implementing {@link TokenResourceOptionsFactory}, instantiated by the module. */
   useClass?: Type<TokenResourceOptionsFactory>;

@@ -1,4 +1,4 @@
-import { createPrivateKey, createPublicKey, sign as cryptoSign, verify as cryptoVerify, webcrypto, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, sign as cryptoSign, verify as cryptoVerify, webcrypto, type JsonWebKey, type KeyObject } from 'node:crypto';
 import {
   createRemoteJWKSet,
   errors as joseErrors,
@@ -41,7 +41,7 @@ function algorithmsOfKey(key: KeyObject, option: string): string[] {
 
 function importKey(material: string | JWK, kind: 'public' | 'private', option: string): KeyObject {
   try {
-    const input = typeof material === 'string' ? material : { key: material as any, format: 'jwk' as const };
+    const input = typeof material === 'string' ? material : { key: material as JsonWebKey, format: 'jwk' as const };
     return kind === 'public' ? createPublicKey(input) : createPrivateKey(input);
   } catch (error) {
     const expected = kind === 'public' ? 'a PEM (SPKI) public key or a public JWK' : 'a PEM (PKCS#8) private key or a private JWK';
@@ -72,11 +72,11 @@ function hmacVerifyKeys(secret: Uint8Array): JWTVerifyGetKey {
   // whatever the resolver returns, and a settled value costs it less than a promise.
   const keys = new Map<string, webcrypto.CryptoKey | Promise<webcrypto.CryptoKey>>();
   return ({ alg }) => {
-    let key = keys.get(alg!);
+    let key = keys.get(alg);
     if (!key) {
-      const importing = webcrypto.subtle.importKey('raw', secret, { name: 'HMAC', hash: `SHA-${alg!.slice(2)}` }, false, ['verify']);
-      keys.set(alg!, importing);
-      importing.then((imported) => keys.set(alg!, imported), () => keys.delete(alg!));
+      const importing = webcrypto.subtle.importKey('raw', secret, { name: 'HMAC', hash: `SHA-${alg.slice(2)}` }, false, ['verify']);
+      keys.set(alg, importing);
+      importing.then((imported) => keys.set(alg, imported), () => keys.delete(alg));
       key = importing;
     }
     return key;
@@ -160,7 +160,7 @@ export class TokenCodec {
   /** Verified claims, once their `jti`, `sub`, `exp` and `iat` are fit to be stored and compared (see `checkVerifiedClaims`). */
   private storable(payload: JWTPayload): TokenClaimsPayload {
     checkVerifiedClaims(payload, Date.now(), this.options.clockToleranceSeconds);
-    return payload as TokenClaimsPayload;
+    return payload;
   }
 
   /** What a failed verification means: the claims of an expired token, when accepted, or the error to throw. */

@@ -64,7 +64,9 @@ export class PasswordChangeSubscriber implements EntitySubscriberInterface<Objec
   }
 
   /** TypeORM: only events of the configured user entity reach this subscriber. */
+  // eslint-disable-next-line @typescript-eslint/no-unsafe-function-type -- TypeORM's own signature
   listenTo(): Function | string {
+    // eslint-disable-next-line @typescript-eslint/no-unsafe-function-type -- see above
     return this.options.logOutEverywhere.userEntity as Function | string;
   }
 

@@ -159,7 +159,7 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     clearTimeout(this.reconnectTimer);
     const clients = [this.listener, this.connecting];
     this.lose(this.listener);
-    await Promise.all(clients.map((client) => client?.end().catch(() => undefined)));
+    await Promise.all(clients.map((client) => client ? client.end().catch(() => undefined) : undefined).filter((ending) => ending !== undefined));
   }
 
   private async listen(): Promise<void> {
@@ -179,7 +179,7 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
       await client.connect();
       const { rows: [session] } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
       // Checked before LISTEN, which would stay behind on a pooler's server connection.
-      pooled = this.throughPooler(client, session!.pid);
+      pooled = this.throughPooler(client, session.pid);
       if (!pooled) await client.query(`LISTEN "${this.store.logOutChannel}"; LISTEN "${this.heartbeatChannel}"`);
     } catch (error) {
       if (!this.stopped && this.deafSince === undefined) {

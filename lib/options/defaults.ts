@@ -10,7 +10,7 @@ export function defaultSubjectOf(user: { id?: unknown }): string {
   if (user?.id === undefined || user.id === null) {
     throw new TypeError("logOutEverywhere.subjectOf: the user has no id; set logOutEverywhere.subjectOf to say which property is the JWT's sub");
   }
-  return String(user.id);
+  return `${user.id as string | number}`;
 }
 
 /**

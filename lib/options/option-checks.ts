@@ -1,9 +1,15 @@
+import { inspect } from 'node:util';
 import { TokenResourceConfigError } from '../token-resource.exceptions.js';
 import { isPurpose, MAX_PURPOSE_BYTES } from '../validation/token-values.js';
 
 /** Throws the configuration error every option check ends in; its message names the package. */
 export function fail(message: string, cause?: unknown): never {
   throw new TokenResourceConfigError(`nestjs-token-resource: ${message}`, cause === undefined ? undefined : { cause });
+}
+
+/** An option's value as a message shows it: `[object Object]` would say nothing. */
+export function shown(value: unknown): string {
+  return typeof value === 'object' || typeof value === 'function' ? inspect(value, { depth: 1 }) : `${value as string}`;
 }
 
 function isNumber(value: unknown): value is number {
@@ -14,7 +20,7 @@ function isNumber(value: unknown): value is number {
 export function positive(value: unknown, name: string, integer = false): number | undefined {
   if (value === undefined) return undefined;
   if (!isNumber(value) || value <= 0 || (integer && !Number.isInteger(value))) {
-    fail(`${name} must be a positive ${integer ? 'integer' : 'number'}, got ${String(value)}.`);
+    fail(`${name} must be a positive ${integer ? 'integer' : 'number'}, got ${shown(value)}.`);
   }
   return value;
 }
@@ -22,7 +28,7 @@ export function positive(value: unknown, name: string, integer = false): number 
 /** A number of at least `minimum`, or `undefined` when not given. */
 export function atLeast(value: unknown, minimum: number, name: string): number | undefined {
   if (value === undefined) return undefined;
-  if (!isNumber(value) || value < minimum) fail(`${name} must be a number >= ${minimum}, got ${String(value)}.`);
+  if (!isNumber(value) || value < minimum) fail(`${name} must be a number >= ${minimum}, got ${shown(value)}.`);
   return value;
 }
 
@@ -30,7 +36,7 @@ export function atLeast(value: unknown, minimum: number, name: string): number |
 export function between(value: unknown, minimum: number, maximum: number, name: string): number | undefined {
   if (value === undefined) return undefined;
   if (!isNumber(value) || value < minimum || value > maximum) {
-    fail(`${name} must be a number from ${minimum} to ${maximum}, got ${String(value)}.`);
+    fail(`${name} must be a number from ${minimum} to ${maximum}, got ${shown(value)}.`);
   }
   return value;
 }
@@ -41,5 +47,5 @@ export function purposeList(value: unknown, name: string): string[] | undefined 
   if (!Array.isArray(value) || value.some((purpose) => !isPurpose(purpose))) {
     fail(`${name} must be an array of purposes: non-empty, well-formed strings without NUL of at most ${MAX_PURPOSE_BYTES} bytes.`);
   }
-  return value;
+  return value as string[];
 }

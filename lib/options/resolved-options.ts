@@ -26,6 +26,7 @@ export interface ResolvedTokenResourceOptions {
     applyOnPasswordChange: boolean;
     userEntity?: EntityTarget<ObjectLiteral>;
     passwordField: string;
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- any user entity, whatever its class
     subjectOf: (user: any) => string;
     markerLifetimeSeconds: number;
   };

@@ -1,7 +1,7 @@
 import { CronTime, validateCronExpression } from 'cron';
 import { EXPUNGE_TIME_ZONE } from '../expunger/expunge-schedule.js';
 import { DEFAULT_OPTIONS } from './defaults.js';
-import { fail } from './option-checks.js';
+import { fail, shown } from './option-checks.js';
 
 /** Whole numbers of hours that divide a day, the only `intervalHours` with fixed times of day. */
 const HOURS_DIVIDING_A_DAY = [1, 2, 3, 4, 6, 8, 12, 24];
@@ -22,7 +22,7 @@ export function expungeCronOf(options: { cron?: unknown; intervalHours?: unknown
   if (intervalHours !== undefined) return cronOfIntervalHours(intervalHours);
   if (cron === undefined) return DEFAULT_OPTIONS.expunge.cron;
   if (typeof cron !== 'string' || cron.trim() === '') {
-    fail(`expunge.cron must be a cron expression such as '${DEFAULT_OPTIONS.expunge.cron}', got ${String(cron)}.`);
+    fail(`expunge.cron must be a cron expression such as '${DEFAULT_OPTIONS.expunge.cron}', got ${shown(cron)}.`);
   }
   const { valid, error } = validateCronExpression(cron);
   if (!valid) fail(`expunge.cron '${cron}' is not a valid cron expression: ${error?.message ?? 'unknown error'}.`);

@@ -32,7 +32,7 @@ export function acceptedAlgorithms(configured: string[] | undefined, possible: s
  */
 function hmacAlgorithms(secret: Uint8Array, configured: string[] | undefined): string[] {
   const candidates = acceptedAlgorithms(configured, HMAC_ALGORITHMS, 'jwt.secret');
-  const strong = candidates.filter((alg) => secret.length >= HMAC_KEY_BYTES[alg]!);
+  const strong = candidates.filter((alg) => secret.length >= HMAC_KEY_BYTES[alg]);
   const weak = candidates.filter((alg) => !strong.includes(alg));
   if (strong.length === 0 || (configured !== undefined && weak.length > 0)) {
     fail(`jwt.secret is ${secret.length} bytes, too short for ${weak.join(', ')}: an HMAC key must be at least as long as its hash (RFC 7518 §3.2), 32 bytes for HS256, 48 for HS384, 64 for HS512. Use a longer random secret (for example \`openssl rand -base64 64\`)${configured ? ' or leave those algorithms out of jwt.algorithms' : ''}.`);

@@ -112,7 +112,7 @@ export async function startEmbeddedDatabase(options: EmbeddedDatabaseOptions): P
 export function externalDatabase(url: string): RunningDatabase {
   const shown = new URL(url);
   if (shown.password) shown.password = '***';
-  return { url, description: `DATABASE_URL ${shown.toString()}`, stop: async () => undefined };
+  return { url, description: `DATABASE_URL ${shown.toString()}`, stop: () => Promise.resolve() };
 }
 
 /**

@@ -4,7 +4,7 @@ import { LogOutMarkerCache } from '../../lib/index.js';
 
 /** The connection the marker cache of `app` listens on (private: the tests reach in to cut it). */
 export function listenerOf(app: INestApplication): PgClient {
-  const listener = (app.get(LogOutMarkerCache) as unknown as { listener?: PgClient }).listener;
+  const listener = app.get<LogOutMarkerCache, { listener?: PgClient }>(LogOutMarkerCache).listener;
   if (!listener) throw new Error('the cache is not listening');
   return listener;
 }

@@ -117,7 +117,7 @@ function copyAsStandby(primaryDir: string, replicaDir: string, primaryPort: numb
 
 function run(command: string, args: string[], ids: SpawnSyncOptions | undefined): void {
   const result = spawnSync(command, args, { encoding: 'utf8', ...ids });
-  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.status}): ${result.stderr || result.error?.message}`);
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.status}): ${String(result.stderr) || result.error?.message}`);
 }
 
 /** Starts `postgres` on `dataDir` and waits until it accepts connections (a standby: read-only ones). */

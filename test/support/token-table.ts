@@ -15,7 +15,7 @@ export interface TokenTable {
    */
   apps: INestApplication[];
   /** `count(*)` of the `tokens` table, optionally `WHERE` an SQL condition. */
-  countRows(where?: string): Promise<number>;
+  countRows: (where?: string) => Promise<number>;
   /**
    * The advisory locks held in this test's database. `pg_locks` spans the whole cluster, and
    * other spec files (other databases) run their expungers at the same time.
@@ -38,7 +38,7 @@ export function useTokenTable(): TokenTable {
   const table = { apps: [] as INestApplication[] } as TokenTable;
   table.countRows = async (where = 'true') => {
     const { rows } = await table.admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM tokens WHERE ${where}`);
-    return rows[0]!.n;
+    return rows[0].n;
   };
   table.advisoryLocks = async () => (await table.admin.query<{ pid: number; key: string }>(ADVISORY_LOCKS_SQL)).rows;
 
