@@ -10,6 +10,7 @@ import {
   TOKEN_RESOURCE_OPTIONS,
 } from './token-resource.constants.js';
 import { TokenResourceUnavailableError } from './token-resource.exceptions.js';
+import { TokenStoreTimeoutError } from './token-store-timeout.error.js';
 import type { LogOutMarker } from './log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
 
@@ -132,7 +133,7 @@ export class TokenStore {
     return { name, text };
   }
 
-  /** A revoked-check statement: bounded by `storeTimeoutMs`, like the guard waiting for it. */
+  /** A revoked-check statement: bounded by `storeTimeoutMs`, the only bound of the guard's check. */
   private checkStatement(label: string, text: string): Statement {
     return { ...this.statement(label, text), timeoutMs: this.options.storeTimeoutMs };
   }
@@ -182,7 +183,7 @@ export class TokenStore {
       // for one forever (connectionTimeoutMillis defaults to none): bound the whole call.
       const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
         answered = true;
-        reject(new TokenResourceUnavailableError(`the token store gave no answer within ${timeoutMs} ms`));
+        reject(new TokenStoreTimeoutError(timeoutMs));
       }, timeoutMs);
       pool.connect((connectError, client, release) => {
         if (answered) {
