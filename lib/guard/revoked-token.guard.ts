@@ -28,13 +28,13 @@ const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
  * Admits a call only with a valid, unrevoked bearer JWT: verifies it with the module's jwt
  * options, requires `jti` and `sub`, then asks the token store in one round trip whether it
  * is revoked (and, with `requireTokenPresenceForAuthentication`, whether it is stored).
- * A token it refuses gets `401` with an RFC 6750 challenge; a store or JWKS that cannot
- * answer within `storeTimeoutMs` gets `503` (fail closed). The verified payload is left for
- * the admitted call alone (read it with `@TokenClaims()`).
+ * A token it refuses gets `401` with an RFC 6750 challenge; a store that cannot answer within
+ * `storeTimeoutMs`, or an unreachable JWKS, gets `503` (fail closed). The verified payload is
+ * left for the admitted call alone (read it with `@TokenClaims()`).
  *
- * Every hook takes the `ExecutionContext`, and every `401` goes through
- * {@link throwUnauthorized}. Recipes (cookies, RPC, WebSockets, GraphQL) are in
- * `docs/guard-recipes.md`.
+ * Its protected hooks take the `ExecutionContext` (`extractToken` takes the request), and
+ * every `401` goes through {@link throwUnauthorized}. Recipes for cookies, RPC, WebSockets
+ * and GraphQL: `docs/guard-recipes.md`.
  */
 @Injectable()
 export class RevokedTokenGuard implements CanActivate {
