@@ -252,6 +252,17 @@ describe('the WWW-Authenticate challenge', () => {
     ]);
   });
 
+  it('never admits a refused call when an override of throwUnauthorized() returns instead of throwing', async () => {
+    class LaxGuard extends RevokedTokenGuard {}
+    // Only plain JavaScript (or a cast) can make a `never` method return.
+    (LaxGuard.prototype as unknown as { throwUnauthorized: () => void }).throwUnauthorized = () => undefined;
+    const outcomes = [];
+    for (const authorization of [undefined, 'Bearer forged', `Bearer ${REVOKED}`]) {
+      outcomes.push(await guard(LaxGuard).canActivate(contextOf('http', [{ headers: { authorization } }, {}])).catch(() => 'thrown'));
+    }
+    expect(outcomes).not.toContain(true);
+  });
+
   it("lets a subclass's verifyToken refuse a verified token through throwUnauthorized() with the context it is given", async () => {
     @Injectable()
     class FreshSessionGuard extends RevokedTokenGuard {

@@ -65,12 +65,12 @@ export class RevokedTokenGuard implements CanActivate {
     if (this.shouldSkip(context)) return true;
     const token = this.extractToken(request);
     // RFC 6750 §3.1: a request without credentials is challenged with no error code.
-    if (typeof token !== 'string' || token === '') this.throwUnauthorized(context, MESSAGES.missingToken);
+    if (typeof token !== 'string' || token === '') return this.throwUnauthorized(context, MESSAGES.missingToken);
     const claims = await this.verifyToken(context, token);
     const check = await this.checkStore(context, claims);
-    if (check.revoked) this.throwUnauthorized(context, MESSAGES.revoked, 'invalid_token');
+    if (check.revoked) return this.throwUnauthorized(context, MESSAGES.revoked, 'invalid_token');
     if (this.options.requireTokenPresenceForAuthentication && !check.presentForAuthentication) {
-      this.throwUnauthorized(context, MESSAGES.notRecognised, 'invalid_token');
+      return this.throwUnauthorized(context, MESSAGES.notRecognised, 'invalid_token');
     }
     writeCallClaims(context, request, claims);
     return true;
@@ -125,14 +125,14 @@ export class RevokedTokenGuard implements CanActivate {
         this.outageLog.refused('token keys', error);
         throw new ServiceUnavailableException(MESSAGES.keysUnavailable);
       }
-      this.throwUnauthorized(context, rejectionReason(error), 'invalid_token');
+      return this.throwUnauthorized(context, rejectionReason(error), 'invalid_token');
     }
     this.outageLog.answered('token keys');
     if (!nonEmptyString(claims.jti) || !nonEmptyString(claims.sub)) {
-      this.throwUnauthorized(context, MESSAGES.missingClaims, 'invalid_token');
+      return this.throwUnauthorized(context, MESSAGES.missingClaims, 'invalid_token');
     }
     if (claims.purpose !== undefined && claims.purpose !== this.options.authenticationPurpose) {
-      this.throwUnauthorized(context, MESSAGES.wrongPurpose, 'invalid_token');
+      return this.throwUnauthorized(context, MESSAGES.wrongPurpose, 'invalid_token');
     }
     return claims;
   }
@@ -157,7 +157,8 @@ export class RevokedTokenGuard implements CanActivate {
    * Throws every `401` of the guard, after setting its challenge with {@link setChallenge}:
    * `reason` ({@link TOKEN_GUARD_MESSAGES}) is the body's `message` and, with `error`
    * (`invalid_token` for a token it refuses), the challenge's `error_description`. Override
-   * to shape the body or the challenge in one place; hooks that refuse call it too.
+   * to shape the body or the challenge in one place; hooks that refuse call it too. Callers
+   * `return` it, so that an override that returns after all still refuses the call.
    *
    * @param error RFC 6750 §3.1 error code; none for a request without a token.
    */
