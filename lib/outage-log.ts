@@ -1,5 +1,5 @@
 import { Injectable, Logger, type OnModuleDestroy } from '@nestjs/common';
-import { TimeoutError } from './guard/with-timeout.js';
+import { TokenStoreTimeoutError } from './token-store-timeout.error.js';
 
 /** What can be down: the token table's database, or the remote JWKS (`jwt.jwksUri`). */
 export type OutageDependency = 'token store' | 'token keys';
@@ -103,7 +103,7 @@ export class OutageLog implements OnModuleDestroy {
 
 /** What the lines of one outage are grouped by: a stable code where the error has one. */
 function causeOf(error: unknown): string {
-  if (error instanceof TimeoutError) return `no answer within ${error.timeoutMs} ms`;
+  if (error instanceof TokenStoreTimeoutError) return `no answer within ${error.timeoutMs} ms`;
   // Not `instanceof`: errors of Node's own modules may come from another realm (a VM context).
   for (let e = error, depth = 0; typeof e === 'object' && e !== null && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
     const code = (e as { code?: unknown }).code;

@@ -271,16 +271,22 @@ export class TokenService {
     const subject = requireString(claims, 'sub');
     let marker = this.markerCache.lookup(subject);
     let own: OwnStateRow | undefined;
+    let tokenState = this.store.tokenStateStatement();
     if (marker !== undefined) {
+      const started = performance.now();
       own = (await this.store.query<OwnStateRow>(this.store.ownStateStatement(), [jti])).rows[0];
       // The wait for a pooled connection may have outlasted the cache's bound, or a
-      // log-out been announced meanwhile: then read the marker after all.
-      if (!this.markerCache.confirms(subject, marker)) marker = undefined;
+      // log-out been announced meanwhile: then read the marker after all, in what is left of
+      // storeTimeoutMs, which bounds the whole check.
+      if (!this.markerCache.confirms(subject, marker)) {
+        marker = undefined;
+        tokenState = { ...tokenState, timeoutMs: Math.max(1, Math.ceil(this.options.storeTimeoutMs - (performance.now() - started))) };
+      }
     }
     if (marker === undefined) {
       const ticket = this.markerCache.ticket();
       const markerJti = logOutMarkerJti(subject);
-      const { rows } = await this.store.query<TokenStateRow>(this.store.tokenStateStatement(), [jti, markerJti]);
+      const { rows } = await this.store.query<TokenStateRow>(tokenState, [jti, markerJti]);
       own = rows.find((row) => row.jti === jti);
       marker = rows.find((row) => row.jti === markerJti && row.purpose === LOG_OUT_EVERYWHERE_PURPOSE)?.marker ?? null;
       this.markerCache.remember(subject, marker, ticket);

@@ -6,6 +6,7 @@ import type { Token } from './entities/token.entity.js';
 import { REVOCATION_PURPOSE } from './token-resource.constants.js';
 import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_DATA_SOURCE, TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.internal-constants.js';
 import { TokenResourceUnavailableError } from './token-resource.exceptions.js';
+import { TokenStoreTimeoutError } from './token-store-timeout.error.js';
 import type { LogOutMarker } from './log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
 
@@ -127,7 +128,7 @@ export class TokenStore {
     return { name, text };
   }
 
-  /** A revoked-check statement: bounded by `storeTimeoutMs`, like the guard waiting for it. */
+  /** A revoked-check statement: bounded by `storeTimeoutMs`, the only bound of the guard's check. */
   private checkStatement(label: string, text: string): Statement {
     return { ...this.statement(label, text), timeoutMs: this.options.storeTimeoutMs };
   }
@@ -178,7 +179,7 @@ export class TokenStore {
       // for one forever (connectionTimeoutMillis defaults to none): bound the whole call.
       const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
         answered = true;
-        reject(new TokenResourceUnavailableError(`the token store gave no answer within ${timeoutMs} ms`));
+        reject(new TokenStoreTimeoutError(timeoutMs));
       }, timeoutMs);
       pool.connect((connectError, client, release) => {
         if (answered) {

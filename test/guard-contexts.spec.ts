@@ -215,11 +215,11 @@ describe('the WWW-Authenticate challenge', () => {
     expect(description).toMatch(/^[\x20\x21\x23-\x5b\x5d-\x7e]*$/);
   });
 
-  it('carries a reason a subclass passes to unauthorized(), sanitised, on a real 401', async () => {
+  it('carries a reason a subclass passes to throwUnauthorized(), sanitised, on a real 401', async () => {
     @Injectable()
     class StrictGuard extends RevokedTokenGuard {
-      protected override unauthorized(context: ExecutionContext, reason: string, error?: string): UnauthorizedException {
-        return super.unauthorized(context, error ? `refused: "${reason}"\n` : reason, error);
+      protected override throwUnauthorized(context: ExecutionContext, reason: string, error?: string): never {
+        return super.throwUnauthorized(context, error ? `refused: "${reason}"\n` : reason, error);
       }
     }
     const response = { setHeader: jest.fn() };
@@ -228,56 +228,59 @@ describe('the WWW-Authenticate challenge', () => {
     expect(response.setHeader).toHaveBeenCalledWith('WWW-Authenticate', 'Bearer error="invalid_token", error_description="refused: \'invalid token\'?"');
   });
 
-  it("throws a 401 a subclass's verifyToken makes itself as it is, adding only the challenge, without calling unauthorized()", async () => {
-    const cause = new Error('upstream said no');
-    let thrown: UnauthorizedException | undefined;
-    let unauthorizedCalls = 0;
+  it('throws every 401 through throwUnauthorized(), once each, so one override shapes the body and the challenge of all', async () => {
+    const calls: Array<[string, string | undefined]> = [];
     @Injectable()
-    class OwnRefusalGuard extends RevokedTokenGuard {
-      protected override async verifyToken(token: string): Promise<TokenClaimsPayload> {
-        if (token === 'custom') throw (thrown = new UnauthorizedException({ code: 'SESSION_GONE', message: 'sign in again' }, { cause }));
-        return super.verifyToken(token);
-      }
-
-      protected override unauthorized(context: ExecutionContext, reason: string, error?: string): UnauthorizedException {
-        unauthorizedCalls++;
-        return super.unauthorized(context, reason, error);
+    class OwnBodyGuard extends RevokedTokenGuard {
+      protected override throwUnauthorized(context: ExecutionContext, reason: string, error?: string): never {
+        calls.push([reason, error]);
+        this.setChallenge(context, error, error && 'sign in again');
+        throw new UnauthorizedException({ code: 'SESSION_GONE', reason });
       }
     }
-    const response = new FakeResponse();
-    const error = await rejection(guard(OwnRefusalGuard).canActivate(contextOf('http', [{ headers: { authorization: 'Bearer custom' } }, response])));
-    expect(error).toBe(thrown);
-    expect((error as UnauthorizedException).getResponse()).toEqual({ code: 'SESSION_GONE', message: 'sign in again' });
-    expect((error as UnauthorizedException).cause).toBe(cause);
-    expect(response.set).toEqual([['WWW-Authenticate', 'Bearer error="invalid_token", error_description="sign in again"']]);
-    expect(unauthorizedCalls).toBe(0);
-
-    // The guard's own 401s from verifyToken still go through unauthorized(), once each.
-    const own = new FakeResponse();
-    const refused = await rejection(guard(OwnRefusalGuard).canActivate(contextOf('http', [{ headers: { authorization: 'Bearer forged' } }, own])));
-    expect((refused as UnauthorizedException).getResponse()).toEqual({ statusCode: 401, error: 'Unauthorized', message: 'invalid token' });
-    expect(own.set).toEqual([['WWW-Authenticate', 'Bearer error="invalid_token", error_description="invalid token"']]);
-    expect(unauthorizedCalls).toBe(1);
+    const refusals = [];
+    for (const authorization of [undefined, 'Bearer forged', `Bearer ${REVOKED}`]) {
+      const response = new FakeResponse();
+      const error = await rejection(guard(OwnBodyGuard).canActivate(contextOf('http', [{ headers: { authorization } }, response])));
+      refusals.push({ body: (error as UnauthorizedException).getResponse(), challenge: response.set });
+    }
+    expect(calls).toEqual([['missing bearer token', undefined], ['invalid token', 'invalid_token'], ['token revoked', 'invalid_token']]);
+    expect(refusals).toEqual([
+      { body: { code: 'SESSION_GONE', reason: 'missing bearer token' }, challenge: [['WWW-Authenticate', 'Bearer']] },
+      { body: { code: 'SESSION_GONE', reason: 'invalid token' }, challenge: [['WWW-Authenticate', 'Bearer error="invalid_token", error_description="sign in again"']] },
+      { body: { code: 'SESSION_GONE', reason: 'token revoked' }, challenge: [['WWW-Authenticate', 'Bearer error="invalid_token", error_description="sign in again"']] },
+    ]);
   });
 
-  it("keeps a challenge already on the response when passing on a subclass's own 401", async () => {
+  it('never admits a refused call when an override of throwUnauthorized() returns instead of throwing', async () => {
+    class LaxGuard extends RevokedTokenGuard {}
+    // Only plain JavaScript (or a cast) can make a `never` method return.
+    (LaxGuard.prototype as unknown as { throwUnauthorized: () => void }).throwUnauthorized = () => undefined;
+    const outcomes = [];
+    for (const authorization of [undefined, 'Bearer forged', `Bearer ${REVOKED}`]) {
+      outcomes.push(await guard(LaxGuard).canActivate(contextOf('http', [{ headers: { authorization } }, {}])).catch(() => 'thrown'));
+    }
+    expect(outcomes).not.toContain(true);
+  });
+
+  it("lets a subclass's verifyToken refuse a verified token through throwUnauthorized() with the context it is given", async () => {
     @Injectable()
-    class ScopeGuard extends RevokedTokenGuard {
-      protected override async verifyToken(): Promise<TokenClaimsPayload> {
-        throw new UnauthorizedException('needs the admin scope');
+    class FreshSessionGuard extends RevokedTokenGuard {
+      protected override async verifyToken(context: ExecutionContext, token: string): Promise<TokenClaimsPayload> {
+        const claims = await super.verifyToken(context, token);
+        if (claims.sub === 'alice') this.throwUnauthorized(context, 'session too old', 'invalid_token');
+        return claims;
       }
     }
     const response = new FakeResponse();
-    response.setHeader('WWW-Authenticate', 'Bearer error="insufficient_scope"');
-    const error = await rejection(guard(ScopeGuard).canActivate(contextOf('http', [{ headers: { authorization: `Bearer ${GOOD}` } }, response])));
-    expect((error as UnauthorizedException).message).toBe('needs the admin scope');
-    expect(response.getHeader('WWW-Authenticate')).toBe('Bearer error="insufficient_scope"');
-    expect(response.set).toHaveLength(1);
+    const error = await rejection(guard(FreshSessionGuard).canActivate(contextOf('http', [{ headers: { authorization: `Bearer ${GOOD}` } }, response])));
+    expect((error as UnauthorizedException).getResponse()).toEqual({ statusCode: 401, error: 'Unauthorized', message: 'session too old' });
+    expect(response.set).toEqual([['WWW-Authenticate', 'Bearer error="invalid_token", error_description="session too old"']]);
   });
 });
 
 describe('setChallenge()', () => {
-  it('sets the challenge of every 401, so that overriding it changes the header alone', async () => {
+  it('sets the challenge of every 401 (throwUnauthorized calls it), so that overriding it changes the header alone', async () => {
     @Injectable()
     class TaggedChallengeGuard extends RevokedTokenGuard {
       readonly calls: Array<[string | undefined, string | undefined]> = [];

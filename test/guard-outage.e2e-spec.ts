@@ -162,8 +162,9 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
       expect(answer.ms).toBeLessThan(STORE_TIMEOUT_MS + 1500);
     }
     expect(proxy.held()).toBeGreaterThan(0);
-    // The guard's timer and the store's own, of the same length, race: one cause or two.
-    expect(outageLines().lines.length).toBeLessThanOrEqual(4);
+    // One timeout, the store's, so one cause: its first line and at most a count or two.
+    expect(outageLines().lines.length).toBeLessThanOrEqual(3);
+    for (const line of outageLines().lines) expect(line).toContain(`(no answer within ${STORE_TIMEOUT_MS} ms)`);
     expect(logged.mock.calls[0]!.join(' ')).toContain(`no answer within ${STORE_TIMEOUT_MS} ms`);
     proxy.setMode('forward');
     expect(await recovered()).toBe(200);
@@ -224,20 +225,16 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
   });
 
   it('answers 503, never 500, to any other error from the store, and never admits', async () => {
+    // A hang is the store's to bound (see the silent-database tests and guard-timeout.spec.ts).
     const spy = jest.spyOn(TokenService.prototype, 'checkClaims')
       .mockRejectedValueOnce(new TypeError('something unexpected'))
-      .mockImplementationOnce(() => new Promise(() => undefined));
+      .mockRejectedValueOnce('not even an Error');
     try {
-      const failed = await get();
-      expect(failed.status).toBe(503);
-      expect(failed.body).toEqual(UNAVAILABLE);
-      const hung = await get();
-      expect(hung.status).toBe(503);
-      expect(hung.ms).toBeGreaterThanOrEqual(STORE_TIMEOUT_MS - 20);
+      for (const failed of [await get(), await get()]) expect({ status: failed.status, body: failed.body }).toEqual({ status: 503, body: UNAVAILABLE });
       // Two causes, each logged at once.
       expect(outageLines().lines).toHaveLength(2);
       expect(logged.mock.calls[0]!.join(' ')).toContain('TypeError: something unexpected');
-      expect(logged.mock.calls[1]!.join(' ')).toContain(`no answer within ${STORE_TIMEOUT_MS} ms`);
+      expect(logged.mock.calls[1]!.join(' ')).toContain('not even an Error');
     } finally {
       spy.mockRestore();
     }

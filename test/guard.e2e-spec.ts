@@ -1,7 +1,7 @@
 import { randomUUID, generateKeyPairSync } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { Controller, Get, Injectable, Logger, UnauthorizedException, UseGuards, type INestApplication } from '@nestjs/common';
+import { Controller, Get, Injectable, Logger, UnauthorizedException, UseGuards, type ExecutionContext, type INestApplication } from '@nestjs/common';
 import { APP_GUARD } from '@nestjs/core';
 import { JwtService } from '@nestjs/jwt';
 import { exportJWK, SignJWT, type JWTPayload } from 'jose';
@@ -74,16 +74,12 @@ class RealmTokenGuard extends RevokedTokenGuard {
 
 const RealmController = subjectController('realm', RealmTokenGuard);
 
-/** Answers a token it refuses with a 401 body of its own, with the guard's reason as its cause. */
+/** Shapes every 401 in its one override: a body of its own with the guard's reason, and the challenge. */
 @Injectable()
 class OwnRefusalGuard extends RevokedTokenGuard {
-  protected override async verifyToken(token: string): Promise<TokenClaimsPayload> {
-    try {
-      return await super.verifyToken(token);
-    } catch (error) {
-      if (!(error instanceof UnauthorizedException)) throw error;
-      throw new UnauthorizedException({ statusCode: 401, code: 'SESSION_INVALID', message: 'please sign in again', reason: error.message }, { cause: error });
-    }
+  protected override throwUnauthorized(context: ExecutionContext, reason: string, error?: string): never {
+    this.setChallenge(context, error, error && 'please sign in again');
+    throw new UnauthorizedException({ statusCode: 401, code: 'SESSION_INVALID', message: 'please sign in again', reason });
   }
 }
 
@@ -270,17 +266,24 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
     expect((await request(app.getHttpServer()).get('/realm').set(bearer(token))).body).toEqual({ sub: 'xavier' });
   });
 
-  it("sends the 401 body a subclass's verifyToken throws as it is, with the invalid_token challenge", async () => {
+  it('sends the 401 body and challenge a subclass makes in throwUnauthorized(), for every refusal', async () => {
     const expired = await request(app.getHttpServer()).get('/own-refusal').set(bearer(await sign({ exp: nowSeconds() - 10 })));
     expect({ status: expired.status, body: expired.body, challenge: expired.headers['www-authenticate'] }).toEqual({
       status: 401,
       body: { statusCode: 401, code: 'SESSION_INVALID', message: 'please sign in again', reason: 'token expired' },
       challenge: 'Bearer error="invalid_token", error_description="please sign in again"',
     });
-    // The guard's own refusals, outside verifyToken, are unchanged.
-    await expect401(app, '/own-refusal', {}, 'missing bearer token');
-    const { token } = await tokens.issueToken({ subject: 'oscar' });
+    const missing = await request(app.getHttpServer()).get('/own-refusal');
+    expect({ status: missing.status, body: missing.body, challenge: missing.headers['www-authenticate'] }).toEqual({
+      status: 401,
+      body: { statusCode: 401, code: 'SESSION_INVALID', message: 'please sign in again', reason: 'missing bearer token' },
+      challenge: 'Bearer',
+    });
+    const { token, jti } = await tokens.issueToken({ subject: 'oscar' });
     expect((await request(app.getHttpServer()).get('/own-refusal').set(bearer(token))).body).toEqual({ sub: 'oscar' });
+    await tokens.revokeJti(jti, 'oscar');
+    const revoked = await request(app.getHttpServer()).get('/own-refusal').set(bearer(token));
+    expect({ status: revoked.status, reason: revoked.body.reason }).toEqual({ status: 401, reason: 'token revoked' });
   });
 
   it('lets @SkipTokenCheck() handlers through with no token or a bad one, without claims', async () => {

@@ -1,8 +1,8 @@
 import { afterEach, beforeEach, describe, expect, it, jest } from '@jest/globals';
 import { Logger } from '@nestjs/common';
 import { TokenResourceUnavailableError } from '../lib/index.js';
-import { TimeoutError } from '../lib/guard/with-timeout.js';
 import { OutageLog } from '../lib/outage-log.js';
+import { TokenStoreTimeoutError } from '../lib/token-store-timeout.error.js';
 
 /** The outage log's counting and timers, on a fake clock; the real outages are in guard-outage.e2e-spec.ts. */
 describe('OutageLog', () => {
@@ -49,10 +49,10 @@ describe('OutageLog', () => {
 
   it('keeps the store and the keys apart, and tells causes by code along the cause chain, by timeout, else by message', () => {
     log.refused('token store', refusal());
-    log.refused('token store', new TimeoutError(300));
+    log.refused('token store', new TokenStoreTimeoutError(300));
     log.refused('token store', new TypeError('something unexpected'));
     log.refused('token keys', new TokenResourceUnavailableError('the JWKS could not be fetched', { cause: new TypeError('fetch failed', { cause: Object.assign(new Error('x'), { code: 'ECONNREFUSED' }) }) }));
-    log.refused('token store', new TimeoutError(300));
+    log.refused('token store', new TokenStoreTimeoutError(300));
     expect(lines(errors).map((line) => line.replace(/, answering 503: .*/, ''))).toEqual([
       'token store unavailable (ECONNREFUSED)',
       'token store unavailable (no answer within 300 ms)',

@@ -5,32 +5,22 @@ import { TOKEN_CLAIMS_KEY } from './token-guard.constants.js';
 
 /**
  * The claims of WebSocket messages and RPC calls, keyed by an object that exists for that one
- * call (see {@link callKeyOf}).
+ * call (see {@link callKeyOf}). Not a property of the client socket, which outlives the
+ * message (an admitted message's claims would reach later, refused or skipped ones), nor of
+ * the message data, which the client writes. A `WeakMap` entry only the guard can make, and
+ * it goes with its key.
  *
- * Not a property of the client socket, as it once was: the socket lives as long as the
- * connection, so the claims of an admitted message stayed there after a later message was
- * refused (revoked or expired token) and reached `@SkipTokenCheck()` handlers, and concurrent
- * messages on one socket overwrote each other's. Nor a property of the per-call object: a
- * WebSocket payload is written by the client, and a property there could be forged where the
- * guard did not run. A `WeakMap` entry can only be made by the guard and goes with its key.
- *
- * Nest hands guards and parameter decorators different argument arrays and different
- * `ExecutionContext`s for one call (`@nestjs/core` `ExternalContextCreator`, and the WebSocket
- * and RPC context creators built like it, spread the guard's array into the parameter
- * factories), so neither can be the key; the elements of the array are the same objects.
+ * Nest hands guards and parameter decorators different argument arrays and contexts for one
+ * call, so neither can be the key; the elements of the array are the same objects.
  */
 const claimsByCall = new WeakMap<object, TokenClaimsPayload>();
 
 /**
- * The object that stands for one WebSocket message or RPC call, `undefined` for other
- * contexts (whose claims are a property of the request) or when the call has none:
- *
- * - `rpc`: the transport context (`switchToRpc().getContext()`), which every Nest transport
- *   creates per message (`TcpContext`, `NatsContext`, gRPC's metadata, ...).
- * - `ws`: the message payload (`switchToWs().getData()`) when it is an object, which the
- *   adapters parse afresh for every message. A payload that is no object (a string, a number,
- *   none) has no identity of its own; the only other candidate, the client socket, outlives
- *   the call, so such a message gets no claims at all rather than another message's.
+ * The object that stands for one call, `undefined` for other contexts (whose claims are on
+ * the request) or when the call has none: for `rpc` the transport context, which every Nest
+ * transport creates per message; for `ws` the message payload when it is an object, parsed
+ * afresh for every message. A payload that is no object has no identity of its own, and
+ * the socket outlives the call, so such a message gets no claims rather than another's.
  */
 export function callKeyOf(context: ExecutionContext): object | undefined {
   switch (context.getType()) {

@@ -11,7 +11,7 @@ import type { ExecutionContext } from '@nestjs/common';
  * - `ws`: the client socket (`switchToWs().getClient()`), whose handshake carries the headers.
  * - anything else (GraphQL, ...): the first handler argument, as `switchToHttp().getRequest()`
  *   gives it. Such contexts need a guard subclass and a decorator of their own (see
- *   `TokenClaims`).
+ *   `docs/guard-recipes.md`).
  */
 export function requestOf(context: ExecutionContext): Record<string, any> {
   switch (context.getType()) {

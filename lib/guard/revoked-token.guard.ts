@@ -20,73 +20,28 @@ import { bearerChallenge } from './bearer-challenge.js';
 import { writeCallClaims } from './call-claims.js';
 import { requestOf } from './request-of.js';
 import { SKIP_TOKEN_CHECK_KEY, TOKEN_GUARD_MESSAGES as MESSAGES } from './token-guard.constants.js';
-import { withTimeout } from './with-timeout.js';
 
 /** `Authorization: Bearer <token>`, scheme in any case; the token is one run of non-space characters. */
 const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
 
 /**
- * Admits a request only with a valid, unrevoked bearer JWT: verifies it with the module's
- * jwt options, requires `jti` and `sub`, then asks the token store in one round trip
- * whether it is revoked (and, with `requireTokenPresenceForAuthentication`, whether it is
- * a stored token of `authenticationPurpose`).
+ * Admits a call only with a valid, unrevoked bearer JWT: verifies it with the module's jwt
+ * options, requires `jti` and `sub`, then asks the token store in one round trip whether it
+ * is revoked (and, with `requireTokenPresenceForAuthentication`, whether it is stored).
+ * A token it refuses gets `401` with an RFC 6750 challenge; a store that cannot answer within
+ * `storeTimeoutMs`, or an unreachable JWKS, gets `503` (fail closed). The verified payload is
+ * left for the admitted call alone (read it with `@TokenClaims()`).
  *
- * - Any client input the guard cannot trust: `401 Unauthorized` with a short reason and an
- *   RFC 6750 `WWW-Authenticate` challenge: `Bearer` without a token, `Bearer
- *   error="invalid_token", error_description="<reason>"` for a token it refuses.
- * - The store unreachable, failing or slower than `storeTimeoutMs`: `503 Service
- *   Unavailable` (no challenge: the client's credentials are not at fault). The guard fails
- *   closed and never admits without an answer.
- *
- * Use it with `@UseGuards(RevokedTokenGuard)` or as `APP_GUARD`, on Express or Fastify.
- * The verified payload is left for the call that was admitted and for no other (read it with
- * `@TokenClaims()`): over HTTP on `request.tokenClaims`; for a WebSocket message or an RPC call
- * where only `@TokenClaims()` and `getTokenClaims(context)` find it (see `TokenClaims`). Every
- * call starts without claims, also one `@SkipTokenCheck()` lets through. Subclass it and
- * override the protected hooks to read the token elsewhere (a cookie), to name a `realm`, to
- * shape the `401` or its challenge, or to support other contexts (see `getRequest` and
- * `TokenClaims`).
- *
- * **RPC and WebSockets.** The guard refuses with Nest's HTTP exceptions (`UnauthorizedException`,
- * `ServiceUnavailableException`). Nest's RPC and WebSocket exception filters pass on only an
- * `RpcException` or a `WsException` and turn anything else into `"Internal server error"`
- * (logged as an error), so outside HTTP the client learns neither that it was refused nor why.
- * Map them where the transport package is at hand (this library does not depend on
- * `@nestjs/microservices` or `@nestjs/websockets`), in a subclass, which covers the `401`s and
- * the `503`s alike:
- *
- * ```ts
- * @Injectable()
- * export class RpcTokenGuard extends RevokedTokenGuard {
- *   protected override extractToken(request: Record<string, any>) { ... } // transport headers
- *   override async canActivate(context: ExecutionContext): Promise<boolean> {
- *     try {
- *       return await super.canActivate(context);
- *     } catch (error) {
- *       // The body Nest would have sent over HTTP: { statusCode, message, error }.
- *       if (error instanceof HttpException) throw new RpcException(error.getResponse()); // WsException for a gateway
- *       throw error;
- *     }
- *   }
- * }
- * ```
- *
- * or with an exception filter on the gateway or microservice controller (`@UseFilters`) or
- * global, for example `@Catch(HttpException) class HttpToRpcFilter implements
- * RpcExceptionFilter<HttpException> { catch(e) { return throwError(() => e.getResponse()); } }`,
- * or for WebSockets one that calls `host.switchToWs().getClient().emit('exception',
- * e.getResponse())`. Overriding {@link unauthorized} alone is not enough: it makes only the
- * `401`s, and it must return an `UnauthorizedException`.
+ * Its protected hooks take the `ExecutionContext` (`extractToken` takes the request), and
+ * every `401` goes through {@link throwUnauthorized}. Recipes for cookies, RPC, WebSockets
+ * and GraphQL: `docs/guard-recipes.md`.
  */
 @Injectable()
 export class RevokedTokenGuard implements CanActivate {
   /** A logger for subclasses; the guard's own store and key failures go to {@link outageLog}. */
   protected readonly logger = new Logger(RevokedTokenGuard.name);
 
-  /**
-   * The `realm` of the `WWW-Authenticate` challenge; none by default. A subclass names one
-   * with `protected override readonly realm = 'api';`.
-   */
+  /** The `realm` of the `WWW-Authenticate` challenge; none by default. */
   protected readonly realm?: string;
 
   constructor(
@@ -94,42 +49,28 @@ export class RevokedTokenGuard implements CanActivate {
     protected readonly codec: TokenCodec,
     protected readonly tokenService: TokenService,
     protected readonly reflector: Reflector,
-    /**
-     * Where store and key failures are logged: the module's shared one; a guard built with
-     * `new` gets one of its own.
-     */
+    /** Where store and key failures are logged: the module's; a guard built with `new` gets its own. */
     @Optional() protected readonly outageLog: OutageLog = new OutageLog(),
   ) {}
 
+  /**
+   * @throws UnauthorizedException (through {@link throwUnauthorized}) for a missing or refused token.
+   * @throws ServiceUnavailableException when the token store or the JWKS cannot answer.
+   */
   async canActivate(context: ExecutionContext): Promise<boolean> {
     const request = this.getRequest(context);
-    // Before anything else, the skip check included: the object the claims are kept on may
-    // have them already (a second guard on one request, a property written upstream), and a
-    // call the guard skips or refuses must not be handed claims it did not verify.
+    // Before the skip check: the object may carry claims already (a second guard, a property
+    // written upstream), and a call skipped or refused must not get claims nobody verified.
     writeCallClaims(context, request, undefined);
     if (this.shouldSkip(context)) return true;
     const token = this.extractToken(request);
     // RFC 6750 §3.1: a request without credentials is challenged with no error code.
-    if (typeof token !== 'string' || token === '') throw this.unauthorized(context, MESSAGES.missingToken);
-    let claims: TokenClaimsPayload;
-    try {
-      claims = await this.verifyToken(token);
-    } catch (error) {
-      // verifyToken has no context, so its 401s have no challenge yet. The guard's own go
-      // through unauthorized() like every other refusal, so that one override shapes them all.
-      // One a subclass made itself is thrown as it is (its body, cause and class are its
-      // choice, and it may have come from unauthorized() already): it only gets the challenge,
-      // unless something set one. The 503 passes untouched.
-      if (error instanceof GuardRefusal) throw this.unauthorized(context, error.message, 'invalid_token');
-      if (error instanceof UnauthorizedException && !this.hasChallenge(context)) {
-        this.setChallenge(context, 'invalid_token', error.message);
-      }
-      throw error;
-    }
-    const check = await this.checkStore(claims);
-    if (check.revoked) throw this.unauthorized(context, MESSAGES.revoked, 'invalid_token');
+    if (typeof token !== 'string' || token === '') return this.throwUnauthorized(context, MESSAGES.missingToken);
+    const claims = await this.verifyToken(context, token);
+    const check = await this.checkStore(context, claims);
+    if (check.revoked) return this.throwUnauthorized(context, MESSAGES.revoked, 'invalid_token');
     if (this.options.requireTokenPresenceForAuthentication && !check.presentForAuthentication) {
-      throw this.unauthorized(context, MESSAGES.notRecognised, 'invalid_token');
+      return this.throwUnauthorized(context, MESSAGES.notRecognised, 'invalid_token');
     }
     writeCallClaims(context, request, claims);
     return true;
@@ -141,71 +82,27 @@ export class RevokedTokenGuard implements CanActivate {
   }
 
   /**
-   * The object the token is read from: by default the HTTP request (Express or Fastify), the
-   * transport context of an RPC call (never its message data, which the client writes) or the
-   * client socket of a WebSocket message. Over HTTP, and in contexts other than `rpc` and `ws`,
-   * the claims are left on it as `tokenClaims`, which is where `@TokenClaims()` looks; RPC and
-   * WebSocket claims are kept per call whatever this returns (see `TokenClaims`). The default
-   * {@link extractToken} reads `request.headers`, which only the HTTP request has: for RPC or
-   * WebSockets override that too. For GraphQL or other contexts override this as well, with a
-   * decorator of your own (see `TokenClaims`).
+   * The object the token is read from: the HTTP request, the RPC transport context (never the
+   * message data, which the client writes) or the WebSocket client. Over HTTP, and in contexts
+   * other than `rpc` and `ws`, the claims are left on it as `tokenClaims`. Override for
+   * GraphQL or other contexts, with a parameter decorator of your own (see `getTokenClaims`).
    */
   protected getRequest(context: ExecutionContext): Record<string, any> {
     return requestOf(context);
   }
 
   /**
-   * The response the `WWW-Authenticate` header is set on: the HTTP response (Express) or reply
-   * (Fastify); `undefined` outside HTTP, where there is no header to set. Override for GraphQL
-   * (for example the `res` of its context).
+   * The response the `WWW-Authenticate` header is set on: the Express response or Fastify
+   * reply; `undefined` outside HTTP, where there is no header to set.
    */
   protected getResponse(context: ExecutionContext): unknown {
     return context.getType() === 'http' ? context.switchToHttp().getResponse() : undefined;
   }
 
   /**
-   * The exception for every `401` of the guard, after setting its challenge with
-   * {@link setChallenge}: `reason` becomes the body's `message` ({@link TOKEN_GUARD_MESSAGES})
-   * and, with `error` (`invalid_token` for any token it refuses), the challenge's
-   * `error_description`. Override to shape the body. A `401` that an overridden
-   * {@link verifyToken} makes itself does not come here: it is thrown as it is, with the
-   * challenge added.
-   */
-  protected unauthorized(context: ExecutionContext, reason: string, error?: string): UnauthorizedException {
-    this.setChallenge(context, error, error === undefined ? undefined : reason);
-    return new UnauthorizedException(reason);
-  }
-
-  /**
-   * Sets the RFC 6750 challenge of a `401` on the response of `context`
-   * ({@link getResponse}): `WWW-Authenticate: Bearer` without `error`, else `Bearer
-   * error="<error>", error_description="<description>"`, with `realm="..."` first when
-   * {@link realm} is set. Values are sanitised for the header (see `bearerChallenge`). Sets
-   * it with `setHeader` (Express, Node) or `header` (Fastify); a response with neither, or
-   * none (outside HTTP), is left alone. Override to change the header alone.
-   *
-   * @param error RFC 6750 §3.1 error code; none (the default) for a request without a token.
-   * @param description the `error_description`, sent only with `error`; none by default.
-   */
-  protected setChallenge(context: ExecutionContext, error?: string, description?: string): void {
-    const challenge = bearerChallenge({ realm: this.realm, error, errorDescription: description });
-    const response = this.getResponse(context) as { setHeader?: unknown; header?: unknown } | null | undefined;
-    if (typeof response?.setHeader === 'function') response.setHeader('WWW-Authenticate', challenge);
-    else if (typeof response?.header === 'function') response.header('WWW-Authenticate', challenge);
-  }
-
-  /**
-   * Whether the response of `context` carries a `WWW-Authenticate` header already (read with
-   * `getHeader`, which Express, Node and Fastify responses have); `false` when it cannot tell.
-   */
-  protected hasChallenge(context: ExecutionContext): boolean {
-    const response = this.getResponse(context) as { getHeader?: (name: string) => unknown } | null | undefined;
-    return typeof response?.getHeader === 'function' && response.getHeader('WWW-Authenticate') !== undefined;
-  }
-
-  /**
-   * The raw token of the request: by default the `Authorization: Bearer <token>` header
-   * (scheme case-insensitive). Override to read a cookie. `undefined` means no token (`401`).
+   * The raw token of `request` ({@link getRequest}): by default the `Authorization: Bearer
+   * <token>` header, scheme in any case. `undefined` means no token (`401`). Override to read
+   * a cookie or the headers of an RPC or WebSocket transport.
    */
   protected extractToken(request: Record<string, any>): string | undefined {
     const header: unknown = request?.headers?.authorization;
@@ -215,16 +112,11 @@ export class RevokedTokenGuard implements CanActivate {
 
   /**
    * Verifies signature, algorithm, issuer, audience, `exp` and `nbf`, requires `jti` and
-   * `sub`, and refuses a token whose `purpose` claim is not `authenticationPurpose` (so an
-   * e-mailed confirmation or reset token is no session). Throws `401` for an untrusted
-   * token, `503` when a remote JWKS is unreachable.
-   *
-   * Its `401`s are `UnauthorizedException`s that `canActivate` answers through
-   * {@link unauthorized}, with the reason as `message`. A `401` an override throws itself (a
-   * body of its own, a `cause`) reaches the client as it is, given the `invalid_token`
-   * challenge with its `message` as `error_description`.
+   * `sub`, and refuses a `purpose` claim other than `authenticationPurpose` (an e-mailed
+   * confirmation token is no session). Refuses through {@link throwUnauthorized}, with a
+   * reason of {@link TOKEN_GUARD_MESSAGES}; throws `503` when a remote JWKS is unreachable.
    */
-  protected async verifyToken(token: string): Promise<TokenClaimsPayload> {
+  protected async verifyToken(context: ExecutionContext, token: string): Promise<TokenClaimsPayload> {
     let claims: TokenClaimsPayload;
     try {
       claims = await this.codec.verify(token);
@@ -233,23 +125,26 @@ export class RevokedTokenGuard implements CanActivate {
         this.outageLog.refused('token keys', error);
         throw new ServiceUnavailableException(MESSAGES.keysUnavailable);
       }
-      throw new GuardRefusal(rejectionReason(error));
+      return this.throwUnauthorized(context, rejectionReason(error), 'invalid_token');
     }
     this.outageLog.answered('token keys');
-    if (!nonEmptyString(claims.jti) || !nonEmptyString(claims.sub)) throw new GuardRefusal(MESSAGES.missingClaims);
+    if (!nonEmptyString(claims.jti) || !nonEmptyString(claims.sub)) {
+      return this.throwUnauthorized(context, MESSAGES.missingClaims, 'invalid_token');
+    }
     if (claims.purpose !== undefined && claims.purpose !== this.options.authenticationPurpose) {
-      throw new GuardRefusal(MESSAGES.wrongPurpose);
+      return this.throwUnauthorized(context, MESSAGES.wrongPurpose, 'invalid_token');
     }
     return claims;
   }
 
   /**
-   * One store round trip for verified claims, bounded by `storeTimeoutMs`. Any failure or
-   * timeout is answered `503` and counted in the {@link outageLog} (never with the token).
+   * One store round trip for verified claims. The store bounds it by `storeTimeoutMs`; any
+   * failure or timeout is answered `503` and counted in the {@link outageLog} (never with the
+   * token).
    */
-  protected async checkStore(claims: TokenClaimsPayload): Promise<TokenCheck> {
+  protected async checkStore(_context: ExecutionContext, claims: TokenClaimsPayload): Promise<TokenCheck> {
     try {
-      const check = await withTimeout(this.tokenService.checkClaims(claims), this.options.storeTimeoutMs);
+      const check = await this.tokenService.checkClaims(claims);
       this.outageLog.answered('token store');
       return check;
     } catch (error) {
@@ -257,14 +152,33 @@ export class RevokedTokenGuard implements CanActivate {
       throw new ServiceUnavailableException(MESSAGES.storeUnavailable);
     }
   }
-}
 
-/**
- * A `401` of the guard's own {@link RevokedTokenGuard.verifyToken}: an `UnauthorizedException`
- * to subclasses that catch it, told apart by `canActivate` from one a subclass made itself,
- * which it must not replace.
- */
-class GuardRefusal extends UnauthorizedException {}
+  /**
+   * Throws every `401` of the guard, after setting its challenge with {@link setChallenge}:
+   * `reason` ({@link TOKEN_GUARD_MESSAGES}) is the body's `message` and, with `error`
+   * (`invalid_token` for a token it refuses), the challenge's `error_description`. Override
+   * to shape the body or the challenge in one place; hooks that refuse call it too. Callers
+   * `return` it, so that an override that returns after all still refuses the call.
+   *
+   * @param error RFC 6750 §3.1 error code; none for a request without a token.
+   */
+  protected throwUnauthorized(context: ExecutionContext, reason: string, error?: string): never {
+    this.setChallenge(context, error, error === undefined ? undefined : reason);
+    throw new UnauthorizedException(reason);
+  }
+
+  /**
+   * Sets `WWW-Authenticate: Bearer` (with `realm`, `error`, `error_description` where given,
+   * sanitised for the header) on the response of `context` ({@link getResponse}), with
+   * `setHeader` (Express) or `header` (Fastify); a response with neither is left alone.
+   */
+  protected setChallenge(context: ExecutionContext, error?: string, description?: string): void {
+    const challenge = bearerChallenge({ realm: this.realm, error, errorDescription: description });
+    const response = this.getResponse(context) as { setHeader?: unknown; header?: unknown } | null | undefined;
+    if (typeof response?.setHeader === 'function') response.setHeader('WWW-Authenticate', challenge);
+    else if (typeof response?.header === 'function') response.header('WWW-Authenticate', challenge);
+  }
+}
 
 function nonEmptyString(value: unknown): value is string {
   return typeof value === 'string' && value !== '';

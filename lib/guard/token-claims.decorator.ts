@@ -3,15 +3,10 @@ import type { TokenClaimsPayload } from '../jwt/token-codec.js';
 import { readCallClaims, requestClaims } from './call-claims.js';
 
 /**
- * The verified claims {@link RevokedTokenGuard} left for a call, if any.
- *
- * - Given the `ExecutionContext` of the call (in an interceptor, a pipe, a guard that runs
- *   after it): what `@TokenClaims()` yields, for every context type, WebSocket messages and RPC
- *   calls included.
- * - Given a request object: its `tokenClaims` property, where the guard leaves the claims over
- *   HTTP and, in a subclass whose `getRequest` returns another object (GraphQL's `req`, ...),
- *   on that object. WebSocket and RPC claims are not on any object (see `TokenClaims`); read
- *   them with the context.
+ * The verified claims {@link RevokedTokenGuard} left for a call, if any. Given the call's
+ * `ExecutionContext` (in an interceptor, a pipe): what `@TokenClaims()` yields, for every
+ * context type. Given a request object: its `tokenClaims` property, where the guard leaves
+ * them over HTTP, or on the object a subclass's `getRequest` returns (GraphQL's `req`).
  */
 export function getTokenClaims(source: ExecutionContext | unknown): TokenClaimsPayload | undefined {
   return isExecutionContext(source) ? readCallClaims(source) : requestClaims(source);
@@ -20,42 +15,13 @@ export function getTokenClaims(source: ExecutionContext | unknown): TokenClaimsP
 /**
  * Parameter decorator yielding the JWT payload verified by {@link RevokedTokenGuard}:
  * `@TokenClaims() claims` for the whole payload, `@TokenClaims('sub') subject` for one
- * claim. `undefined` where the guard did not admit this very call: on a handler it did not
- * check (`@SkipTokenCheck()`, or no guard at all), whatever calls before it on the same
- * connection were admitted.
+ * claim. `undefined` where the guard did not admit this very call (`@SkipTokenCheck()`, no
+ * guard), whatever calls before it on the same connection were admitted.
  *
- * Where it reads them, by context type:
- * - `http`: `request.tokenClaims`, the property of the request (Express or Fastify) the guard
- *   sets.
- * - `rpc`: the claims the guard kept for this call, keyed by its transport context
- *   (`switchToRpc().getContext()`), which Nest creates per message. Never anything in the
- *   message data, which the client could fill with claims of its choosing.
- * - `ws`: the claims the guard kept for this message, keyed by its payload
- *   (`switchToWs().getData()`). Nothing is left on the client socket, which outlives the
- *   message: the claims of one message never reach another, be it refused, skipped or running
- *   at the same time. A message whose payload is no object (a string, a number, none) has
- *   nothing to key them by and gets `undefined`: send an object payload to a handler that
- *   needs the claims.
- *
- * A guard subclass whose `getRequest` returns another object in a context other than `rpc` or
- * `ws` (GraphQL's `req`, ...) leaves the claims there, so it needs a decorator that reads them
- * from the same object with {@link getTokenClaims}:
- *
- * ```ts
- * @Injectable()
- * export class GqlTokenGuard extends RevokedTokenGuard {
- *   protected override getRequest(context: ExecutionContext) {
- *     return GqlExecutionContext.create(context).getContext().req;
- *   }
- *   protected override getResponse(context: ExecutionContext) {
- *     return GqlExecutionContext.create(context).getContext().req?.res;
- *   }
- * }
- * export const GqlTokenClaims = createParamDecorator((claim: string | undefined, context: ExecutionContext) => {
- *   const claims = getTokenClaims(GqlExecutionContext.create(context).getContext().req);
- *   return claim === undefined ? claims : claims?.[claim];
- * });
- * ```
+ * Over HTTP it reads `request.tokenClaims`; for an RPC call or a WebSocket message, the
+ * claims the guard kept for that call (see `call-claims.ts`), never the message data. A
+ * WebSocket message whose payload is no object gets `undefined`. For GraphQL and other
+ * contexts, see `docs/guard-recipes.md`.
  */
 export const TokenClaims = createParamDecorator((claim: string | undefined, context: ExecutionContext) => {
   const claims = readCallClaims(context);
