@@ -169,7 +169,7 @@ async function main(): Promise<void> {
       } finally {
         if (statement.name.startsWith('ntr_expunge_')) batchMs.push(performance.now() - started);
       }
-    }) as typeof store.execute;
+    });
     const expunger = app.get(ExpungerService);
     const ours = await measure(database, 'tokens', app.get(TokenService), jtis, async () => {
       const result = await expunger.run();

@@ -1,4 +1,6 @@
 import 'reflect-metadata';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { Logger, type INestApplication } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
@@ -29,7 +31,7 @@ async function startApp(database: RunningDatabase, env: SampleEnv): Promise<{ ap
     await app.close().catch(() => undefined);
     throw error;
   }
-  const { port } = app.getHttpServer().address() as { port: number };
+  const { port } = (app.getHttpServer() as Server).address() as AddressInfo;
   const host = env.HOST === '0.0.0.0' || env.HOST === '127.0.0.1' ? 'localhost' : env.HOST;
   return { app, url: `http://${host}:${port}` };
 }
@@ -84,7 +86,7 @@ async function main(): Promise<void> {
   try {
     ({ url } = await started);
   } catch (error) {
-    logger.error(`Could not start: ${(error as Error)?.stack ?? error}`);
+    logger.error(`Could not start: ${(error as Error)?.stack ?? String(error)}`);
     if (!stopping) {
       stopping = true;
       await stop(1);

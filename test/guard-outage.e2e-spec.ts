@@ -98,7 +98,7 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     let counted = 0;
     for (const line of lines) {
       expect(line).not.toContain(token);
-      expect(line).not.toContain(token.split('.')[2]!);
+      expect(line).not.toContain(token.split('.')[2]);
       expect(line).not.toMatch(/\n/);
       const summary = /^token store unavailable: (\d+) requests? answered 503 in the last \d+\.\d s \(.+\)$/.exec(line);
       if (summary) counted += Number(summary[1]);
@@ -165,7 +165,7 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
     // One timeout, the store's, so one cause: its first line and at most a count or two.
     expect(outageLines().lines.length).toBeLessThanOrEqual(3);
     for (const line of outageLines().lines) expect(line).toContain(`(no answer within ${STORE_TIMEOUT_MS} ms)`);
-    expect(logged.mock.calls[0]!.join(' ')).toContain(`no answer within ${STORE_TIMEOUT_MS} ms`);
+    expect(logged.mock.calls[0].join(' ')).toContain(`no answer within ${STORE_TIMEOUT_MS} ms`);
     proxy.setMode('forward');
     expect(await recovered()).toBe(200);
     expectOutageLogged();
@@ -233,8 +233,8 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
       for (const failed of [await get(), await get()]) expect({ status: failed.status, body: failed.body }).toEqual({ status: 503, body: UNAVAILABLE });
       // Two causes, each logged at once.
       expect(outageLines().lines).toHaveLength(2);
-      expect(logged.mock.calls[0]!.join(' ')).toContain('TypeError: something unexpected');
-      expect(logged.mock.calls[1]!.join(' ')).toContain('not even an Error');
+      expect(logged.mock.calls[0].join(' ')).toContain('TypeError: something unexpected');
+      expect(logged.mock.calls[1].join(' ')).toContain('not even an Error');
     } finally {
       spy.mockRestore();
     }

@@ -93,7 +93,7 @@ it('bounds the whole check by storeTimeoutMs when, after a slow first read, the 
   // event loop would have it)...
   query.mockImplementationOnce(async (statement, values) => {
     await new Promise((resolve) => setTimeout(resolve, SLOW_MS));
-    return TokenStore.prototype.query.call(store, statement, values) as never;
+    return TokenStore.prototype.query.call(store, statement, values);
   });
   // ... then the cache cannot vouch for the marker any more, and the database goes silent.
   jest.spyOn(app.get(LogOutMarkerCache), 'confirms').mockImplementationOnce(() => {

@@ -78,5 +78,5 @@ export function requestClaims(request: unknown): TokenClaimsPayload | undefined 
 }
 
 function objectOrUndefined(value: unknown): object | undefined {
-  return (typeof value === 'object' && value !== null) || typeof value === 'function' ? value as object : undefined;
+  return (typeof value === 'object' && value !== null) || typeof value === 'function' ? value : undefined;
 }

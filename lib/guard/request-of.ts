@@ -13,6 +13,7 @@ import type { ExecutionContext } from '@nestjs/common';
  *   gives it. Such contexts need a guard subclass and a decorator of their own (see
  *   `docs/guard-recipes.md`).
  */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- whatever object the transport hands over, as Nest's own getRequest
 export function requestOf(context: ExecutionContext): Record<string, any> {
   switch (context.getType()) {
     case 'rpc': return context.switchToRpc().getContext();

@@ -87,6 +87,7 @@ export class RevokedTokenGuard implements CanActivate {
    * other than `rpc` and `ws`, the claims are left on it as `tokenClaims`. Override for
    * GraphQL or other contexts, with a parameter decorator of your own (see `getTokenClaims`).
    */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- whatever object the transport hands over, as Nest's own getRequest
   protected getRequest(context: ExecutionContext): Record<string, any> {
     return requestOf(context);
   }
@@ -104,7 +105,9 @@ export class RevokedTokenGuard implements CanActivate {
    * <token>` header, scheme in any case. `undefined` means no token (`401`). Override to read
    * a cookie or the headers of an RPC or WebSocket transport.
    */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- whatever object the transport hands over, as Nest's own getRequest
   protected extractToken(request: Record<string, any>): string | undefined {
+    // eslint-disable-next-line @typescript-eslint/no-unsafe-member-access -- read defensively, checked below
     const header: unknown = request?.headers?.authorization;
     if (typeof header !== 'string') return undefined;
     return BEARER.exec(header)?.[1];
@@ -174,7 +177,8 @@ export class RevokedTokenGuard implements CanActivate {
    */
   protected setChallenge(context: ExecutionContext, error?: string, description?: string): void {
     const challenge = bearerChallenge({ realm: this.realm, error, errorDescription: description });
-    const response = this.getResponse(context) as { setHeader?: unknown; header?: unknown } | null | undefined;
+    type HeaderSetter = (name: string, value: string) => unknown;
+    const response = this.getResponse(context) as { setHeader?: HeaderSetter; header?: HeaderSetter } | null | undefined;
     if (typeof response?.setHeader === 'function') response.setHeader('WWW-Authenticate', challenge);
     else if (typeof response?.header === 'function') response.header('WWW-Authenticate', challenge);
   }

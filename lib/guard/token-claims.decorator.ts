@@ -8,7 +8,7 @@ import { readCallClaims, requestClaims } from './call-claims.js';
  * context type. Given a request object: its `tokenClaims` property, where the guard leaves
  * them over HTTP, or on the object a subclass's `getRequest` returns (GraphQL's `req`).
  */
-export function getTokenClaims(source: ExecutionContext | unknown): TokenClaimsPayload | undefined {
+export function getTokenClaims(source: unknown): TokenClaimsPayload | undefined {
   return isExecutionContext(source) ? readCallClaims(source) : requestClaims(source);
 }
 
