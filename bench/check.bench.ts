@@ -27,7 +27,11 @@ import { LogOutMarkerCache, TokenService } from '../lib/index.js';
 import { ExpiredTokenDeleter } from '../lib/expunger/expired-token.deleter.js';
 import { TokenCodec } from '../lib/jwt/token-codec.js';
 import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
-import { LOG_OUT_EVERYWHERE_JTI_PREFIX, LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
+import {
+  LOG_OUT_EVERYWHERE_JTI_PREFIX,
+  LOG_OUT_EVERYWHERE_PURPOSE,
+  TOKEN_RESOURCE_OPTIONS,
+} from '../lib/token-resource.internal-constants.js';
 import { TokenStore } from '../lib/token.store.js';
 import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
 import { closedLoop, mergeResults, type LoadResult } from './support/closed-loop.js';
@@ -69,10 +73,17 @@ function probeRows(): number[] {
   for (let k = 0; k < PROBES; k++) {
     const r = Math.floor(Math.random() * (ROWS / 10));
     switch (k % 4) {
-      case 0: rows.push(r * 10 + 10); break; // revoked
-      case 1: rows.push(r * 10 + 3); break; // stored
-      case 2: rows.push(r * 10 + 7); break; // stored
-      default: rows.push(ROWS + 1 + r); // never stored
+      case 0:
+        rows.push(r * 10 + 10);
+        break; // revoked
+      case 1:
+        rows.push(r * 10 + 3);
+        break; // stored
+      case 2:
+        rows.push(r * 10 + 7);
+        break; // stored
+      default:
+        rows.push(ROWS + 1 + r); // never stored
     }
   }
   return rows;
@@ -99,7 +110,10 @@ async function main(): Promise<void> {
     // store, so that both library variants share one pool: a second application would need
     // another BENCH_POOL connections, and PostgreSQL's default max_connections is 100.
     const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
-    const markerCache = new LogOutMarkerCache({ ...options, logOutMarkerCache: { enabled: true, maxStalenessMs: 1000, maxSubjects: 100_000, maxEntryAgeMs: 60_000 } }, app.get(TokenStore));
+    const markerCache = new LogOutMarkerCache(
+      { ...options, logOutMarkerCache: { enabled: true, maxStalenessMs: 1000, maxSubjects: 100_000, maxEntryAgeMs: 60_000 } },
+      app.get(TokenStore),
+    );
     markerCache.onApplicationBootstrap();
     const cachedService = new TokenService(options, codec, app.get(TokenStore), markerCache, app.get(ExpiredTokenDeleter));
     while (!markerCache.fresh) await new Promise((resolve) => setTimeout(resolve, 10));
@@ -112,25 +126,39 @@ async function main(): Promise<void> {
     // The baselines: what a hand-written check would send on a raw pool, the key imported once.
     const selectOne = { name: 'raw_jti_revoked', text: `SELECT 1 FROM tokens WHERE jti = $1 AND purpose = 'revocation'` };
     const selectBoth = { name: 'raw_token_state', text: `SELECT jti, purpose, expires_at, extra_data FROM tokens WHERE jti IN ($1, $2)` };
-    const key = await crypto.subtle.importKey('raw', new TextEncoder().encode(BENCH_SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
+    const key = await crypto.subtle.importKey('raw', new TextEncoder().encode(BENCH_SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, [
+      'verify',
+    ]);
     // Query configs are written out as literals: a spread (`{ ...selectOne, values }`) measured
     // 5-10% slower in pg and would flatter the library.
-    const rawRevoked = async (jti: string) => ((await raw.query({ name: selectOne.name, text: selectOne.text, values: [jti] })).rowCount ?? 0) > 0;
+    const rawRevoked = async (jti: string) =>
+      ((await raw.query({ name: selectOne.name, text: selectOne.text, values: [jti] })).rowCount ?? 0) > 0;
     const verify = async (token: string) => (await jwtVerify(token, key, { algorithms: ['HS256'] })).payload;
 
     // Every variant must give the right answers before it is timed.
     for (let k = 0; k < 400; k++) {
-      const answers = [await rawRevoked(jtis[k]), await service.jtiRevoked(jtis[k]), await service.tokenRevoked(tokens[k]), await cachedService.tokenRevoked(tokens[k])];
-      if (answers.some((answer) => answer !== expected[k])) throw new Error(`wrong answer for ${jtis[k]}: ${answers.join(', ')} (expected ${expected[k]})`);
+      const answers = [
+        await rawRevoked(jtis[k]),
+        await service.jtiRevoked(jtis[k]),
+        await service.tokenRevoked(tokens[k]),
+        await cachedService.tokenRevoked(tokens[k]),
+      ];
+      if (answers.some((answer) => answer !== expected[k]))
+        throw new Error(`wrong answer for ${jtis[k]}: ${answers.join(', ')} (expected ${expected[k]})`);
     }
 
     // Round trips: the library checks a connection out of its pool for each statement it sends.
     const ormPool = app.get(DataSource).driver as unknown as { master: pg.Pool };
     let sent = 0;
-    const count = () => { sent++; };
+    const count = () => {
+      sent++;
+    };
     ormPool.master.on('acquire', count);
     const roundTrips: string[] = [];
-    for (const [name, call] of [['jtiRevoked', (k: number) => service.jtiRevoked(jtis[k])], ['tokenRevoked', (k: number) => service.tokenRevoked(tokens[k])]] as const) {
+    for (const [name, call] of [
+      ['jtiRevoked', (k: number) => service.jtiRevoked(jtis[k])],
+      ['tokenRevoked', (k: number) => service.tokenRevoked(tokens[k])],
+    ] as const) {
       sent = 0;
       for (let k = 0; k < 100; k++) await call(k);
       roundTrips.push(`${name} ${sent / 100}`);
@@ -142,10 +170,17 @@ async function main(): Promise<void> {
       { name: 'raw pg: prepared PK SELECT', call: (i) => rawRevoked(at(jtis, i)) },
       { name: 'TokenService.jtiRevoked', call: (i) => service.jtiRevoked(at(jtis, i)) },
       { name: 'raw: jose verify + PK SELECT', call: async (i) => rawRevoked((await verify(at(tokens, i))).jti as string) },
-      { name: 'raw: jose verify + SELECT own row & marker', call: async (i) => {
-        const claims = await verify(at(tokens, i));
-        return raw.query({ name: selectBoth.name, text: selectBoth.text, values: [claims.jti, LOG_OUT_EVERYWHERE_JTI_PREFIX + claims.sub] });
-      } },
+      {
+        name: 'raw: jose verify + SELECT own row & marker',
+        call: async (i) => {
+          const claims = await verify(at(tokens, i));
+          return raw.query({
+            name: selectBoth.name,
+            text: selectBoth.text,
+            values: [claims.jti, LOG_OUT_EVERYWHERE_JTI_PREFIX + claims.sub],
+          });
+        },
+      },
       { name: 'TokenService.tokenRevoked', call: (i) => service.tokenRevoked(at(tokens, i)) },
       { name: 'tokenRevoked, logOutMarkerCache on', call: (i) => cachedService.tokenRevoked(at(tokens, i)) },
     ];
@@ -170,10 +205,13 @@ async function main(): Promise<void> {
 
     // Whether PostgreSQL kept a cached generic plan for the library's statements (one session's counts).
     const { rows: plans } = await ormPool.master.query<{ name: string; generic_plans: string; custom_plans: string }>(
-      `SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE name LIKE 'ntr_%' ORDER BY name`);
+      `SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE name LIKE 'ntr_%' ORDER BY name`,
+    );
 
     console.log(await describeMachine(database));
-    console.log(`rows: ${ROWS} (10% revoked, ${SUBJECTS / 100} log-out markers); probes: 25% revoked, 50% stored, 25% absent; pools: ${POOL} connections each; ${ROUNDS} x ${SECONDS} s per variant and concurrency, interleaved`);
+    console.log(
+      `rows: ${ROWS} (10% revoked, ${SUBJECTS / 100} log-out markers); probes: 25% revoked, 50% stored, 25% absent; pools: ${POOL} connections each; ${ROUNDS} x ${SECONDS} s per variant and concurrency, interleaved`,
+    );
     const throughput = (name: string, c: number) => {
       const r = mergeResults(results.get(`${name}@${c}`)!);
       return (r.ops * 1000) / r.elapsedMs;
@@ -193,8 +231,12 @@ async function main(): Promise<void> {
         });
       }
     }
-    console.log(`connections open: library pool ${ormPool.master.totalCount} (max ${(ormPool.master as unknown as { options: { max: number } }).options.max}), raw pool ${raw.totalCount} (max ${(raw as unknown as { options: { max: number } }).options.max})`);
-    console.log(`round trips per call: ${roundTrips.join(', ')}; plans on one library connection: ${plans.map((p) => `${p.name} generic ${p.generic_plans} / custom ${p.custom_plans}`).join('; ')}`);
+    console.log(
+      `connections open: library pool ${ormPool.master.totalCount} (max ${(ormPool.master as unknown as { options: { max: number } }).options.max}), raw pool ${raw.totalCount} (max ${(raw as unknown as { options: { max: number } }).options.max})`,
+    );
+    console.log(
+      `round trips per call: ${roundTrips.join(', ')}; plans on one library connection: ${plans.map((p) => `${p.name} generic ${p.generic_plans} / custom ${p.custom_plans}`).join('; ')}`,
+    );
     printTable(table);
     const ratios: Array<[string, string, string]> = [
       ['jtiRevoked', 'TokenService.jtiRevoked', 'raw pg: prepared PK SELECT'],
@@ -218,7 +260,9 @@ async function main(): Promise<void> {
         const sorted = roundRatios(ours, theirs, c);
         return `c=${c}: ${medians[k].toFixed(2)}x (rounds ${sorted[0].toFixed(2)}-${sorted.at(-1)!.toFixed(2)}, totals ${(throughput(ours, c) / throughput(theirs, c)).toFixed(2)}x)`;
       });
-      const goal = label.includes('bare') ? '(informational: the baseline does no JWT verification)' : `(goal >= 0.8x on the median: ${medians.every((m) => m >= 0.8) ? 'met' : 'MISSED'})`;
+      const goal = label.includes('bare')
+        ? '(informational: the baseline does no JWT verification)'
+        : `(goal >= 0.8x on the median: ${medians.every((m) => m >= 0.8) ? 'met' : 'MISSED'})`;
       console.log(`ratio ${label}: ${parts.join(', ')} ${goal}`);
     }
     await markerCache.onModuleDestroy();

@@ -18,13 +18,7 @@ import { NestFactory } from '@nestjs/core';
 import { ScheduleModule } from '@nestjs/schedule';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { Entity } from 'typeorm';
-import {
-  CreateTokensTable1763900000000,
-  ExpungerService,
-  Token,
-  TokenResourceModule,
-  TokenService,
-} from '../lib/index.js';
+import { CreateTokensTable1763900000000, ExpungerService, Token, TokenResourceModule, TokenService } from '../lib/index.js';
 import { EXPUNGE_RECORD_JTI } from '../lib/token-resource.internal-constants.js';
 import { TokenStore } from '../lib/token.store.js';
 import { BENCH_SECRET } from './support/bench-app.js';
@@ -47,12 +41,19 @@ function appModule(url: string, entity: typeof Token, first: boolean): DynamicMo
     module: ExpungeBenchModule,
     imports: [
       TypeOrmModule.forRoot({
-        name: first ? 'default' : 'baseline', type: 'postgres', url, entities: [entity], logging: false,
-        migrations: first ? [CreateTokensTable1763900000000] : [], migrationsRun: first,
+        name: first ? 'default' : 'baseline',
+        type: 'postgres',
+        url,
+        entities: [entity],
+        logging: false,
+        migrations: first ? [CreateTokensTable1763900000000] : [],
+        migrationsRun: first,
       }),
       ScheduleModule.forRoot(),
       TokenResourceModule.forRoot({
-        jwt: { secret: BENCH_SECRET }, entity, dataSource: first ? 'default' : 'baseline',
+        jwt: { secret: BENCH_SECRET },
+        entity,
+        dataSource: first ? 'default' : 'baseline',
         // Runs are started by the benchmark alone: no schedule, no start-up catch-up.
         expunge: { enabled: false, batchSize: BATCH_SIZE },
       }),
@@ -81,8 +82,7 @@ async function fill(database: BenchDatabase): Promise<string[]> {
     await pool.query(`VACUUM (ANALYZE) ${table}`);
   }
   // jtis probed during the measurements: live revocations (answer true) and live and expired rows.
-  const { rows } = await pool.query<{ jti: string }>(
-    `SELECT jti FROM tokens TABLESAMPLE SYSTEM (1) LIMIT 20000`);
+  const { rows } = await pool.query<{ jti: string }>(`SELECT jti FROM tokens TABLESAMPLE SYSTEM (1) LIMIT 20000`);
   return rows.map((row) => row.jti);
 }
 
@@ -99,7 +99,13 @@ interface Phase {
  * so a stalled pool shows in the latency (no coordinated omission); with
  * BENCH_CHECK_RATE=0, BENCH_CHECKERS loops call back to back instead (saturating load).
  */
-async function measure(database: BenchDatabase, table: string, tokens: TokenService, jtis: string[], work: () => Promise<{ deleted: number; statementsMs: number[] }>): Promise<Phase> {
+async function measure(
+  database: BenchDatabase,
+  table: string,
+  tokens: TokenService,
+  jtis: string[],
+  work: () => Promise<{ deleted: number; statementsMs: number[] }>,
+): Promise<Phase> {
   const admin = database.pool(1);
   await admin.query(`SELECT count(*) FROM ${table}`); // the same warm-up for both
   await admin.query('CHECKPOINT');
@@ -115,7 +121,7 @@ async function measure(database: BenchDatabase, table: string, tokens: TokenServ
     load = (async () => {
       const pending: Array<Promise<void>> = [];
       const start = performance.now();
-      for (let i = 0; !done; ) {
+      for (let i = 0; !done;) {
         const now = performance.now();
         for (; start + (i * 1000) / CHECK_RATE <= now; i++) pending.push(call(i, start + (i * 1000) / CHECK_RATE));
         await new Promise((resolve) => setTimeout(resolve, 1));
@@ -123,9 +129,11 @@ async function measure(database: BenchDatabase, table: string, tokens: TokenServ
       await Promise.all(pending);
     })();
   } else {
-    load = Promise.all(Array.from({ length: CHECKERS }, async (_, offset) => {
-      for (let i = offset; !done; i += CHECKERS) await call(i, performance.now());
-    }));
+    load = Promise.all(
+      Array.from({ length: CHECKERS }, async (_, offset) => {
+        for (let i = offset; !done; i += CHECKERS) await call(i, performance.now());
+      }),
+    );
   }
   await new Promise((resolve) => setTimeout(resolve, 500)); // load warmed up
   recording = true;
@@ -148,7 +156,9 @@ async function main(): Promise<void> {
     const fillStarted = performance.now();
     const jtis = await fill(database);
     console.log(`filled in ${((performance.now() - fillStarted) / 1000).toFixed(1)} s`);
-    const baselineApp = await NestFactory.createApplicationContext(appModule(database.url, BaselineToken, false), { logger: ['error', 'warn'] });
+    const baselineApp = await NestFactory.createApplicationContext(appModule(database.url, BaselineToken, false), {
+      logger: ['error', 'warn'],
+    });
     apps.push(baselineApp);
 
     const raw = database.pool(1);
@@ -162,14 +172,14 @@ async function main(): Promise<void> {
     const store = app.get(TokenStore);
     const execute = store.execute.bind(store);
     const batchMs: number[] = [];
-    store.execute = (async (statement, values, manager) => {
+    store.execute = async (statement, values, manager) => {
       const started = performance.now();
       try {
         return await execute(statement, values, manager);
       } finally {
         if (statement.name.startsWith('ntr_expunge_')) batchMs.push(performance.now() - started);
       }
-    });
+    };
     const expunger = app.get(ExpungerService);
     const ours = await measure(database, 'tokens', app.get(TokenService), jtis, async () => {
       const result = await expunger.run();
@@ -179,13 +189,18 @@ async function main(): Promise<void> {
 
     const { rows: left } = await raw.query<{ ours: number; theirs: number }>(
       `SELECT (SELECT count(*) FROM tokens WHERE jti <> $1)::int AS ours, (SELECT count(*) FROM tokens_baseline)::int AS theirs`,
-      [EXPUNGE_RECORD_JTI]); // the run's own record is no token row
+      [EXPUNGE_RECORD_JTI],
+    ); // the run's own record is no token row
     if (ours.deleted !== ROWS || baseline.deleted !== ROWS || left[0].ours !== ROWS || left[0].theirs !== ROWS) {
-      throw new Error(`wrong counts: expunger deleted ${ours.deleted}, raw DELETE ${baseline.deleted}, left ${left[0].ours}/${left[0].theirs}`);
+      throw new Error(
+        `wrong counts: expunger deleted ${ours.deleted}, raw DELETE ${baseline.deleted}, left ${left[0].ours}/${left[0].theirs}`,
+      );
     }
 
     console.log(await describeMachine(database));
-    console.log(`rows: ${ROWS} expired + ${ROWS} live per table; batch size ${expunger.options.expunge.batchSize}; jtiRevoked load: ${CHECK_RATE > 0 ? `${CHECK_RATE}/s open loop` : `${CHECKERS} back-to-back loops`}`);
+    console.log(
+      `rows: ${ROWS} expired + ${ROWS} live per table; batch size ${expunger.options.expunge.batchSize}; jtiRevoked load: ${CHECK_RATE > 0 ? `${CHECK_RATE}/s open loop` : `${CHECKERS} back-to-back loops`}`,
+    );
     const row = (name: string, phase: Phase) => ({
       run: name,
       'total ms': phase.totalMs,
@@ -199,7 +214,9 @@ async function main(): Promise<void> {
     printTable([row('raw DELETE', baseline), row('ExpungerService.run()', ours)]);
     const ratio = ours.totalMs / baseline.totalMs;
     const longest = Math.max(...ours.statementsMs);
-    console.log(`ratio run()/raw: ${ratio.toFixed(2)} (goal <= 1.2: ${ratio <= 1.2 ? 'met' : 'MISSED'}); longest expunger statement ${longest.toFixed(1)} ms (goal < 1000: ${longest < 1000 ? 'met' : 'MISSED'})`);
+    console.log(
+      `ratio run()/raw: ${ratio.toFixed(2)} (goal <= 1.2: ${ratio <= 1.2 ? 'met' : 'MISSED'}); longest expunger statement ${longest.toFixed(1)} ms (goal < 1000: ${longest < 1000 ? 'met' : 'MISSED'})`,
+    );
   } finally {
     for (const app of apps.reverse()) await app.close().catch(() => undefined);
     await database.close();

@@ -47,7 +47,13 @@ const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
 /** The baseline: verifies the bearer JWT with jose (key imported once) and nothing else. */
 @Injectable()
 class JoseOnlyGuard implements CanActivate {
-  private static readonly key = crypto.subtle.importKey('raw', new TextEncoder().encode(BENCH_SECRET), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
+  private static readonly key = crypto.subtle.importKey(
+    'raw',
+    new TextEncoder().encode(BENCH_SECRET),
+    { name: 'HMAC', hash: 'SHA-256' },
+    false,
+    ['verify'],
+  );
 
   async canActivate(context: ExecutionContext): Promise<boolean> {
     const request = context.switchToHttp().getRequest();
@@ -89,9 +95,13 @@ async function fill(pool: pg.Pool): Promise<void> {
 /** Runs autocannon in a child process against `url` and returns its figures. */
 function load(url: string, tokens: string[], durationSeconds: number): Promise<LoadReport> {
   return new Promise((resolve, reject) => {
-    const child = fork(fileURLToPath(new URL('./support/autocannon-loader.js', import.meta.url)), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = fork(fileURLToPath(new URL('./support/autocannon-loader.js', import.meta.url)), {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
     let report: LoadReport | undefined;
-    child.once('message', (message) => { report = message as LoadReport; });
+    child.once('message', (message) => {
+      report = message as LoadReport;
+    });
     child.once('error', reject);
     child.once('exit', (code) => (report ? resolve(report) : reject(new Error(`the loader exited with ${code} and no report`))));
     const job: LoadJob = { url, tokens, connections: CONNECTIONS, durationSeconds };
@@ -106,11 +116,12 @@ interface Scenario {
   rows: () => number[];
 }
 
-const unrevoked = (count: number, stored: boolean) => Array.from({ length: count }, (_, k) => {
-  const r = Math.floor(Math.random() * (ROWS / 10)) * 10;
-  // Stored rows r+1..r+9 are not revoked; rows past ROWS were never stored.
-  return stored || k % 2 === 0 ? r + 1 + (k % 9) : ROWS + 1 + r;
-});
+const unrevoked = (count: number, stored: boolean) =>
+  Array.from({ length: count }, (_, k) => {
+    const r = Math.floor(Math.random() * (ROWS / 10)) * 10;
+    // Stored rows r+1..r+9 are not revoked; rows past ROWS were never stored.
+    return stored || k % 2 === 0 ? r + 1 + (k % 9) : ROWS + 1 + r;
+  });
 
 const SCENARIOS: Scenario[] = [
   { name: 'default options', options: {}, rows: () => unrevoked(TOKENS, false) },
@@ -130,7 +141,15 @@ async function main(): Promise<void> {
     console.log(`filling tokens with ${ROWS} rows (10% revoked) ...`);
     let filled = false;
     for (const scenario of SCENARIOS) {
-      const app: INestApplication = await NestFactory.create(benchAppModule(database.url, { poolSize: POOL, options: scenario.options, controllers: [BenchController], providers: [JoseOnlyGuard] }), { logger: ['error', 'warn'] });
+      const app: INestApplication = await NestFactory.create(
+        benchAppModule(database.url, {
+          poolSize: POOL,
+          options: scenario.options,
+          controllers: [BenchController],
+          providers: [JoseOnlyGuard],
+        }),
+        { logger: ['error', 'warn'] },
+      );
       try {
         if (!filled) {
           await fill(database.pool(1));
@@ -138,11 +157,14 @@ async function main(): Promise<void> {
         }
         await app.listen(0, '127.0.0.1');
         // The cache answers only once its first heartbeat has come back.
-        while (scenario.options.logOutMarkerCache && !app.get(LogOutMarkerCache).fresh) await new Promise((resolve) => setTimeout(resolve, 10));
+        while (scenario.options.logOutMarkerCache && !app.get(LogOutMarkerCache).fresh)
+          await new Promise((resolve) => setTimeout(resolve, 10));
         const { port } = app.getHttpServer().address() as AddressInfo;
         const codec = app.get(TokenCodec);
         const iat = Date.now() / 1000;
-        const tokens = await Promise.all(scenario.rows().map((i) => codec.sign({ sub: `user-${i % 50000}`, jti: `bench-${i}`, iat, exp: Math.floor(iat) + 86_400 })));
+        const tokens = await Promise.all(
+          scenario.rows().map((i) => codec.sign({ sub: `user-${i % 50000}`, jti: `bench-${i}`, iat, exp: Math.floor(iat) + 86_400 })),
+        );
         const routes = ['jose', 'guarded'];
         for (const route of routes) await load(`http://127.0.0.1:${port}/${route}`, tokens, 2); // warm-up
         const reports = new Map<string, LoadReport[]>(routes.map((route) => [route, []]));
@@ -168,13 +190,17 @@ async function main(): Promise<void> {
           });
         }
         const ratio = rate('guarded') / rate('jose');
-        ratios.push(`ratio RevokedTokenGuard / jose-only (${scenario.name}): ${ratio.toFixed(2)}x (goal >= 0.6x: ${ratio >= 0.6 ? 'met' : 'MISSED'})`);
+        ratios.push(
+          `ratio RevokedTokenGuard / jose-only (${scenario.name}): ${ratio.toFixed(2)}x (goal >= 0.6x: ${ratio >= 0.6 ? 'met' : 'MISSED'})`,
+        );
       } finally {
         await app.close().catch(() => undefined);
       }
     }
     console.log(await describeMachine(database));
-    console.log(`rows: ${ROWS} (10% revoked); ${TOKENS} distinct unrevoked tokens per scenario (default options: half stored, half never stored; presence: all stored); autocannon in a child process, ${CONNECTIONS} connections, ${ROUNDS} x ${SECONDS} s per route (alternating); TypeORM pool ${POOL}; p50/p99 are the worst window's`);
+    console.log(
+      `rows: ${ROWS} (10% revoked); ${TOKENS} distinct unrevoked tokens per scenario (default options: half stored, half never stored; presence: all stored); autocannon in a child process, ${CONNECTIONS} connections, ${ROUNDS} x ${SECONDS} s per route (alternating); TypeORM pool ${POOL}; p50/p99 are the worst window's`,
+    );
     printTable(table);
     for (const line of ratios) console.log(line);
   } finally {

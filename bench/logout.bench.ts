@@ -60,9 +60,12 @@ async function main(): Promise<void> {
     await admin.query('ALTER TABLE tokens SET (autovacuum_enabled = false)');
     await admin.query('VACUUM (ANALYZE) tokens');
     console.log(`filled in ${((performance.now() - fillStarted) / 1000).toFixed(1)} s`);
-    const { rows: counts } = await admin.query<{ subject: string; total: number; live: number }>(`
+    const { rows: counts } = await admin.query<{ subject: string; total: number; live: number }>(
+      `
       SELECT subject, count(*)::int AS total, count(*) FILTER (WHERE purpose <> 'revocation')::int AS live
-        FROM tokens WHERE subject IN ($1, $2) GROUP BY subject ORDER BY subject`, [OURS, RAW]);
+        FROM tokens WHERE subject IN ($1, $2) GROUP BY subject ORDER BY subject`,
+      [OURS, RAW],
+    );
     const expected = Object.fromEntries(counts.map((row) => [row.subject, row.live]));
     if (counts.length !== 2 || counts[0].total !== counts[1].total || counts[0].live !== counts[1].live) {
       throw new Error(`the two subjects differ: ${JSON.stringify(counts)}`);
@@ -104,7 +107,8 @@ async function main(): Promise<void> {
 
     // The plans, for the library's statement with the values it sends, and for the baseline.
     const { rows: indexes } = await admin.query<{ indexname: string }>(
-      `SELECT indexname FROM pg_indexes WHERE tablename = 'tokens' AND indexdef LIKE '%(subject)%'`);
+      `SELECT indexname FROM pg_indexes WHERE tablename = 'tokens' AND indexdef LIKE '%(subject)%'`,
+    );
     const subjectIndex = indexes[0]?.indexname;
     const statementText = (logOut as unknown as { logOutStatement: { text: string } }).logOutStatement.text;
     const values = [OURS, `log-out-everywhere:${OURS}`, null, ['revocation'], null, Date.now(), 365 * 86400, true];
@@ -114,7 +118,9 @@ async function main(): Promise<void> {
     const rawPlan = await planOf(RAW_UPDATE, [RAW, ['revocation']]);
 
     console.log(await describeMachine(database));
-    console.log(`table: ${ROWS} rows; each measured subject: ${counts[0].total} tokens, ${counts[0].live} revoked per log-out (the rest already revocations); ${ROUNDS} rounds, alternating order, table reset and vacuumed before each`);
+    console.log(
+      `table: ${ROWS} rows; each measured subject: ${counts[0].total} tokens, ${counts[0].live} revoked per log-out (the rest already revocations); ${ROUNDS} rounds, alternating order, table reset and vacuumed before each`,
+    );
     const row = (name: string, ms: number[]) => ({
       run: name,
       'median ms': percentile(ms, 50),
@@ -125,12 +131,14 @@ async function main(): Promise<void> {
     printTable([row('raw UPDATE (pg pool)', theirs), row('logOutEverywhere()', ours)]);
     const ratio = percentile(ours, 50) / percentile(theirs, 50);
     console.log(`ratio logOutEverywhere/raw (medians): ${ratio.toFixed(2)} (goal <= 1.2: ${ratio <= 1.2 ? 'met' : 'MISSED'})`);
-    console.log('plan of logOutEverywhere\'s statement:');
+    console.log("plan of logOutEverywhere's statement:");
     for (const line of ourPlan) console.log(`  ${line}`);
     console.log('plan of the raw UPDATE:');
     for (const line of rawPlan) console.log(`  ${line}`);
     const usesIndex = (plan: string[]) => subjectIndex !== undefined && plan.some((line) => line.includes(subjectIndex));
-    console.log(`subject index ${subjectIndex}: used by logOutEverywhere: ${usesIndex(ourPlan) ? 'yes' : 'NO'}; by the raw UPDATE: ${usesIndex(rawPlan) ? 'yes' : 'NO'}`);
+    console.log(
+      `subject index ${subjectIndex}: used by logOutEverywhere: ${usesIndex(ourPlan) ? 'yes' : 'NO'}; by the raw UPDATE: ${usesIndex(rawPlan) ? 'yes' : 'NO'}`,
+    );
   } finally {
     await app?.close().catch(() => undefined);
     await database.close();

@@ -89,7 +89,9 @@ export class OutageLog implements OnModuleDestroy {
   private summarise(dependency: OutageDependency, outage: Outage, now: number, minAgeMs: number): void {
     for (const [cause, tally] of outage.causes) {
       if (tally.refused === 0 || now - tally.loggedAt < minAgeMs) continue;
-      this.logger.error(`${dependency} unavailable: ${requests(tally.refused)} answered 503 in the last ${seconds(now - tally.loggedAt)} s (${cause})`);
+      this.logger.error(
+        `${dependency} unavailable: ${requests(tally.refused)} answered 503 in the last ${seconds(now - tally.loggedAt)} s (${cause})`,
+      );
       tally.refused = 0;
       tally.loggedAt = now;
     }

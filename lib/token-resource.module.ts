@@ -3,10 +3,7 @@ import { TypeOrmModule } from '@nestjs/typeorm';
 import { ExpiredTokenDeleter } from './expunger/expired-token.deleter.js';
 import { ExpungerService } from './expunger/expunger.service.js';
 import { RevokedTokenGuard } from './guard/revoked-token.guard.js';
-import type {
-  TokenResourceModuleAsyncOptions,
-  TokenResourceModuleOptions,
-} from './interfaces/token-resource-options.interface.js';
+import type { TokenResourceModuleAsyncOptions, TokenResourceModuleOptions } from './interfaces/token-resource-options.interface.js';
 import { TokenCodec } from './jwt/token-codec.js';
 import { LogOutEverywhereService } from './log-out-everywhere/log-out-everywhere.service.js';
 import { PasswordChangeSubscriber } from './log-out-everywhere/password-change.subscriber.js';
@@ -23,8 +20,29 @@ import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.inter
 import { TokenService } from './token.service.js';
 import { TokenStore } from './token.store.js';
 
-const SERVICES = [OutageLog, TokenStore, LogOutMarkerCache, ExpiredTokenDeleter, TokenService, LogOutEverywhereService, ExpungerService, PasswordChangeSubscriber, RevokedTokenGuard];
-const EXPORTS = [TOKEN_RESOURCE_OPTIONS, TOKEN_REPOSITORY, TokenCodec, TokenStore, LogOutMarkerCache, TokenService, LogOutEverywhereService, ExpungerService, OutageLog, RevokedTokenGuard];
+const SERVICES = [
+  OutageLog,
+  TokenStore,
+  LogOutMarkerCache,
+  ExpiredTokenDeleter,
+  TokenService,
+  LogOutEverywhereService,
+  ExpungerService,
+  PasswordChangeSubscriber,
+  RevokedTokenGuard,
+];
+const EXPORTS = [
+  TOKEN_RESOURCE_OPTIONS,
+  TOKEN_REPOSITORY,
+  TokenCodec,
+  TokenStore,
+  LogOutMarkerCache,
+  TokenService,
+  LogOutEverywhereService,
+  ExpungerService,
+  OutageLog,
+  RevokedTokenGuard,
+];
 
 /**
  * Revocable JWTs backed by a TypeORM/PostgreSQL token table. The host application

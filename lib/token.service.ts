@@ -153,8 +153,11 @@ function isExpungerJti(jti: string): boolean {
 @Injectable()
 export class TokenService {
   /** The subject and purpose of a `jti`'s row, read only when a revocation wrote nothing, to say why. */
-  private readonly ownerOf = this.store.statement('token_owner', `
-    SELECT subject, purpose FROM ${this.store.table} WHERE jti = $1`);
+  private readonly ownerOf = this.store.statement(
+    'token_owner',
+    `
+    SELECT subject, purpose FROM ${this.store.table} WHERE jti = $1`,
+  );
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
@@ -184,7 +187,9 @@ export class TokenService {
     if (lifetimeSeconds > markerLifetimeSeconds) {
       // The subject's log-out marker would be expunged while the token is still valid,
       // and a token that was logged out would be accepted again.
-      throw new RangeError(`expiresIn (${lifetimeSeconds} s) exceeds logOutEverywhere.markerLifetime (${markerLifetimeSeconds} s); shorten expiresIn or raise markerLifetime.`);
+      throw new RangeError(
+        `expiresIn (${lifetimeSeconds} s) exceeds logOutEverywhere.markerLifetime (${markerLifetimeSeconds} s); shorten expiresIn or raise markerLifetime.`,
+      );
     }
     const jti = randomUUID();
     const issuedAt = Date.now() / 1000;
@@ -209,7 +214,13 @@ export class TokenService {
   async storeToken(input: StoreTokenInput): Promise<void> {
     checkPurpose(input?.purpose);
     const claims = await this.codec.verify(input.token, true);
-    await this.writeRow(requireString(claims, 'jti'), requireString(claims, 'sub'), expiryOf(claims), input.purpose, input.extraData ?? null);
+    await this.writeRow(
+      requireString(claims, 'jti'),
+      requireString(claims, 'sub'),
+      expiryOf(claims),
+      input.purpose,
+      input.extraData ?? null,
+    );
   }
 
   /**
@@ -293,11 +304,8 @@ export class TokenService {
     }
     // A marker row is never a token's own row, even when a token's jti names one.
     if (own?.purpose === LOG_OUT_EVERYWHERE_PURPOSE) own = undefined;
-    const revoked = own?.purpose === REVOCATION_PURPOSE
-      || (marker !== null && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
-    const presentForAuthentication = own !== undefined
-      && own.purpose === this.options.authenticationPurpose
-      && own.live;
+    const revoked = own?.purpose === REVOCATION_PURPOSE || (marker !== null && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
+    const presentForAuthentication = own !== undefined && own.purpose === this.options.authenticationPurpose && own.live;
     return { revoked, presentForAuthentication };
   }
 
@@ -368,10 +376,12 @@ export class TokenService {
     checkJti(jti);
     checkPurpose(purpose);
     if (isExpungerJti(jti)) return null;
-    const row = await this.store.readPrimary((tokens) => tokens.findOne({
-      select: { jti: true, extraData: true },
-      where: { jti, purpose, expiresAt: MoreThanOrEqual(new Date()) },
-    }));
+    const row = await this.store.readPrimary((tokens) =>
+      tokens.findOne({
+        select: { jti: true, extraData: true },
+        where: { jti, purpose, expiresAt: MoreThanOrEqual(new Date()) },
+      }),
+    );
     return row?.extraData ?? null;
   }
 
@@ -388,10 +398,18 @@ export class TokenService {
     return this.store.readPrimary((tokens) => tokens.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));
   }
 
-  private async writeRow(jti: string, subject: string, expiresAt: Date, purpose: string, extraData: Record<string, unknown> | null): Promise<void> {
+  private async writeRow(
+    jti: string,
+    subject: string,
+    expiresAt: Date,
+    purpose: string,
+    extraData: Record<string, unknown> | null,
+  ): Promise<void> {
     if (purpose === REVOCATION_PURPOSE) throw new TypeError(`use revoke() to store a '${REVOCATION_PURPOSE}' row`);
-    if (purpose === LOG_OUT_EVERYWHERE_PURPOSE) throw new TypeError(`the purpose '${LOG_OUT_EVERYWHERE_PURPOSE}' is reserved for log-out-everywhere markers`);
-    if (purpose === EXPUNGE_RECORD_PURPOSE) throw new TypeError(`the purpose '${EXPUNGE_RECORD_PURPOSE}' is reserved for the expunger's run record`);
+    if (purpose === LOG_OUT_EVERYWHERE_PURPOSE)
+      throw new TypeError(`the purpose '${LOG_OUT_EVERYWHERE_PURPOSE}' is reserved for log-out-everywhere markers`);
+    if (purpose === EXPUNGE_RECORD_PURPOSE)
+      throw new TypeError(`the purpose '${EXPUNGE_RECORD_PURPOSE}' is reserved for the expunger's run record`);
     rejectMarkerJti(jti);
     checkJsonb(extraData, 'extraData');
     const { rowCount } = await this.store.execute(this.store.storeStatement(), [jti, subject, expiresAt, purpose, extraData]);
@@ -399,7 +417,13 @@ export class TokenService {
   }
 
   /** @param keepStoredExpiry a stored row keeps its `expiresAt` rather than taking the later of the two. */
-  private async writeRevocation(jti: string, subject: string, expiresAt: Date, manager?: EntityManager, keepStoredExpiry = false): Promise<void> {
+  private async writeRevocation(
+    jti: string,
+    subject: string,
+    expiresAt: Date,
+    manager?: EntityManager,
+    keepStoredExpiry = false,
+  ): Promise<void> {
     rejectMarkerJti(jti);
     const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt, keepStoredExpiry], manager);
     if (rowCount > 0) return;

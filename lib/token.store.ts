@@ -4,7 +4,12 @@ import type { Client as PgClient, Pool, PoolClient, QueryConfig, QueryResult } f
 import type { DataSource, EntityManager, Repository } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
 import { REVOCATION_PURPOSE } from './token-resource.constants.js';
-import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_DATA_SOURCE, TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.internal-constants.js';
+import {
+  LOG_OUT_EVERYWHERE_PURPOSE,
+  TOKEN_DATA_SOURCE,
+  TOKEN_REPOSITORY,
+  TOKEN_RESOURCE_OPTIONS,
+} from './token-resource.internal-constants.js';
 import { TokenResourceUnavailableError } from './token-resource.exceptions.js';
 import { TokenStoreTimeoutError } from './token-store-timeout.error.js';
 import type { LogOutMarker } from './log-out-everywhere/log-out-marker.js';
@@ -84,7 +89,10 @@ export class TokenStore {
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: Pick<ResolvedTokenResourceOptions, 'storeTimeoutMs'>,
   ) {
     const { driver } = dataSource;
-    this.table = repository.metadata.tablePath.split('.').map((part) => driver.escape(part)).join('.');
+    this.table = repository.metadata.tablePath
+      .split('.')
+      .map((part) => driver.escape(part))
+      .join('.');
     this.logOutChannel = `ntr_log_out_${createHash('sha1').update(this.table).digest('hex').slice(0, 16)}`;
   }
 
@@ -97,7 +105,10 @@ export class TokenStore {
    * @internal Kept out of the published declarations, which must not need `@types/pg`.
    */
   createSessionClient(session: { role: string; connectionTimeoutMillis: number }): PgClient {
-    const pool = this.pool as Pool & { Client: new (options: unknown) => PgClient; options: { connectionTimeoutMillis?: number; application_name?: string } };
+    const pool = this.pool as Pool & {
+      Client: new (options: unknown) => PgClient;
+      options: { connectionTimeoutMillis?: number; application_name?: string };
+    };
     return new pool.Client({
       ...pool.options,
       keepAlive: true,
@@ -144,7 +155,9 @@ export class TokenStore {
     // With a named data source, the application's default manager would silently run the
     // statement in another database (and another transaction than the caller thinks).
     if (manager && manager.connection !== this.dataSource) {
-      throw new TypeError(`opts.manager belongs to data source '${nameOf(manager.connection)}', but the token table lives in '${nameOf(this.dataSource)}'; pass a manager of that data source.`);
+      throw new TypeError(
+        `opts.manager belongs to data source '${nameOf(manager.connection)}', but the token table lives in '${nameOf(this.dataSource)}'; pass a manager of that data source.`,
+      );
     }
     const runner = manager?.queryRunner;
     if (!runner || runner.isReleased) return this.query(statement, values);
@@ -177,10 +190,13 @@ export class TokenStore {
       let answered = false;
       // pg's query_timeout only starts once a connection is checked out, and the pool may wait
       // for one forever (connectionTimeoutMillis defaults to none): bound the whole call.
-      const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
-        answered = true;
-        reject(new TokenStoreTimeoutError(timeoutMs));
-      }, timeoutMs);
+      const timer =
+        timeoutMs === undefined
+          ? undefined
+          : setTimeout(() => {
+              answered = true;
+              reject(new TokenStoreTimeoutError(timeoutMs));
+            }, timeoutMs);
       pool.connect((connectError, client, release) => {
         if (answered) {
           if (client) release();
@@ -192,13 +208,20 @@ export class TokenStore {
           reject(asUnavailable(connectError));
           return;
         }
-        this.send(client!, release, statement, values, () => !answered, (error, result) => {
-          clearTimeout(timer);
-          if (answered) return;
-          answered = true;
-          if (error) reject(asUnavailable(error));
-          else resolve(toResult<Row>(result!));
-        });
+        this.send(
+          client!,
+          release,
+          statement,
+          values,
+          () => !answered,
+          (error, result) => {
+            clearTimeout(timer);
+            if (answered) return;
+            answered = true;
+            if (error) reject(asUnavailable(error));
+            else resolve(toResult<Row>(result!));
+          },
+        );
       });
     });
   }
@@ -229,7 +252,12 @@ export class TokenStore {
     client.once('error', finish);
     const run = (named: boolean) => {
       // `query_timeout` is honoured by pg's Client.query but missing from @types/pg's QueryConfig.
-      const config = { name: named ? statement.name : undefined, text: statement.text, values, query_timeout: statement.timeoutMs } as QueryConfig;
+      const config = {
+        name: named ? statement.name : undefined,
+        text: statement.text,
+        values,
+        query_timeout: statement.timeoutMs,
+      } as QueryConfig;
       client.query(config, (error: Error | undefined, result: QueryResult) => {
         if (error && named && this.rejectedByPooler(error) && wanted()) run(false);
         else finish(error, result);
@@ -253,10 +281,10 @@ export class TokenStore {
     if (this.sendsNamedStatements) {
       this.sendsNamedStatements = false;
       this.logger.warn(
-        `token table ${this.table} of data source '${nameOf(this.dataSource)}': PostgreSQL rejected a named prepared statement `
-        + `(${code}: ${error.message}); a transaction-pooling proxy (PgBouncer, pool_mode = transaction) is probably in between. `
-        + 'Sending unnamed statements from now on, parsed again on every call. To keep prepared statements and silence this, '
-        + "enable the pooler's own support for them (PgBouncer 1.21+: max_prepared_statements) or use session pooling.",
+        `token table ${this.table} of data source '${nameOf(this.dataSource)}': PostgreSQL rejected a named prepared statement ` +
+          `(${code}: ${error.message}); a transaction-pooling proxy (PgBouncer, pool_mode = transaction) is probably in between. ` +
+          'Sending unnamed statements from now on, parsed again on every call. To keep prepared statements and silence this, ' +
+          "enable the pooler's own support for them (PgBouncer 1.21+: max_prepared_statements) or use session pooling.",
       );
     }
     return true;
@@ -298,8 +326,11 @@ export class TokenStore {
    * already known (`LogOutMarkerCache`): the same one-key probe as `jtiRevoked`.
    */
   ownStateStatement(): Statement {
-    return this.ownState ??= this.checkStatement('own_state', `
-      SELECT purpose, expires_at > now() AS live FROM ${this.table} WHERE jti = $1`);
+    return (this.ownState ??= this.checkStatement(
+      'own_state',
+      `
+      SELECT purpose, expires_at > now() AS live FROM ${this.table} WHERE jti = $1`,
+    ));
   }
 
   /**
@@ -309,7 +340,9 @@ export class TokenStore {
    * flipped: revoking is for the `jti`'s owner.
    */
   revokeStatement(): Statement {
-    return this.statement('revoke', `
+    return this.statement(
+      'revoke',
+      `
       INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose)
       VALUES ($1, $2, $3, '${REVOCATION_PURPOSE}')
       ON CONFLICT (jti) DO UPDATE
@@ -317,25 +350,32 @@ export class TokenStore {
             expires_at = CASE WHEN $4::boolean THEN t.expires_at ELSE GREATEST(t.expires_at, EXCLUDED.expires_at) END,
             updated_at = now()
         WHERE t.purpose <> '${REVOCATION_PURPOSE}' AND t.subject = EXCLUDED.subject
-      RETURNING 1 AS revoked`);
+      RETURNING 1 AS revoked`,
+    );
   }
 
   /** The SQL that upserts a token row unless it is revoked; returns a row only if it wrote. */
   storeStatement(): Statement {
-    return this.statement('store', `
+    return this.statement(
+      'store',
+      `
       INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose, extra_data)
       VALUES ($1, $2, $3, $4, $5)
       ON CONFLICT (jti) DO UPDATE
         SET subject = EXCLUDED.subject, expires_at = EXCLUDED.expires_at, purpose = EXCLUDED.purpose,
             extra_data = EXCLUDED.extra_data, updated_at = now()
         WHERE t.purpose <> '${REVOCATION_PURPOSE}'
-      RETURNING 1 AS stored`);
+      RETURNING 1 AS stored`,
+    );
   }
 
   /** The SQL of `jtiRevoked`: one primary-key probe. Built once: it runs on every check. */
   jtiRevokedStatement(): Statement {
-    return this.jtiRevoked ??= this.checkStatement('jti_revoked', `
-      SELECT 1 FROM ${this.table} WHERE jti = $1 AND purpose = '${REVOCATION_PURPOSE}'`);
+    return (this.jtiRevoked ??= this.checkStatement(
+      'jti_revoked',
+      `
+      SELECT 1 FROM ${this.table} WHERE jti = $1 AND purpose = '${REVOCATION_PURPOSE}'`,
+    ));
   }
 
   /**
@@ -345,11 +385,14 @@ export class TokenStore {
    * unknown length would be re-planned on every execution) and spare `pg` an array literal.
    */
   tokenStateStatement(): Statement {
-    return this.tokenState ??= this.checkStatement('token_state', `
+    return (this.tokenState ??= this.checkStatement(
+      'token_state',
+      `
       SELECT jti, purpose, expires_at > now() AS live,
              CASE WHEN purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN extra_data END AS marker
         FROM ${this.table}
-       WHERE jti IN ($1, $2)`);
+       WHERE jti IN ($1, $2)`,
+    ));
   }
 }
 
@@ -368,13 +411,29 @@ function asUnavailable<E>(error: E): E | TokenResourceUnavailableError {
 }
 
 const CONNECTION_ERROR_CODES = new Set([
-  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH',
-  '57P01', '57P02', '57P03', '08000', '08001', '08003', '08004', '08006', '53300',
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'ENOTFOUND',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  '57P01',
+  '57P02',
+  '57P03',
+  '08000',
+  '08001',
+  '08003',
+  '08004',
+  '08006',
+  '53300',
 ]);
 
 function isConnectionError(error: unknown): boolean {
   const code = (error as { code?: unknown })?.code;
   if (typeof code === 'string' && CONNECTION_ERROR_CODES.has(code)) return true;
   const message = (error as Error)?.message ?? '';
-  return /Connection terminated|timeout exceeded when trying to connect|Query read timeout|Client has encountered a connection error|Cannot use a pool after calling end|Connection is not established|not connected|Driver not Connected/i.test(message);
+  return /Connection terminated|timeout exceeded when trying to connect|Query read timeout|Client has encountered a connection error|Cannot use a pool after calling end|Connection is not established|not connected|Driver not Connected/i.test(
+    message,
+  );
 }

@@ -62,10 +62,19 @@ async function main(): Promise<void> {
     }, SHUTDOWN_DEADLINE_MS);
     deadline.unref();
     // Wait for a start in progress, so that a database being booted is stopped too.
-    const app = await started?.then(({ app: running }) => running, () => undefined);
-    await app?.close().catch((error) => { exitCode = 1; logger.error(`Closing the app failed: ${error}`); });
+    const app = await started?.then(
+      ({ app: running }) => running,
+      () => undefined,
+    );
+    await app?.close().catch((error) => {
+      exitCode = 1;
+      logger.error(`Closing the app failed: ${error}`);
+    });
     const db = await database?.catch(() => undefined);
-    await db?.stop().catch((error) => { exitCode = 1; logger.error(`Stopping the database failed: ${error}`); });
+    await db?.stop().catch((error) => {
+      exitCode = 1;
+      logger.error(`Stopping the database failed: ${error}`);
+    });
     if (exitCode === 0) logger.log('Stopped cleanly');
     process.exit(exitCode);
   };
@@ -95,21 +104,23 @@ async function main(): Promise<void> {
   }
   if (stopping) return;
   const db = await database;
-  process.stdout.write([
-    '',
-    `nestjs-token-resource sample app listening on ${url}`,
-    `database: ${db.description}`,
-    '',
-    'Try it:',
-    walkthrough(url),
-    '',
-    'Ctrl-C stops the app and the database.',
-    '',
-    '',
-  ].join('\n'));
+  process.stdout.write(
+    [
+      '',
+      `nestjs-token-resource sample app listening on ${url}`,
+      `database: ${db.description}`,
+      '',
+      'Try it:',
+      walkthrough(url),
+      '',
+      'Ctrl-C stops the app and the database.',
+      '',
+      '',
+    ].join('\n'),
+  );
 }
 
 main().catch((error) => {
-  logger.error(error instanceof Error && error.name === 'SampleEnvError' ? error.message : (error as Error)?.stack ?? String(error));
+  logger.error(error instanceof Error && error.name === 'SampleEnvError' ? error.message : ((error as Error)?.stack ?? String(error)));
   process.exit(1);
 });

@@ -52,19 +52,49 @@ it('ships source maps only together with their sources', async () => {
 
 /** The package root's runtime exports: the documented API, nothing else. */
 const PUBLIC_VALUES = [
-  'CreateTokensTable1763900000000', 'EXPUNGE_JOB_NAME', 'ExpungerService', 'InvalidTokenError', 'LogOutEverywhereService',
-  'LogOutMarkerCache', 'REVOCATION_PURPOSE', 'RevokedTokenGuard', 'SkipTokenCheck', 'Token', 'TokenAlreadyRevokedError',
-  'TokenClaims', 'TokenResourceConfigError', 'TokenResourceError', 'TokenResourceModule', 'TokenResourceUnavailableError',
-  'TokenService', 'createTokensTableMigration', 'getTokenClaims',
+  'CreateTokensTable1763900000000',
+  'EXPUNGE_JOB_NAME',
+  'ExpungerService',
+  'InvalidTokenError',
+  'LogOutEverywhereService',
+  'LogOutMarkerCache',
+  'REVOCATION_PURPOSE',
+  'RevokedTokenGuard',
+  'SkipTokenCheck',
+  'Token',
+  'TokenAlreadyRevokedError',
+  'TokenClaims',
+  'TokenResourceConfigError',
+  'TokenResourceError',
+  'TokenResourceModule',
+  'TokenResourceUnavailableError',
+  'TokenService',
+  'createTokensTableMigration',
+  'getTokenClaims',
 ];
 
 /** The types users write against: options, inputs and results of the public methods, the verified claims. */
 const PUBLIC_TYPES = [
-  'ExpungeExpiredOptions', 'ExpungeRunResult', 'GetTokenQuery', 'IssueTokenInput', 'IssuedToken', 'ListTokensOptions',
-  'LogOutEverywhereOptions', 'RevokeJtiOptions', 'RevokeOptions', 'StoreConfirmationChangesInput', 'StoreTokenInput',
-  'TokenClaimsPayload', 'TokenResourceExpungeOptions', 'TokenResourceJwtOptions', 'TokenResourceLogOutEverywhereOptions',
-  'TokenResourceLogOutMarkerCacheOptions', 'TokenResourceModuleAsyncOptions', 'TokenResourceModuleOptions',
-  'TokenResourceOptionsFactory', 'TokenResourceFactoryOptions',
+  'ExpungeExpiredOptions',
+  'ExpungeRunResult',
+  'GetTokenQuery',
+  'IssueTokenInput',
+  'IssuedToken',
+  'ListTokensOptions',
+  'LogOutEverywhereOptions',
+  'RevokeJtiOptions',
+  'RevokeOptions',
+  'StoreConfirmationChangesInput',
+  'StoreTokenInput',
+  'TokenClaimsPayload',
+  'TokenResourceExpungeOptions',
+  'TokenResourceJwtOptions',
+  'TokenResourceLogOutEverywhereOptions',
+  'TokenResourceLogOutMarkerCacheOptions',
+  'TokenResourceModuleAsyncOptions',
+  'TokenResourceModuleOptions',
+  'TokenResourceOptionsFactory',
+  'TokenResourceFactoryOptions',
 ];
 
 it('loads as an ES module under plain node and exports exactly the documented values', async () => {
@@ -75,7 +105,10 @@ it('loads as an ES module under plain node and exports exactly the documented va
 
 it('declares exactly the documented values and types, and no building block', () => {
   const program = ts.createProgram([join(outDir, 'index.d.ts')], {
-    module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, noLib: true, types: [],
+    module: ts.ModuleKind.NodeNext,
+    moduleResolution: ts.ModuleResolutionKind.NodeNext,
+    noLib: true,
+    types: [],
   });
   const checker = program.getTypeChecker();
   const index = checker.getSymbolAtLocation(program.getSourceFile(join(outDir, 'index.d.ts'))!)!;

@@ -43,7 +43,10 @@ async function app(options: Parameters<typeof createTokenApp>[1] = {}): Promise<
 }
 
 async function bootFailure(options: Parameters<typeof createTokenApp>[1]): Promise<unknown> {
-  return app(options).then(() => null, (error: unknown) => error);
+  return app(options).then(
+    () => null,
+    (error: unknown) => error,
+  );
 }
 
 /** Inserts `count` rows `${prefix}-1..count` of `purpose` expiring at the SQL expression `expires` (may use `i`). */
@@ -120,7 +123,11 @@ describe('scheduling', () => {
   });
 
   it.each([
-    ['intervalHours that does not divide a day', { intervalHours: 5 }, /expunge\.intervalHours must be a whole number of hours that divides 24.*expunge\.cron/],
+    [
+      'intervalHours that does not divide a day',
+      { intervalHours: 5 },
+      /expunge\.intervalHours must be a whole number of hours that divides 24.*expunge\.cron/,
+    ],
     ['a fraction of an hour', { intervalHours: 0.5 }, /expunge\.intervalHours.*got 0\.5.*'\*\/30 \* \* \* \*'/],
     ['more than a day', { intervalHours: 48 }, /expunge\.intervalHours.*got 48/],
     ['both cron and intervalHours', { cron: '0 * * * *', intervalHours: 12 }, /expunge\.cron or expunge\.intervalHours, not both/],
@@ -180,10 +187,12 @@ describe('scheduling', () => {
     await insertRows('old', 20, 'user', `now() - interval '1 day'`);
     await fixture.admin.query(`INSERT INTO other_tokens (jti, subject, expires_at, purpose)
                        SELECT 'other-' || i, 's', now() - interval '1 day', 'user' FROM generate_series(1, 20) AS i`);
-    const otherCount = async () => (await fixture.admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM other_tokens WHERE jti <> $1`, [EXPUNGE_RECORD_JTI])).rows[0].n;
+    const otherCount = async () =>
+      (await fixture.admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM other_tokens WHERE jti <> $1`, [EXPUNGE_RECORD_JTI]))
+        .rows[0].n;
     await waitFor(async () => (await tokenRows()) === 0 && (await otherCount()) === 0, 15_000, 'both tables to be expunged');
     // Each table keeps its own run record.
-    await waitFor(async () => (await readRunRecord(fixture.admin, 'other_tokens'))?.completedAt != null, 5000, 'the other table\'s record');
+    await waitFor(async () => (await readRunRecord(fixture.admin, 'other_tokens'))?.completedAt != null, 5000, "the other table's record");
     await a.close();
     expect(registry.getCronJobs().size).toBe(0);
     await fixture.admin.query('DROP TABLE other_tokens');
@@ -196,13 +205,18 @@ describe('scheduling', () => {
           TypeOrmModule.forRoot(typeOrmOptions(fixture.db.url)),
           TokenResourceModule.forRoot({ jwt: { secret: TEST_SECRET }, expunge: { enabled } }),
         ],
-      }).compile().then(async (moduleRef) => {
-        const created = moduleRef.createNestApplication({ logger: false });
-        apps.push(created);
-        await created.init();
-        return created;
-      });
-    const failure = await build(true).then(() => null, (error: unknown) => error);
+      })
+        .compile()
+        .then(async (moduleRef) => {
+          const created = moduleRef.createNestApplication({ logger: false });
+          apps.push(created);
+          await created.init();
+          return created;
+        });
+    const failure = await build(true).then(
+      () => null,
+      (error: unknown) => error,
+    );
     expect(failure).toBeInstanceOf(TokenResourceConfigError);
     expect((failure as Error).message).toMatch(/ScheduleModule\.forRoot\(\)/);
     // Without the expunger, the schedule module is not needed.
@@ -265,7 +279,9 @@ describe('catching up at boot', () => {
 
 describe('run()', () => {
   it('deletes exactly the expired rows of every purpose, keeps the grace, over several batches', async () => {
-    const a = await app({ options: { expunge: { enabled: false, batchSize: 7 }, jwt: { secret: TEST_SECRET, clockToleranceSeconds: 60 } } });
+    const a = await app({
+      options: { expunge: { enabled: false, batchSize: 7 }, jwt: { secret: TEST_SECRET, clockToleranceSeconds: 60 } },
+    });
     // Expired beyond the 60 s grace: gone.
     await insertRows('old-user', 40, 'user', `now() - interval '2 minutes' - i * interval '1 second'`);
     await insertRows('old-confirm', 13, 'confirm', `now() - interval '3 days'`);
@@ -330,15 +346,18 @@ describe('run()', () => {
     const warn = jest.spyOn(Logger.prototype, 'warn');
     const deleter = a.get(ExpiredTokenDeleter);
     const deleteExpired = deleter.deleteExpired.bind(deleter);
-    jest.spyOn(deleter, 'deleteExpired').mockImplementation((opts) => deleteExpired({
-      ...opts,
-      betweenBatches: async () => {
-        await opts?.betweenBatches?.();
-        leases.push((await readRunRecord(fixture.admin))!.leaseUntil!.getTime());
-        // After a few batches another instance takes the lease over, as if this one had stalled past it.
-        if (leases.length === 5) await writeRunRecord(fixture.admin, { leaseUntil: new Date(Date.now() + 60_000), holder: 'another instance' });
-      },
-    }));
+    jest.spyOn(deleter, 'deleteExpired').mockImplementation((opts) =>
+      deleteExpired({
+        ...opts,
+        betweenBatches: async () => {
+          await opts?.betweenBatches?.();
+          leases.push((await readRunRecord(fixture.admin))!.leaseUntil!.getTime());
+          // After a few batches another instance takes the lease over, as if this one had stalled past it.
+          if (leases.length === 5)
+            await writeRunRecord(fixture.admin, { leaseUntil: new Date(Date.now() + 60_000), holder: 'another instance' });
+        },
+      }),
+    );
 
     const result = await a.get(ExpungerService).run();
     expect(result.skipped).toBe(false);
@@ -430,7 +449,9 @@ describe('run()', () => {
       expect(await jtis()).toEqual([...referenced].sort());
       expect(warn).toHaveBeenCalledTimes(1);
       const [message] = warn.mock.calls[0] as [string];
-      expect(message).toMatch(/^5 expired rows of "tokens" could not be deleted and were skipped \(for example jti .*\): .*foreign key constraint .*"app_sessions"/);
+      expect(message).toMatch(
+        /^5 expired rows of "tokens" could not be deleted and were skipped \(for example jti .*\): .*foreign key constraint .*"app_sessions"/,
+      );
       for (const jti of message.match(/for example jti ([^)]*)\)/)![1].split(', ')) expect(referenced).toContain(jti);
       expect((await readRunRecord(fixture.admin))?.completedAt).not.toBeNull();
 
@@ -456,11 +477,15 @@ describe('run()', () => {
     try {
       await holder.query('BEGIN');
       // More than a batch of them, so that no range can get past them.
-      await holder.query(`SELECT 1 FROM tokens WHERE jti = ANY ($1::text[]) FOR UPDATE`, [Array.from({ length: 8 }, (_, i) => `minus-infinity-${i + 1}`)]);
+      await holder.query(`SELECT 1 FROM tokens WHERE jti = ANY ($1::text[]) FOR UPDATE`, [
+        Array.from({ length: 8 }, (_, i) => `minus-infinity-${i + 1}`),
+      ]);
       let timer: NodeJS.Timeout | undefined;
       const outcome = await Promise.race([
         a.get(ExpungerService).run(),
-        new Promise((resolve) => { timer = setTimeout(() => resolve('still running after 10 s'), 10_000); }),
+        new Promise((resolve) => {
+          timer = setTimeout(() => resolve('still running after 10 s'), 10_000);
+        }),
       ]);
       clearTimeout(timer);
       expect(outcome).toMatchObject({ deleted: 4 + 3 + 20, skipped: false });
@@ -514,8 +539,12 @@ describe('the run record', () => {
     await expect(tokens.listTokens('')).rejects.toThrow(TypeError);
     await expect(tokens.revokeJti(EXPUNGE_RECORD_JTI, 'mallory')).rejects.toThrow(InvalidTokenError);
     await expect(tokens.revoke(await signToken({ jti: EXPUNGE_RECORD_JTI }))).rejects.toThrow(InvalidTokenError);
-    await expect(tokens.storeToken({ token: await signToken({ jti: 'expunger:other' }), purpose: 'user' })).rejects.toThrow(InvalidTokenError);
-    await expect(tokens.storeToken({ token: await signToken({ jti: 'another' }), purpose: EXPUNGE_RECORD_PURPOSE })).rejects.toThrow(TypeError);
+    await expect(tokens.storeToken({ token: await signToken({ jti: 'expunger:other' }), purpose: 'user' })).rejects.toThrow(
+      InvalidTokenError,
+    );
+    await expect(tokens.storeToken({ token: await signToken({ jti: 'another' }), purpose: EXPUNGE_RECORD_PURPOSE })).rejects.toThrow(
+      TypeError,
+    );
     expect(await tokens.jtiRevoked(EXPUNGE_RECORD_JTI)).toBe(false);
 
     expect(await readRunRecord(fixture.admin)).toEqual(before);

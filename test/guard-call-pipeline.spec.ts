@@ -12,14 +12,7 @@ import {
 import { ROUTE_ARGS_METADATA } from '@nestjs/common/constants.js';
 import { ExternalContextCreator } from '@nestjs/core';
 import { Test, type TestingModule } from '@nestjs/testing';
-import {
-  InvalidTokenError,
-  RevokedTokenGuard,
-  SkipTokenCheck,
-  TokenClaims,
-  TokenService,
-  type TokenClaimsPayload,
-} from '../lib/index.js';
+import { InvalidTokenError, RevokedTokenGuard, SkipTokenCheck, TokenClaims, TokenService, type TokenClaimsPayload } from '../lib/index.js';
 import { TokenCodec } from '../lib/jwt/token-codec.js';
 import { TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
 
@@ -105,17 +98,29 @@ afterAll(async () => {
 function handlerOf(type: ContextType, method: 'checked' | 'skipped'): (...args: unknown[]) => Promise<Record<string, unknown>> {
   const gateway = moduleRef.get(Gateway);
   const paramsFactory = { exchangeKeyForValue: () => undefined };
-  return moduleRef.get(ExternalContextCreator).create(
-    gateway, gateway[method] as (...args: unknown[]) => unknown, method, ROUTE_ARGS_METADATA, paramsFactory, undefined, undefined,
-    { guards: true, interceptors: true, filters: false }, type,
-  );
+  return moduleRef
+    .get(ExternalContextCreator)
+    .create(
+      gateway,
+      gateway[method] as (...args: unknown[]) => unknown,
+      method,
+      ROUTE_ARGS_METADATA,
+      paramsFactory,
+      undefined,
+      undefined,
+      { guards: true, interceptors: true, filters: false },
+      type,
+    );
 }
 
 async function outcome(work: Promise<Record<string, unknown>>): Promise<Record<string, unknown> | string> {
-  return work.then((result) => result, (error: unknown) => (error as Error).message);
+  return work.then(
+    (result) => result,
+    (error: unknown) => (error as Error).message,
+  );
 }
 
-describe('RevokedTokenGuard and @TokenClaims() in Nest\'s call pipeline', () => {
+describe("RevokedTokenGuard and @TokenClaims() in Nest's call pipeline", () => {
   it('on one WebSocket client, a refused message and a skipped handler after an admitted message get no claims', async () => {
     const checked = handlerOf('ws', 'checked');
     const skipped = handlerOf('ws', 'skipped');
@@ -135,7 +140,12 @@ describe('RevokedTokenGuard and @TokenClaims() in Nest\'s call pipeline', () => 
     const checked = handlerOf('ws', 'checked');
     const client: FakeClient = { handshake: { headers: { authorization: 'Bearer alice' } } };
     let release!: () => void;
-    HoldInterceptor.held.set('first', new Promise<void>((resolve) => { release = resolve; }));
+    HoldInterceptor.held.set(
+      'first',
+      new Promise<void>((resolve) => {
+        release = resolve;
+      }),
+    );
     // alice's message is admitted, then held before its parameters are read...
     const first = outcome(checked(client, { hold: 'first' }, 'chat'));
     await new Promise((resolve) => setImmediate(resolve));
@@ -169,4 +179,3 @@ describe('RevokedTokenGuard and @TokenClaims() in Nest\'s call pipeline', () => 
     expect(Object.keys(transport)).toEqual(['getHeaders']);
   });
 });
-

@@ -36,7 +36,11 @@ const codec = {
 const tokenService = {
   checkClaims: async (claims: TokenClaimsPayload) => ({ revoked: claims.jti === 'j-revoked', presentForAuthentication: true }),
 } as unknown as TokenService;
-const options = { authenticationPurpose: 'user', storeTimeoutMs: 1000, requireTokenPresenceForAuthentication: false } as ResolvedTokenResourceOptions;
+const options = {
+  authenticationPurpose: 'user',
+  storeTimeoutMs: 1000,
+  requireTokenPresenceForAuthentication: false,
+} as ResolvedTokenResourceOptions;
 
 class Handlers {
   checked(@TokenClaims() _claims: unknown, @TokenClaims('sub') _sub: unknown) {}
@@ -75,13 +79,19 @@ function contextOf(type: ContextType | 'graphql', args: unknown[], method: 'chec
 
 /** What `@TokenClaims(...)` at `index` of `method` yields in `context`. */
 function param(method: 'checked' | 'skipped', index: number, context: ExecutionContext): unknown {
-  const meta = Reflect.getMetadata(ROUTE_ARGS_METADATA, Handlers, method) as Record<string, { index: number; data: unknown; factory: (data: unknown, context: ExecutionContext) => unknown }>;
+  const meta = Reflect.getMetadata(ROUTE_ARGS_METADATA, Handlers, method) as Record<
+    string,
+    { index: number; data: unknown; factory: (data: unknown, context: ExecutionContext) => unknown }
+  >;
   const entry = Object.values(meta).find((candidate) => candidate.index === index)!;
   return entry.factory(entry.data, context);
 }
 
 async function rejection(work: Promise<unknown>): Promise<unknown> {
-  return work.then(() => 'admitted', (error: unknown) => error);
+  return work.then(
+    () => 'admitted',
+    (error: unknown) => error,
+  );
 }
 
 describe('RevokedTokenGuard and @TokenClaims() outside HTTP', () => {
@@ -203,8 +213,9 @@ describe('the WWW-Authenticate challenge', () => {
   it('is "Bearer" alone without parameters, and lists realm, error and error_description in that order', () => {
     expect(bearerChallenge()).toBe('Bearer');
     expect(bearerChallenge({ errorDescription: 'ignored without an error' })).toBe('Bearer');
-    expect(bearerChallenge({ realm: 'api', error: 'invalid_token', errorDescription: 'token expired' }))
-      .toBe('Bearer realm="api", error="invalid_token", error_description="token expired"');
+    expect(bearerChallenge({ realm: 'api', error: 'invalid_token', errorDescription: 'token expired' })).toBe(
+      'Bearer realm="api", error="invalid_token", error_description="token expired"',
+    );
   });
 
   it('escapes the realm and keeps error and error_description to the characters RFC 6750 allows, so Node accepts the header', () => {
@@ -223,9 +234,18 @@ describe('the WWW-Authenticate challenge', () => {
       }
     }
     const response = { setHeader: jest.fn() };
-    const error = await rejection(guard(StrictGuard).canActivate(contextOf('http', [{ headers: { authorization: 'Bearer nope' } }, response])));
-    expect((error as UnauthorizedException).getResponse()).toEqual({ statusCode: 401, error: 'Unauthorized', message: 'refused: "invalid token"\n' });
-    expect(response.setHeader).toHaveBeenCalledWith('WWW-Authenticate', 'Bearer error="invalid_token", error_description="refused: \'invalid token\'?"');
+    const error = await rejection(
+      guard(StrictGuard).canActivate(contextOf('http', [{ headers: { authorization: 'Bearer nope' } }, response])),
+    );
+    expect((error as UnauthorizedException).getResponse()).toEqual({
+      statusCode: 401,
+      error: 'Unauthorized',
+      message: 'refused: "invalid token"\n',
+    });
+    expect(response.setHeader).toHaveBeenCalledWith(
+      'WWW-Authenticate',
+      'Bearer error="invalid_token", error_description="refused: \'invalid token\'?"',
+    );
   });
 
   it('throws every 401 through throwUnauthorized(), once each, so one override shapes the body and the challenge of all', async () => {
@@ -244,11 +264,21 @@ describe('the WWW-Authenticate challenge', () => {
       const error = await rejection(guard(OwnBodyGuard).canActivate(contextOf('http', [{ headers: { authorization } }, response])));
       refusals.push({ body: (error as UnauthorizedException).getResponse(), challenge: response.set });
     }
-    expect(calls).toEqual([['missing bearer token', undefined], ['invalid token', 'invalid_token'], ['token revoked', 'invalid_token']]);
+    expect(calls).toEqual([
+      ['missing bearer token', undefined],
+      ['invalid token', 'invalid_token'],
+      ['token revoked', 'invalid_token'],
+    ]);
     expect(refusals).toEqual([
       { body: { code: 'SESSION_GONE', reason: 'missing bearer token' }, challenge: [['WWW-Authenticate', 'Bearer']] },
-      { body: { code: 'SESSION_GONE', reason: 'invalid token' }, challenge: [['WWW-Authenticate', 'Bearer error="invalid_token", error_description="sign in again"']] },
-      { body: { code: 'SESSION_GONE', reason: 'token revoked' }, challenge: [['WWW-Authenticate', 'Bearer error="invalid_token", error_description="sign in again"']] },
+      {
+        body: { code: 'SESSION_GONE', reason: 'invalid token' },
+        challenge: [['WWW-Authenticate', 'Bearer error="invalid_token", error_description="sign in again"']],
+      },
+      {
+        body: { code: 'SESSION_GONE', reason: 'token revoked' },
+        challenge: [['WWW-Authenticate', 'Bearer error="invalid_token", error_description="sign in again"']],
+      },
     ]);
   });
 
@@ -258,7 +288,11 @@ describe('the WWW-Authenticate challenge', () => {
     (LaxGuard.prototype as unknown as { throwUnauthorized: () => void }).throwUnauthorized = () => undefined;
     const outcomes = [];
     for (const authorization of [undefined, 'Bearer forged', `Bearer ${REVOKED}`]) {
-      outcomes.push(await guard(LaxGuard).canActivate(contextOf('http', [{ headers: { authorization } }, {}])).catch(() => 'thrown'));
+      outcomes.push(
+        await guard(LaxGuard)
+          .canActivate(contextOf('http', [{ headers: { authorization } }, {}]))
+          .catch(() => 'thrown'),
+      );
     }
     expect(outcomes).not.toContain(true);
   });
@@ -273,7 +307,9 @@ describe('the WWW-Authenticate challenge', () => {
       }
     }
     const response = new FakeResponse();
-    const error = await rejection(guard(FreshSessionGuard).canActivate(contextOf('http', [{ headers: { authorization: `Bearer ${GOOD}` } }, response])));
+    const error = await rejection(
+      guard(FreshSessionGuard).canActivate(contextOf('http', [{ headers: { authorization: `Bearer ${GOOD}` } }, response])),
+    );
     expect((error as UnauthorizedException).getResponse()).toEqual({ statusCode: 401, error: 'Unauthorized', message: 'session too old' });
     expect(response.set).toEqual([['WWW-Authenticate', 'Bearer error="invalid_token", error_description="session too old"']]);
   });
@@ -298,7 +334,11 @@ describe('setChallenge()', () => {
       challenges.push(response.getHeader('WWW-Authenticate'));
       bodies.push((error as UnauthorizedException).message);
     }
-    expect(tagged.calls).toEqual([[undefined, undefined], ['invalid_token', 'invalid token'], ['invalid_token', 'token revoked']]);
+    expect(tagged.calls).toEqual([
+      [undefined, undefined],
+      ['invalid_token', 'invalid token'],
+      ['invalid_token', 'token revoked'],
+    ]);
     expect(challenges).toEqual([
       'Bearer',
       'Bearer error="invalid_token", error_description="invalid token (see /docs/auth)"',

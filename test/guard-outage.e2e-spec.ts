@@ -226,11 +226,13 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
 
   it('answers 503, never 500, to any other error from the store, and never admits', async () => {
     // A hang is the store's to bound (see the silent-database tests and guard-timeout.spec.ts).
-    const spy = jest.spyOn(TokenService.prototype, 'checkClaims')
+    const spy = jest
+      .spyOn(TokenService.prototype, 'checkClaims')
       .mockRejectedValueOnce(new TypeError('something unexpected'))
       .mockRejectedValueOnce('not even an Error');
     try {
-      for (const failed of [await get(), await get()]) expect({ status: failed.status, body: failed.body }).toEqual({ status: 503, body: UNAVAILABLE });
+      for (const failed of [await get(), await get()])
+        expect({ status: failed.status, body: failed.body }).toEqual({ status: 503, body: UNAVAILABLE });
       // Two causes, each logged at once.
       expect(outageLines().lines).toHaveLength(2);
       expect(logged.mock.calls[0].join(' ')).toContain('TypeError: something unexpected');

@@ -104,7 +104,10 @@ it('bounds the whole check by storeTimeoutMs when, after a slow first read, the 
   const res = await get(token);
   const ms = performance.now() - started;
   expect(res.status).toBe(503);
-  expect(query.mock.calls.map(([statement]) => statement.name)).toEqual([expect.stringMatching(/^ntr_own_state_/), expect.stringMatching(/^ntr_token_state_/)]);
+  expect(query.mock.calls.map(([statement]) => statement.name)).toEqual([
+    expect.stringMatching(/^ntr_own_state_/),
+    expect.stringMatching(/^ntr_token_state_/),
+  ]);
   // The second read gets what the first left of storeTimeoutMs, not storeTimeoutMs again.
   expect(ms).toBeGreaterThanOrEqual(STORE_TIMEOUT_MS - 20);
   expect(ms).toBeLessThan(SLOW_MS + STORE_TIMEOUT_MS - 400);

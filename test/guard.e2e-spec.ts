@@ -1,19 +1,22 @@
 import { randomUUID, generateKeyPairSync } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
-import { Controller, Get, Injectable, Logger, UnauthorizedException, UseGuards, type ExecutionContext, type INestApplication } from '@nestjs/common';
+import {
+  Controller,
+  Get,
+  Injectable,
+  Logger,
+  UnauthorizedException,
+  UseGuards,
+  type ExecutionContext,
+  type INestApplication,
+} from '@nestjs/common';
 import { APP_GUARD } from '@nestjs/core';
 import { JwtService } from '@nestjs/jwt';
 import { exportJWK, SignJWT, type JWTPayload } from 'jose';
 import pg from 'pg';
 import request from 'supertest';
-import {
-  RevokedTokenGuard,
-  SkipTokenCheck,
-  TokenClaims,
-  TokenService,
-  type TokenClaimsPayload,
-} from '../lib/index.js';
+import { RevokedTokenGuard, SkipTokenCheck, TokenClaims, TokenService, type TokenClaimsPayload } from '../lib/index.js';
 import { createGuardApp, PLATFORMS, type Platform } from './support/guard-app.js';
 import { subjectController } from './support/guarded-controller.js';
 import { nowSeconds, unsignedTokenVariants } from './support/jwt-fixtures.js';
@@ -109,8 +112,13 @@ interface SignOpts {
 /** Signs like another service would with jose: valid for the test app unless told otherwise. */
 async function sign(claims: JWTPayload = {}, opts: SignOpts = {}): Promise<string> {
   const payload: Record<string, unknown> = {
-    jti: randomUUID(), sub: `user-${randomUUID()}`, iss: ISSUER, aud: AUDIENCE,
-    iat: nowSeconds(), exp: nowSeconds() + 3600, ...claims,
+    jti: randomUUID(),
+    sub: `user-${randomUUID()}`,
+    iss: ISSUER,
+    aud: AUDIENCE,
+    iat: nowSeconds(),
+    exp: nowSeconds() + 3600,
+    ...claims,
   };
   for (const claim of opts.omit ?? []) delete payload[claim];
   return new SignJWT(payload)
@@ -151,7 +159,11 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
   let tokens: TokenService;
 
   beforeAll(async () => {
-    app = await createGuardApp(db.url, { platform, options: { jwt: JWT }, controllers: [GuardedController, PublicController, CookieController, RealmController, OwnRefusalController] });
+    app = await createGuardApp(db.url, {
+      platform,
+      options: { jwt: JWT },
+      controllers: [GuardedController, PublicController, CookieController, RealmController, OwnRefusalController],
+    });
     tokens = app.get(TokenService);
   });
 
@@ -177,7 +189,9 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
   it('answers 401 to forged tokens: another key, an edited payload, alg none in any case', async () => {
     await expect401(app, '/guarded', bearer(await sign({}, { secret: 'another-secret-that-is-at-least-32-bytes!' })), 'invalid token');
     const [header, payload, signature] = (await sign({ sub: 'alice' })).split('.');
-    const edited = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(payload, 'base64url').toString()), sub: 'admin' })).toString('base64url');
+    const edited = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(payload, 'base64url').toString()), sub: 'admin' })).toString(
+      'base64url',
+    );
     await expect401(app, '/guarded', bearer(`${header}.${edited}.${signature}`), 'invalid token');
     for (const token of unsignedTokenVariants({ iss: ISSUER, aud: AUDIENCE })) {
       await expect401(app, '/guarded', bearer(token), 'invalid token');
@@ -241,10 +255,12 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
     };
     expect(await challenge({})).toBe('Bearer');
     expect(await challenge({ Authorization: 'Basic YTpi' })).toBe('Bearer');
-    expect(await challenge(bearer(await sign({}, { secret: 'another-secret-that-is-at-least-32-bytes!' }))))
-      .toBe('Bearer error="invalid_token", error_description="invalid token"');
-    expect(await challenge(bearer(await sign({ exp: nowSeconds() - 10 }))))
-      .toBe('Bearer error="invalid_token", error_description="token expired"');
+    expect(await challenge(bearer(await sign({}, { secret: 'another-secret-that-is-at-least-32-bytes!' })))).toBe(
+      'Bearer error="invalid_token", error_description="invalid token"',
+    );
+    expect(await challenge(bearer(await sign({ exp: nowSeconds() - 10 })))).toBe(
+      'Bearer error="invalid_token", error_description="token expired"',
+    );
     const { token } = await tokens.issueToken({ subject: 'walter' });
     const admitted = await request(app.getHttpServer()).get('/guarded').set(bearer(token));
     expect({ status: admitted.status, challenge: admitted.headers['www-authenticate'] }).toEqual({ status: 200, challenge: undefined });
@@ -254,8 +270,10 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
 
   it('puts the realm of a subclass first in the challenge, quote-escaped', async () => {
     const missing = await request(app.getHttpServer()).get('/realm');
-    expect({ status: missing.status, challenge: missing.headers['www-authenticate'] })
-      .toEqual({ status: 401, challenge: 'Bearer realm="the \\"inner\\" api\\\\v2"' });
+    expect({ status: missing.status, challenge: missing.headers['www-authenticate'] }).toEqual({
+      status: 401,
+      challenge: 'Bearer realm="the \\"inner\\" api\\\\v2"',
+    });
     const forged = await request(app.getHttpServer()).get('/realm').set(bearer('garbage'));
     expect({ status: forged.status, challenge: forged.headers['www-authenticate'], message: forged.body.message }).toEqual({
       status: 401,
@@ -267,7 +285,9 @@ describe.each(PLATFORMS)('RevokedTokenGuard over HTTP on %s', (platform: Platfor
   });
 
   it('sends the 401 body and challenge a subclass makes in throwUnauthorized(), for every refusal', async () => {
-    const expired = await request(app.getHttpServer()).get('/own-refusal').set(bearer(await sign({ exp: nowSeconds() - 10 })));
+    const expired = await request(app.getHttpServer())
+      .get('/own-refusal')
+      .set(bearer(await sign({ exp: nowSeconds() - 10 })));
     expect({ status: expired.status, body: expired.body, challenge: expired.headers['www-authenticate'] }).toEqual({
       status: 401,
       body: { statusCode: 401, code: 'SESSION_INVALID', message: 'please sign in again', reason: 'token expired' },
@@ -410,13 +430,20 @@ describe('tokens from other issuers', () => {
       const fromService = (await app.get(TokenService).issueToken({ subject: 'svc' })).token;
       const fromJose = await new SignJWT({ sub: 'jose', jti: randomUUID() })
         .setProtectedHeader({ alg: 'HS512' })
-        .setIssuer(ISSUER).setAudience(AUDIENCE).setIssuedAt().setExpirationTime('5m')
+        .setIssuer(ISSUER)
+        .setAudience(AUDIENCE)
+        .setIssuedAt()
+        .setExpirationTime('5m')
         .sign(new TextEncoder().encode(TEST_SECRET));
       const fromNestJwt = await new JwtService({ secret: TEST_SECRET }).signAsync(
         { sub: 'nestjwt' },
         { jwtid: randomUUID(), issuer: ISSUER, audience: AUDIENCE, expiresIn: '5m' },
       );
-      for (const [token, sub] of [[fromService, 'svc'], [fromJose, 'jose'], [fromNestJwt, 'nestjwt']] as const) {
+      for (const [token, sub] of [
+        [fromService, 'svc'],
+        [fromJose, 'jose'],
+        [fromNestJwt, 'nestjwt'],
+      ] as const) {
         const res = await request(app.getHttpServer()).get('/guarded').set(bearer(token));
         expect({ status: res.status, sub: res.body.sub }).toEqual({ status: 200, sub });
       }
@@ -446,15 +473,27 @@ describe('tokens from other issuers', () => {
     it('admits RS256 tokens from all three issuers and refuses HS256 signed with the public key', async () => {
       const fromService = (await app.get(TokenService).issueToken({ subject: 'svc' })).token;
       const fromJose = await new SignJWT({ sub: 'jose', jti: randomUUID() })
-        .setProtectedHeader({ alg: 'RS256' }).setIssuedAt().setExpirationTime('5m').sign(rsa.privateKey);
-      const fromNestJwt = await new JwtService({ privateKey: privatePem, signOptions: { algorithm: 'RS256' } })
-        .signAsync({ sub: 'nestjwt' }, { jwtid: randomUUID(), expiresIn: '5m' });
-      for (const [token, sub] of [[fromService, 'svc'], [fromJose, 'jose'], [fromNestJwt, 'nestjwt']] as const) {
+        .setProtectedHeader({ alg: 'RS256' })
+        .setIssuedAt()
+        .setExpirationTime('5m')
+        .sign(rsa.privateKey);
+      const fromNestJwt = await new JwtService({ privateKey: privatePem, signOptions: { algorithm: 'RS256' } }).signAsync(
+        { sub: 'nestjwt' },
+        { jwtid: randomUUID(), expiresIn: '5m' },
+      );
+      for (const [token, sub] of [
+        [fromService, 'svc'],
+        [fromJose, 'jose'],
+        [fromNestJwt, 'nestjwt'],
+      ] as const) {
         const res = await request(app.getHttpServer()).get('/guarded').set(bearer(token));
         expect({ status: res.status, sub: res.body.sub }).toEqual({ status: 200, sub });
       }
       const confused = await new SignJWT({ sub: 'mallory', jti: randomUUID() })
-        .setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setExpirationTime('5m').sign(new TextEncoder().encode(publicPem));
+        .setProtectedHeader({ alg: 'HS256' })
+        .setIssuedAt()
+        .setExpirationTime('5m')
+        .sign(new TextEncoder().encode(publicPem));
       await expect401(app, '/guarded', bearer(confused), 'invalid token');
     });
   });
@@ -492,15 +531,25 @@ describe('with a remote JWKS', () => {
     await new Promise((resolve) => jwks.close(resolve));
   });
 
-  const signRs256 = (kid = 'k1') => new SignJWT({ sub: 'remote', jti: randomUUID() })
-    .setProtectedHeader({ alg: 'RS256', kid }).setIssuedAt().setExpirationTime('5m').sign(rsa.privateKey);
+  const signRs256 = (kid = 'k1') =>
+    new SignJWT({ sub: 'remote', jti: randomUUID() })
+      .setProtectedHeader({ alg: 'RS256', kid })
+      .setIssuedAt()
+      .setExpirationTime('5m')
+      .sign(rsa.privateKey);
 
   it.each(PLATFORMS)('admits tokens signed by a key of the JWKS, fetching it once, on %s', async (platform: Platform) => {
-    const app = await createGuardApp(db.url, { platform, options: { jwt: { secret: undefined, jwksUri } }, controllers: [GuardedController] });
+    const app = await createGuardApp(db.url, {
+      platform,
+      options: { jwt: { secret: undefined, jwksUri } },
+      controllers: [GuardedController],
+    });
     try {
       const before = jwksRequests;
       for (let i = 0; i < 3; i++) {
-        const res = await request(app.getHttpServer()).get('/guarded').set(bearer(await signRs256()));
+        const res = await request(app.getHttpServer())
+          .get('/guarded')
+          .set(bearer(await signRs256()));
         expect({ status: res.status, sub: res.body.sub }).toEqual({ status: 200, sub: 'remote' });
       }
       expect(jwksRequests - before).toBe(1);
@@ -511,10 +560,16 @@ describe('with a remote JWKS', () => {
   });
 
   it.each(PLATFORMS)('answers 503 when the JWKS cannot be fetched, on %s', async (platform: Platform) => {
-    const app = await createGuardApp(db.url, { platform, options: { jwt: { secret: undefined, jwksUri: closedUri } }, controllers: [GuardedController] });
+    const app = await createGuardApp(db.url, {
+      platform,
+      options: { jwt: { secret: undefined, jwksUri: closedUri } },
+      controllers: [GuardedController],
+    });
     const logged = jest.spyOn(Logger.prototype, 'error');
     try {
-      const res = await request(app.getHttpServer()).get('/guarded').set(bearer(await signRs256()));
+      const res = await request(app.getHttpServer())
+        .get('/guarded')
+        .set(bearer(await signRs256()));
       expect({ status: res.status, body: res.body }).toEqual({
         status: 503,
         body: { statusCode: 503, error: 'Service Unavailable', message: 'token keys unavailable' },
@@ -529,16 +584,26 @@ describe('with a remote JWKS', () => {
   });
 
   it('logs a JWKS outage at its first refusal, counts the others, and logs its end once', async () => {
-    const app = await createGuardApp(db.url, { platform: 'express', options: { jwt: { secret: undefined, jwksUri } }, controllers: [GuardedController] });
+    const app = await createGuardApp(db.url, {
+      platform: 'express',
+      options: { jwt: { secret: undefined, jwksUri } },
+      controllers: [GuardedController],
+    });
     const errors = jest.spyOn(Logger.prototype, 'error');
     const infos = jest.spyOn(Logger.prototype, 'log');
     const lines = (spy: typeof errors) => spy.mock.calls.map((args) => String(args[0]));
     jwksDown = true;
     try {
       const token = await signRs256();
-      const get = () => request(app.getHttpServer()).get('/guarded').set(bearer(token)).then((res) => res.status);
+      const get = () =>
+        request(app.getHttpServer())
+          .get('/guarded')
+          .set(bearer(token))
+          .then((res) => res.status);
       expect(await Promise.all(Array.from({ length: 20 }, get))).toEqual(Array(20).fill(503));
-      expect(lines(errors)).toEqual([expect.stringMatching(/^token keys unavailable \(.+\), answering 503: TokenResourceUnavailableError: the JWKS at /)]);
+      expect(lines(errors)).toEqual([
+        expect.stringMatching(/^token keys unavailable \(.+\), answering 503: TokenResourceUnavailableError: the JWKS at /),
+      ]);
       jwksDown = false;
       expect(await get()).toBe(200);
       expect(lines(infos).filter((line) => line.includes('available again'))).toEqual([
@@ -576,7 +641,9 @@ describe('store round trips', () => {
     const spy = jest.spyOn(pg.Client.prototype, 'query');
     try {
       await work();
-      return spy.mock.calls.map(([query]) => (typeof query === 'string' ? query : (query as { name?: string; text?: string }).name ?? (query as { text: string }).text));
+      return spy.mock.calls.map(([query]) =>
+        typeof query === 'string' ? query : ((query as { name?: string; text?: string }).name ?? (query as { text: string }).text),
+      );
     } finally {
       spy.mockRestore();
     }

@@ -57,18 +57,27 @@ const METHODS: Method[] = [
 
 const BAD_TOKENS: Array<[string, () => Promise<string | string[]>]> = [
   ['signed with another secret', () => signToken({ iss: ISSUER, aud: AUDIENCE }, { secret: 'some-other-secret-of-the-same-length!!!!' })],
-  ['tampered after signing', async () => {
-    const token = await good();
-    const [header, payload, signature] = token.split('.');
-    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString());
-    return `${header}.${Buffer.from(JSON.stringify({ ...claims, sub: 'admin' })).toString('base64url')}.${signature}`;
-  }],
+  [
+    'tampered after signing',
+    async () => {
+      const token = await good();
+      const [header, payload, signature] = token.split('.');
+      const claims = JSON.parse(Buffer.from(payload, 'base64url').toString());
+      return `${header}.${Buffer.from(JSON.stringify({ ...claims, sub: 'admin' })).toString('base64url')}.${signature}`;
+    },
+  ],
   ['tampered (no iss/aud)', () => tamperedToken()],
-  ['alg none', () => Promise.resolve([unsignedToken({ iss: ISSUER, aud: AUDIENCE }), ...unsignedTokenVariants({ iss: ISSUER, aud: AUDIENCE })])],
-  ['alg none with the real signature kept', async () => {
-    const [, payload, signature] = (await good()).split('.');
-    return `${Buffer.from(JSON.stringify({ alg: 'none' })).toString('base64url')}.${payload}.${signature}`;
-  }],
+  [
+    'alg none',
+    () => Promise.resolve([unsignedToken({ iss: ISSUER, aud: AUDIENCE }), ...unsignedTokenVariants({ iss: ISSUER, aud: AUDIENCE })]),
+  ],
+  [
+    'alg none with the real signature kept',
+    async () => {
+      const [, payload, signature] = (await good()).split('.');
+      return `${Buffer.from(JSON.stringify({ alg: 'none' })).toString('base64url')}.${payload}.${signature}`;
+    },
+  ],
   ['malformed', () => Promise.resolve(MALFORMED_TOKENS)],
   ['not a string', () => Promise.resolve([null, 42, {}] as unknown as string[])],
   ['wrong issuer', () => good({ iss: 'https://evil.test' })],
@@ -114,12 +123,17 @@ describe('the same checks pass for a trusted token', () => {
 });
 
 describe('a token of the right signature but the wrong claims cannot poison a real row', () => {
-  it('a forged token with a victim\'s jti neither revokes nor overwrites the victim\'s row', async () => {
+  it("a forged token with a victim's jti neither revokes nor overwrites the victim's row", async () => {
     const victim = await good({ jti: 'victim-jti', sub: 'victim' });
     await tokens.storeToken({ token: victim, purpose: 'user', extraData: { device: 'phone' } });
-    const forged = await signToken({ jti: 'victim-jti', sub: 'attacker', iss: ISSUER, aud: AUDIENCE }, { secret: 'not-the-secret-not-the-secret-not-the-secret' });
+    const forged = await signToken(
+      { jti: 'victim-jti', sub: 'attacker', iss: ISSUER, aud: AUDIENCE },
+      { secret: 'not-the-secret-not-the-secret-not-the-secret' },
+    );
     await expect(tokens.revoke(forged)).rejects.toBeInstanceOf(InvalidTokenError);
-    await expect(tokens.storeToken({ token: forged, purpose: 'user', extraData: { device: 'evil' } })).rejects.toBeInstanceOf(InvalidTokenError);
+    await expect(tokens.storeToken({ token: forged, purpose: 'user', extraData: { device: 'evil' } })).rejects.toBeInstanceOf(
+      InvalidTokenError,
+    );
     const row = await tokens.getToken({ jti: 'victim-jti' });
     expect(row?.subject).toBe('victim');
     expect(row?.purpose).toBe('user');

@@ -45,8 +45,10 @@ async function withAppClock(offsetMs: number, work: () => Promise<void>): Promis
 it('the marker expires markerLifetime after the later of the two clocks: it outlives the tokens it revokes, and the expunger keeps it', async () => {
   const tokens = app.get(TokenService);
   const logOut = app.get(LogOutEverywhereService);
-  const markerOf = async (subject: string) => (await dataSourceOf(app).query(
-    'SELECT expires_at, extra_data, now() AS db_now FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]))[0];
+  const markerOf = async (subject: string) =>
+    (
+      await dataSourceOf(app).query('SELECT expires_at, extra_data, now() AS db_now FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)])
+    )[0];
 
   await withAppClock(+AHEAD_MS, async () => {
     // The longest-lived token the module issues: exactly markerLifetime.

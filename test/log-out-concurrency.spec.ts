@@ -66,7 +66,9 @@ interface Outcome {
 
 async function race(issued: Array<{ token: string }>, logOutCall: (i: number) => Promise<number>): Promise<Outcome> {
   let open!: () => void;
-  const gate = new Promise<void>((resolve) => { open = resolve; });
+  const gate = new Promise<void>((resolve) => {
+    open = resolve;
+  });
   // The log-outs start staggered over a few milliseconds, so that they land in the
   // middle of the revokes rather than all before them.
   const logOuts = Array.from({ length: LOG_OUTS }, (_, i) => gate.then(() => sleep(2 * i)).then(() => logOutCall(i)));
@@ -89,7 +91,9 @@ async function race(issued: Array<{ token: string }>, logOutCall: (i: number) =>
 }
 
 async function expectEveryTokenRevokedOnce(subject: string, issued: Array<{ jti: string; token: string }>): Promise<void> {
-  const rows: Array<{ jti: string; purpose: string }> = await dataSource.query('SELECT jti, purpose FROM tokens WHERE subject = $1', [subject]);
+  const rows: Array<{ jti: string; purpose: string }> = await dataSource.query('SELECT jti, purpose FROM tokens WHERE subject = $1', [
+    subject,
+  ]);
   // One row per token (plus the marker), each a revocation.
   expect(rows).toHaveLength(TOKENS + 1);
   const byJti = new Map(rows.map((row) => [row.jti, row.purpose]));
@@ -104,37 +108,49 @@ async function issueMany(subject: string): Promise<Array<{ jti: string; token: s
   return issued;
 }
 
-it.each([1, 2, 3])('log-outs in autocommit racing revokes (round %i): each token revoked exactly once, no errors', async (round) => {
-  const subject = `racer-autocommit-${round}`;
-  const issued = await issueMany(subject);
-  const outcome = await race(issued, () => logOut.logOutEverywhere(subject));
-  totals.push(outcome);
-  expect(outcome.unexpected).toEqual([]);
-  // Exactly one winner per token: a revoke, or one of the log-outs.
-  expect(outcome.revokedByLogOuts + outcome.revokesWon).toBe(TOKENS);
-  expect(outcome.revokesWon + outcome.revokesLost).toBe(2 * TOKENS);
-  await expectEveryTokenRevokedOnce(subject, issued);
-}, 60_000);
+it.each([1, 2, 3])(
+  'log-outs in autocommit racing revokes (round %i): each token revoked exactly once, no errors',
+  async (round) => {
+    const subject = `racer-autocommit-${round}`;
+    const issued = await issueMany(subject);
+    const outcome = await race(issued, () => logOut.logOutEverywhere(subject));
+    totals.push(outcome);
+    expect(outcome.unexpected).toEqual([]);
+    // Exactly one winner per token: a revoke, or one of the log-outs.
+    expect(outcome.revokedByLogOuts + outcome.revokesWon).toBe(TOKENS);
+    expect(outcome.revokesWon + outcome.revokesLost).toBe(2 * TOKENS);
+    await expectEveryTokenRevokedOnce(subject, issued);
+  },
+  60_000,
+);
 
-it.each([1, 2, 3])('log-outs inside callers\' transactions racing revokes (round %i)', async (round) => {
-  const subject = `racer-transaction-${round}`;
-  const issued = await issueMany(subject);
-  const outcome = await race(issued, (i) => dataSource.transaction(async (manager) => {
-    // Half the callers hold a lock of their own first, like a password change would.
-    if (i % 2 === 0) await manager.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`other-work-${i}`]);
-    return logOut.logOutEverywhere(subject, { manager });
-  }));
-  totals.push(outcome);
-  expect(outcome.unexpected).toEqual([]);
-  expect(outcome.revokedByLogOuts + outcome.revokesWon).toBe(TOKENS);
-  await expectEveryTokenRevokedOnce(subject, issued);
-}, 60_000);
+it.each([1, 2, 3])(
+  "log-outs inside callers' transactions racing revokes (round %i)",
+  async (round) => {
+    const subject = `racer-transaction-${round}`;
+    const issued = await issueMany(subject);
+    const outcome = await race(issued, (i) =>
+      dataSource.transaction(async (manager) => {
+        // Half the callers hold a lock of their own first, like a password change would.
+        if (i % 2 === 0) await manager.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`other-work-${i}`]);
+        return logOut.logOutEverywhere(subject, { manager });
+      }),
+    );
+    totals.push(outcome);
+    expect(outcome.unexpected).toEqual([]);
+    expect(outcome.revokedByLogOuts + outcome.revokesWon).toBe(TOKENS);
+    await expectEveryTokenRevokedOnce(subject, issued);
+  },
+  60_000,
+);
 
 it('"log out my other devices" from several devices at once: together they revoke every token', async () => {
   const subject = 'racer-except';
   const issued = await issueMany(subject);
   let open!: () => void;
-  const gate = new Promise<void>((resolve) => { open = resolve; });
+  const gate = new Promise<void>((resolve) => {
+    open = resolve;
+  });
   const calls = issued.slice(0, LOG_OUTS).map(({ jti }) => gate.then(() => logOut.logOutEverywhere(subject, { exceptJti: jti })));
   open();
   const counts = await Promise.all(calls);
@@ -144,7 +160,8 @@ it('"log out my other devices" from several devices at once: together they revok
   await expectEveryTokenRevokedOnce(subject, issued);
   // The marker excepts the last caller's token, but remembers that earlier log-outs
   // revoked it, so it does not come back to life there either.
-  const { levels } = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [`log-out-everywhere:${subject}`]))[0].extra_data;
+  const { levels } = (await dataSource.query('SELECT extra_data FROM tokens WHERE jti = $1', [`log-out-everywhere:${subject}`]))[0]
+    .extra_data;
   // One purpose filter, so one level.
   expect(Object.keys(levels)).toHaveLength(1);
   const marker: LogOutLevel = Object.values<LogOutLevel>(levels)[0];
@@ -161,7 +178,9 @@ it('concurrent log-outs with different purpose filters: each filter keeps its ow
     const iat = Date.now() / 1000;
     return codec.sign({ sub: subject, jti: randomUUID(), iat, exp: Math.floor(iat) + 3600 });
   };
-  const stored = await Promise.all(['a', 'b', 'user', 'other'].flatMap((purpose) => [1, 2, 3].map(() => tokens.issueToken({ subject, purpose }))));
+  const stored = await Promise.all(
+    ['a', 'b', 'user', 'other'].flatMap((purpose) => [1, 2, 3].map(() => tokens.issueToken({ subject, purpose }))),
+  );
   const kept = await tokens.issueToken({ subject });
   // Three filters, disjoint on the purposes 'a', 'b' and everything else: a token stored
   // later as 'a' can only be revoked by the first level, and so on.
@@ -182,8 +201,10 @@ it('concurrent log-outs with different purpose filters: each filter keeps its ow
   try {
     await blocker.startTransaction();
     const [{ pid }] = await blocker.query('SELECT pg_backend_pid() AS pid');
-    await blocker.query(`INSERT INTO tokens (jti, subject, expires_at, purpose) VALUES ($1, $2, now() + interval '1 day', 'placeholder')`,
-      [`log-out-everywhere:${subject}`, subject]);
+    await blocker.query(`INSERT INTO tokens (jti, subject, expires_at, purpose) VALUES ($1, $2, now() + interval '1 day', 'placeholder')`, [
+      `log-out-everywhere:${subject}`,
+      subject,
+    ]);
     openedAt = Date.now();
     const calls = Array.from({ length: 8 * filters.length }, (_, i) => {
       const options = filters[i % filters.length];
@@ -192,8 +213,9 @@ it('concurrent log-outs with different purpose filters: each filter keeps its ow
         ? logOut.logOutEverywhere(subject, options)
         : dataSource.transaction((manager) => logOut.logOutEverywhere(subject, { ...options, manager }));
     });
-    const waiting = async () => (await dataSource.query(
-      'SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))', [pid]))[0].n as number;
+    const waiting = async () =>
+      (await dataSource.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))', [pid]))[0]
+        .n as number;
     // Every call is in flight in the database at once, not merely pending in the pool.
     await waitFor(async () => (await waiting()) === calls.length, 10_000, `all ${calls.length} log-outs to wait in PostgreSQL`);
     await blocker.rollbackTransaction();
@@ -207,7 +229,9 @@ it('concurrent log-outs with different purpose filters: each filter keeps its ow
   // Every stored token the filters cover was revoked exactly once, the kept one not at all.
   expect(counts.reduce((sum, count) => sum + count, 0)).toBe(stored.length);
   const rows: Array<{ jti: string; purpose: string; extra_data: { levels: Record<string, LogOutLevel> } | null }> = await dataSource.query(
-    'SELECT jti, purpose, extra_data FROM tokens WHERE subject = $1', [subject]);
+    'SELECT jti, purpose, extra_data FROM tokens WHERE subject = $1',
+    [subject],
+  );
   const byJti = new Map(rows.map((row) => [row.jti, row.purpose]));
   for (const { jti } of stored) expect(byJti.get(jti)).toBe(REVOCATION_PURPOSE);
   expect(byJti.get(kept.jti)).toBe('user');
@@ -223,11 +247,13 @@ it('concurrent log-outs with different purpose filters: each filter keeps its ow
   const markers = rows.filter((row) => row.purpose === LOG_OUT_EVERYWHERE_PURPOSE);
   expect(markers).toHaveLength(1);
   const levels = Object.values(markers[0].extra_data!.levels);
-  expect(levels.map(({ includePurposes, excludePurposes }) => ({ includePurposes, excludePurposes }))).toEqual(expect.arrayContaining([
-    { includePurposes: ['a'], excludePurposes: ['revocation'] },
-    { includePurposes: ['b'], excludePurposes: [] },
-    { includePurposes: undefined, excludePurposes: ['a', 'b', 'revocation'] },
-  ]));
+  expect(levels.map(({ includePurposes, excludePurposes }) => ({ includePurposes, excludePurposes }))).toEqual(
+    expect.arrayContaining([
+      { includePurposes: ['a'], excludePurposes: ['revocation'] },
+      { includePurposes: ['b'], excludePurposes: [] },
+      { includePurposes: undefined, excludePurposes: ['a', 'b', 'revocation'] },
+    ]),
+  );
   expect(levels).toHaveLength(3);
   for (const level of levels) {
     expect(level.at).toBeGreaterThanOrEqual(openedAt);

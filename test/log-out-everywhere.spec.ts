@@ -23,7 +23,9 @@ let unstored: { tokens: TokenService; logOut: LogOutEverywhereService };
 let dataSource: DataSource;
 
 async function purposesOf(subject: string): Promise<Record<string, string>> {
-  const rows: Array<{ jti: string; purpose: string }> = await dataSource.query('SELECT jti, purpose FROM tokens WHERE subject = $1', [subject]);
+  const rows: Array<{ jti: string; purpose: string }> = await dataSource.query('SELECT jti, purpose FROM tokens WHERE subject = $1', [
+    subject,
+  ]);
   return Object.fromEntries(rows.map((row) => [row.jti, row.purpose]));
 }
 
@@ -68,7 +70,9 @@ describe('stored tokens', () => {
   it('revokes every stored token of the subject, of every purpose, and none of another subject', async () => {
     const alice = uniqueSubject();
     const bob = uniqueSubject();
-    const aliceTokens = await Promise.all(['user', 'user', 'remember_me', 'confirm'].map((purpose) => stored.tokens.issueToken({ subject: alice, purpose })));
+    const aliceTokens = await Promise.all(
+      ['user', 'user', 'remember_me', 'confirm'].map((purpose) => stored.tokens.issueToken({ subject: alice, purpose })),
+    );
     const bobTokens = await Promise.all(['user', 'remember_me'].map((purpose) => stored.tokens.issueToken({ subject: bob, purpose })));
     const alreadyRevoked = await stored.tokens.issueToken({ subject: alice });
     await stored.tokens.revoke(alreadyRevoked.token);
@@ -164,9 +168,15 @@ describe('stored tokens', () => {
     await stored.logOut.logOutEverywhere(subject);
     const revoked = await stored.tokens.issueToken({ subject });
     await stored.tokens.revoke(revoked.token);
-    const count = await stored.logOut.logOutEverywhere(subject, { includePurposes: [REVOCATION_PURPOSE, LOG_OUT_EVERYWHERE_PURPOSE], excludePurposes: [] });
+    const count = await stored.logOut.logOutEverywhere(subject, {
+      includePurposes: [REVOCATION_PURPOSE, LOG_OUT_EVERYWHERE_PURPOSE],
+      excludePurposes: [],
+    });
     expect(count).toBe(0);
-    expect(await purposesOf(subject)).toEqual({ [revoked.jti]: REVOCATION_PURPOSE, [logOutMarkerJti(subject)]: LOG_OUT_EVERYWHERE_PURPOSE });
+    expect(await purposesOf(subject)).toEqual({
+      [revoked.jti]: REVOCATION_PURPOSE,
+      [logOutMarkerJti(subject)]: LOG_OUT_EVERYWHERE_PURPOSE,
+    });
   });
 
   it('exceptJti keeps the current token valid and revokes the others', async () => {
@@ -179,7 +189,7 @@ describe('stored tokens', () => {
     for (const other of others) expect(await stored.tokens.tokenRevoked(other.token)).toBe(true);
   });
 
-  it('joins the caller\'s transaction: rolled back, nothing is revoked', async () => {
+  it("joins the caller's transaction: rolled back, nothing is revoked", async () => {
     const subject = uniqueSubject();
     const token = await stored.tokens.issueToken({ subject });
     await dataSource.transaction(async (manager) => {
@@ -193,26 +203,32 @@ describe('stored tokens', () => {
 
     const secondSubject = uniqueSubject();
     const second = await stored.tokens.issueToken({ subject: secondSubject });
-    await expect(dataSource.transaction(async (manager) => {
-      await stored.logOut.logOutEverywhere(secondSubject, { manager });
-      throw new Error('roll back');
-    })).rejects.toThrow('roll back');
-    expect((await purposesOf(secondSubject))).toEqual({ [second.jti]: 'user' });
+    await expect(
+      dataSource.transaction(async (manager) => {
+        await stored.logOut.logOutEverywhere(secondSubject, { manager });
+        throw new Error('roll back');
+      }),
+    ).rejects.toThrow('roll back');
+    expect(await purposesOf(secondSubject)).toEqual({ [second.jti]: 'user' });
     expect(await stored.tokens.tokenRevoked(second.token)).toBe(false);
   });
 
-  it('repeatAfterCommit: logs out again once the caller\'s transaction commits; by default it does not', async () => {
+  it("repeatAfterCommit: logs out again once the caller's transaction commits; by default it does not", async () => {
     for (const repeatAfterCommit of [true, undefined]) {
       const subject = uniqueSubject();
       const pending = await dataSource.transaction(async (manager) => {
         await stored.logOut.logOutEverywhere(subject, { manager, repeatAfterCommit });
-        const [{ extra_data: inTransaction }] = await manager.query('SELECT extra_data FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]);
+        const [{ extra_data: inTransaction }] = await manager.query('SELECT extra_data FROM tokens WHERE jti = $1', [
+          logOutMarkerJti(subject),
+        ]);
         await clockPast((Object.values(inTransaction.levels)[0] as LogOutLevel).at);
         // Issued on another connection while the log-out is not committed yet.
         return unstored.tokens.issueToken({ subject });
       });
-      expect({ repeatAfterCommit, revoked: await unstored.tokens.tokenRevoked(pending.token) })
-        .toEqual({ repeatAfterCommit, revoked: repeatAfterCommit === true });
+      expect({ repeatAfterCommit, revoked: await unstored.tokens.tokenRevoked(pending.token) }).toEqual({
+        repeatAfterCommit,
+        revoked: repeatAfterCommit === true,
+      });
     }
   });
 
@@ -243,7 +259,7 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
     expect(await unstored.tokens.tokenRevoked(other.token)).toBe(false);
   });
 
-  it('a whole-second iat in the log-out\'s own second counts as revoked; the next second does not', async () => {
+  it("a whole-second iat in the log-out's own second counts as revoked; the next second does not", async () => {
     const subject = uniqueSubject();
     await unstored.logOut.logOutEverywhere(subject);
     const { at } = await onlyLevelOf(subject);
@@ -324,9 +340,12 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
       const kept = (await dataSource.query('SELECT expires_at FROM tokens WHERE jti = $1', [logOutMarkerJti(subject)]))[0];
       expect(new Date(kept.expires_at).getTime()).toBe(new Date(long.expires_at).getTime());
       // A marker written by an instance whose clock is behind does not move `at` back.
-      await dataSource.query(`
+      await dataSource.query(
+        `
         UPDATE tokens SET extra_data = jsonb_set(extra_data, ARRAY['levels', (SELECT jsonb_object_keys(extra_data->'levels') LIMIT 1), 'at'], to_jsonb($2::float8))
-         WHERE jti = $1`, [logOutMarkerJti(subject), Date.now() + 60_000]);
+         WHERE jti = $1`,
+        [logOutMarkerJti(subject), Date.now() + 60_000],
+      );
       await unstored.logOut.logOutEverywhere(subject);
       const marker = await onlyLevelOf(subject);
       expect(marker.at).toBeGreaterThan(Date.now() + 50_000);
@@ -347,7 +366,9 @@ describe('with the marker cache on, a log-out inside a transaction takes effect 
 
   beforeAll(async () => {
     // A bound far longer than the test: the cache stays fresh while its listener is held.
-    cachedApp = await createTokenApp(db.url, { options: { expunge: { enabled: false }, logOutMarkerCache: { enabled: true, maxStalenessMs: 60_000 } } });
+    cachedApp = await createTokenApp(db.url, {
+      options: { expunge: { enabled: false }, logOutMarkerCache: { enabled: true, maxStalenessMs: 60_000 } },
+    });
     const cache = cachedApp.get(LogOutMarkerCache);
     await waitFor(() => cache.fresh, 10_000, 'the marker cache to be fresh');
     // Its own notification must not be what it relies on: stop reading the listener's socket.
@@ -360,22 +381,25 @@ describe('with the marker cache on, a log-out inside a transaction takes effect 
     await cachedApp?.close();
   });
 
-  it.each(['the transaction', 'a released savepoint'])('log-out in %s, a check before the commit re-caches "no marker", the commit drops it', async (where) => {
-    const tokens = cachedApp.get(TokenService);
-    const logOut = cachedApp.get(LogOutEverywhereService);
-    const subject = uniqueSubject();
-    const { token } = await tokens.issueToken({ subject });
-    expect(await tokens.tokenRevoked(token)).toBe(false);
-    await dataSourceOf(cachedApp).transaction(async (manager) => {
-      if (where === 'the transaction') await logOut.logOutEverywhere(subject, { manager });
-      else await manager.transaction((savepoint) => logOut.logOutEverywhere(subject, { manager: savepoint }));
-      // Not committed: a check on another connection reads the old state, and caches it.
+  it.each(['the transaction', 'a released savepoint'])(
+    'log-out in %s, a check before the commit re-caches "no marker", the commit drops it',
+    async (where) => {
+      const tokens = cachedApp.get(TokenService);
+      const logOut = cachedApp.get(LogOutEverywhereService);
+      const subject = uniqueSubject();
+      const { token } = await tokens.issueToken({ subject });
       expect(await tokens.tokenRevoked(token)).toBe(false);
-      expect(cachedApp.get(LogOutMarkerCache).lookup(subject)).toBeNull();
-    });
-    expect(cachedApp.get(LogOutMarkerCache).fresh).toBe(true);
-    expect(await tokens.tokenRevoked(token)).toBe(true);
-  });
+      await dataSourceOf(cachedApp).transaction(async (manager) => {
+        if (where === 'the transaction') await logOut.logOutEverywhere(subject, { manager });
+        else await manager.transaction((savepoint) => logOut.logOutEverywhere(subject, { manager: savepoint }));
+        // Not committed: a check on another connection reads the old state, and caches it.
+        expect(await tokens.tokenRevoked(token)).toBe(false);
+        expect(cachedApp.get(LogOutMarkerCache).lookup(subject)).toBeNull();
+      });
+      expect(cachedApp.get(LogOutMarkerCache).fresh).toBe(true);
+      expect(await tokens.tokenRevoked(token)).toBe(true);
+    },
+  );
 });
 
 describe('several log-out levels combine, never replace each other', () => {
@@ -462,7 +486,7 @@ describe('several log-out levels combine, never replace each other', () => {
 describe('logOutMarkerRevokes', () => {
   const at = 1_763_900_000_123;
   const oneLevel = { levels: { all: { at } } };
-  it('is exact to the millisecond for issueToken\'s fractional iat, despite float rounding', () => {
+  it("is exact to the millisecond for issueToken's fractional iat, despite float rounding", () => {
     expect(logOutMarkerRevokes(oneLevel, 'j', at / 1000)).toBe(true);
     expect(logOutMarkerRevokes(oneLevel, 'j', (at - 1) / 1000)).toBe(true);
     expect(logOutMarkerRevokes(oneLevel, 'j', (at + 1) / 1000)).toBe(false);

@@ -61,8 +61,17 @@ async function freshCache(app: INestApplication): Promise<LogOutMarkerCache> {
 function holdFirst(store: TokenStore, name: string, where: 'before it is sent' | 'once it is answered') {
   const query = store.query.bind(store);
   let release!: () => void;
-  const gate = new Promise<void>((resolve) => { release = resolve; });
-  const state = { reached: false, release: () => release(), restore: () => { release(); spy.mockRestore(); } };
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const state = {
+    reached: false,
+    release: () => release(),
+    restore: () => {
+      release();
+      spy.mockRestore();
+    },
+  };
   const spy = jest.spyOn(store, 'query').mockImplementation(async (statement, values) => {
     const mine = statement.name.startsWith(name) && !state.reached;
     if (mine && where === 'before it is sent') {
@@ -104,7 +113,9 @@ describe('LogOutMarkerCache', () => {
   it('listens on one connection per instance and answers repeat checks with the one-key probe', async () => {
     await freshCache(here);
     const listening = await dataSourceOf(here).query(
-      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`, [LISTENER_APPLICATION_NAME]);
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1`,
+      [LISTENER_APPLICATION_NAME],
+    );
     expect(listening[0].n).toBe(2);
 
     const tokens = here.get(TokenService);
@@ -191,10 +202,12 @@ describe('LogOutMarkerCache', () => {
     expect(await tokensThere.tokenRevoked(b)).toBe(false);
 
     const logOut = here.get(LogOutEverywhereService);
-    await expect(dataSourceOf(here).transaction(async (manager) => {
-      await logOut.logOutEverywhere(rolledBack, { manager });
-      throw new Error('roll back');
-    })).rejects.toThrow('roll back');
+    await expect(
+      dataSourceOf(here).transaction(async (manager) => {
+        await logOut.logOutEverywhere(rolledBack, { manager });
+        throw new Error('roll back');
+      }),
+    ).rejects.toThrow('roll back');
     await dataSourceOf(here).transaction(async (manager) => {
       await logOut.logOutEverywhere(committed, { manager });
       // Not committed yet: the other instance must still say "not revoked", from its cache or not.
@@ -251,8 +264,11 @@ describe('LogOutMarkerCache', () => {
       expect(cache.lookup(user)).toBeNull();
     }
     // One transaction: delivered in this order, so once the last is heard the others were.
-    await dataSourceOf(here).query('SELECT pg_notify($1, \'\'), pg_notify($1, $2), pg_notify($1, $3)',
-      [here.get(TokenStore).logOutChannel, 'x'.repeat(7000), announced]);
+    await dataSourceOf(here).query("SELECT pg_notify($1, ''), pg_notify($1, $2), pg_notify($1, $3)", [
+      here.get(TokenStore).logOutChannel,
+      'x'.repeat(7000),
+      announced,
+    ]);
     await waitFor(() => cache.lookup(announced) === undefined, MAX_STALENESS_MS, 'the announcement to be heard');
     expect(cache.lookup(kept)).toBeNull();
   });
@@ -316,7 +332,12 @@ describe('LogOutMarkerCache', () => {
     try {
       await here.get(LogOutEverywhereService).logOutEverywhere(user);
       const committedAt = Date.now();
-      await waitFor(async () => tokensThere.tokenRevoked(token), 10 * SHORT_BOUND_MS + MARGIN_MS, 'the silent instance to see the log-out', 5);
+      await waitFor(
+        async () => tokensThere.tokenRevoked(token),
+        10 * SHORT_BOUND_MS + MARGIN_MS,
+        'the silent instance to see the log-out',
+        5,
+      );
       expect(Date.now() - committedAt).toBeLessThanOrEqual(SHORT_BOUND_MS + MARGIN_MS);
       expect(cache.fresh).toBe(false);
     } finally {
@@ -326,7 +347,10 @@ describe('LogOutMarkerCache', () => {
   });
 
   it('trusts what it read about a subject for at most maxEntryAgeMs, which bounds unannounced markers', async () => {
-    const aged = await instance({ ...CACHED, logOutMarkerCache: { enabled: true, maxStalenessMs: SHORT_BOUND_MS, maxEntryAgeMs: SHORT_BOUND_MS } });
+    const aged = await instance({
+      ...CACHED,
+      logOutMarkerCache: { enabled: true, maxStalenessMs: SHORT_BOUND_MS, maxEntryAgeMs: SHORT_BOUND_MS },
+    });
     await freshCache(aged);
     const user = uniqueSubject();
     const tokens = aged.get(TokenService);
@@ -335,7 +359,8 @@ describe('LogOutMarkerCache', () => {
     // A marker written by raw SQL, without an announcement.
     await dataSourceOf(aged).query(
       `INSERT INTO tokens (jti, subject, expires_at, purpose, extra_data) VALUES ($1, $2, now() + interval '1 day', $3, $4)`,
-      [`log-out-everywhere:${user}`, user, 'log_out_everywhere', { levels: { all: { at: Date.now() } } }]);
+      [`log-out-everywhere:${user}`, user, 'log_out_everywhere', { levels: { all: { at: Date.now() } } }],
+    );
     const writtenAt = Date.now();
     await waitFor(async () => tokens.tokenRevoked(token), 10 * SHORT_BOUND_MS + MARGIN_MS, 'the unannounced marker to be read', 5);
     expect(Date.now() - writtenAt).toBeLessThanOrEqual(SHORT_BOUND_MS + MARGIN_MS);
@@ -356,10 +381,12 @@ describe('LogOutMarkerCache', () => {
   });
 
   it('rejects a maxStalenessMs below 100 ms, and a maxEntryAgeMs below it, at start-up', async () => {
-    await expect(instance({ logOutMarkerCache: { enabled: true, maxStalenessMs: 10 } }))
-      .rejects.toThrow(/logOutMarkerCache\.maxStalenessMs must be a number >= 100/);
-    await expect(instance({ logOutMarkerCache: { enabled: true, maxStalenessMs: 2000, maxEntryAgeMs: 1000 } }))
-      .rejects.toThrow(/logOutMarkerCache\.maxEntryAgeMs must be a number >= 2000/);
+    await expect(instance({ logOutMarkerCache: { enabled: true, maxStalenessMs: 10 } })).rejects.toThrow(
+      /logOutMarkerCache\.maxStalenessMs must be a number >= 100/,
+    );
+    await expect(instance({ logOutMarkerCache: { enabled: true, maxStalenessMs: 2000, maxEntryAgeMs: 1000 } })).rejects.toThrow(
+      /logOutMarkerCache\.maxEntryAgeMs must be a number >= 2000/,
+    );
   });
 
   it('ignores a heartbeat dated in the future, which would pin it fresh', async () => {

@@ -68,7 +68,9 @@ describe('CreateTokensTable1763900000000', () => {
 
   it('records itself, so running the migrations again does nothing', async () => {
     expect(await dataSource.runMigrations()).toEqual([]);
-    const [{ count }] = await dataSource.query(`SELECT count(*)::int AS count FROM migrations WHERE name = $1`, ['CreateTokensTable1763900000000']);
+    const [{ count }] = await dataSource.query(`SELECT count(*)::int AS count FROM migrations WHERE name = $1`, [
+      'CreateTokensTable1763900000000',
+    ]);
     expect(count).toBe(1);
   });
 
@@ -110,4 +112,3 @@ describe('synchronize, for comparison', () => {
     }
   });
 });
-

@@ -12,9 +12,10 @@ describe('OutageLog', () => {
   const lines = (spy: typeof errors) => spy.mock.calls.map((args) => String(args[0]));
 
   /** What pg's pool throws when the server refuses, wrapped as the store wraps it. */
-  const refusal = () => new TokenResourceUnavailableError('the token store is unavailable: connect ECONNREFUSED 127.0.0.1:5432', {
-    cause: Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }),
-  });
+  const refusal = () =>
+    new TokenResourceUnavailableError('the token store is unavailable: connect ECONNREFUSED 127.0.0.1:5432', {
+      cause: Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }),
+    });
 
   beforeEach(() => {
     jest.useFakeTimers();
@@ -51,7 +52,12 @@ describe('OutageLog', () => {
     log.refused('token store', refusal());
     log.refused('token store', new TokenStoreTimeoutError(300));
     log.refused('token store', new TypeError('something unexpected'));
-    log.refused('token keys', new TokenResourceUnavailableError('the JWKS could not be fetched', { cause: new TypeError('fetch failed', { cause: Object.assign(new Error('x'), { code: 'ECONNREFUSED' }) }) }));
+    log.refused(
+      'token keys',
+      new TokenResourceUnavailableError('the JWKS could not be fetched', {
+        cause: new TypeError('fetch failed', { cause: Object.assign(new Error('x'), { code: 'ECONNREFUSED' }) }),
+      }),
+    );
     log.refused('token store', new TokenStoreTimeoutError(300));
     expect(lines(errors).map((line) => line.replace(/, answering 503: .*/, ''))).toEqual([
       'token store unavailable (ECONNREFUSED)',

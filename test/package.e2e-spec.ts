@@ -13,7 +13,17 @@ import { createTestDatabase, type TestDatabase } from './support/test-database.j
 
 const run = promisify(execFile);
 const root = process.cwd();
-const PEERS = ['@nestjs/common', '@nestjs/core', '@nestjs/schedule', '@nestjs/typeorm', 'cron', 'pg', 'reflect-metadata', 'rxjs', 'typeorm'];
+const PEERS = [
+  '@nestjs/common',
+  '@nestjs/core',
+  '@nestjs/schedule',
+  '@nestjs/typeorm',
+  'cron',
+  'pg',
+  'reflect-metadata',
+  'rxjs',
+  'typeorm',
+];
 /** What any TypeScript Nest project has besides its dependencies. */
 const CONSUMER_TOOLS = ['typescript', '@types/node'];
 
@@ -95,7 +105,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-it('ships its licence and no @types/pg, and installs without the repository\'s dev dependencies', async () => {
+it("ships its licence and no @types/pg, and installs without the repository's dev dependencies", async () => {
   const installed = join(scratch, 'node_modules', 'nestjs-token-resource');
   expect(await readFile(join(installed, 'LICENSE'), 'utf8')).toContain('MIT License');
   await expect(readFile(join(scratch, 'node_modules', '@types', 'pg', 'package.json'))).rejects.toThrow();
@@ -107,6 +117,9 @@ it('type-checks in a strict consumer project (exactOptionalPropertyTypes, skipLi
   } catch (error) {
     throw new Error(`the consumer project does not type-check:\n${(error as { stdout?: string }).stdout ?? String(error)}`);
   }
-  const { stdout } = await run(process.execPath, [join(scratch, 'out', 'app.js')], { cwd: scratch, env: { ...process.env, DATABASE_URL: db.url } });
+  const { stdout } = await run(process.execPath, [join(scratch, 'out', 'app.js')], {
+    cwd: scratch,
+    env: { ...process.env, DATABASE_URL: db.url },
+  });
   expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ before: false, after: true, rejected: true });
 }, 120_000);

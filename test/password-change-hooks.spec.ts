@@ -1,12 +1,6 @@
 import type { INestApplication } from '@nestjs/common';
 import { Column, Entity, PrimaryColumn, PrimaryGeneratedColumn, type DataSource, type Repository } from 'typeorm';
-import {
-  LogOutEverywhereService,
-  Token,
-  TokenResourceConfigError,
-  TokenService,
-  type TokenResourceModuleOptions,
-} from '../lib/index.js';
+import { LogOutEverywhereService, Token, TokenResourceConfigError, TokenService, type TokenResourceModuleOptions } from '../lib/index.js';
 import { PasswordChangeSubscriber } from '../lib/log-out-everywhere/password-change.subscriber.js';
 import { PostCommitLogOuts } from '../lib/log-out-everywhere/post-commit-log-outs.js';
 import { clockPast } from './support/clock.js';

@@ -10,13 +10,7 @@ import {
   type EntitySubscriberInterface,
   type Repository,
 } from 'typeorm';
-import {
-  LogOutEverywhereService,
-  REVOCATION_PURPOSE,
-  Token,
-  TokenResourceConfigError,
-  TokenService,
-} from '../lib/index.js';
+import { LogOutEverywhereService, REVOCATION_PURPOSE, Token, TokenResourceConfigError, TokenService } from '../lib/index.js';
 import { TokenCodec } from '../lib/jwt/token-codec.js';
 import { logOutMarkerJti } from '../lib/log-out-everywhere/log-out-marker.js';
 import { clockPast } from './support/clock.js';
@@ -112,7 +106,7 @@ async function expectLaterLoginValid(user: User): Promise<void> {
   expect(await tokens.tokenRevoked(later.token)).toBe(false);
 }
 
-it('a password change by save inside a transaction revokes the user\'s tokens, stored and unstored', async () => {
+it("a password change by save inside a transaction revokes the user's tokens, stored and unstored", async () => {
   const { user, stored, storedJti, unstored } = await userWithSessions();
   const bystander = await userWithSessions();
   await dataSource.transaction(async (manager) => {
@@ -131,16 +125,20 @@ it('a password change by save inside a transaction revokes the user\'s tokens, s
 
 it('the same change rolled back revokes nothing, and the password is unchanged', async () => {
   const { user, stored, storedJti, unstored } = await userWithSessions();
-  await expect(dataSource.transaction(async (manager) => {
-    user.hashedPassword = 'new-hash';
-    await manager.save(user);
-    throw new Error('roll back');
-  })).rejects.toThrow('roll back');
+  await expect(
+    dataSource.transaction(async (manager) => {
+      user.hashedPassword = 'new-hash';
+      await manager.save(user);
+      throw new Error('roll back');
+    }),
+  ).rejects.toThrow('roll back');
   expect((await users.findOneByOrFail({ id: user.id })).hashedPassword).toBe('old-hash');
   expect(await purposeOf(storedJti)).toBe('user');
   expect(await tokens.tokenRevoked(stored)).toBe(false);
   expect(await tokens.tokenRevoked(unstored)).toBe(false);
-  expect(await dataSource.query(`SELECT 1 FROM tokens WHERE purpose = 'log_out_everywhere' AND subject = $1`, [String(user.id)])).toEqual([]);
+  expect(await dataSource.query(`SELECT 1 FROM tokens WHERE purpose = 'log_out_everywhere' AND subject = $1`, [String(user.id)])).toEqual(
+    [],
+  );
 });
 
 it('saving another field, or the same password again, revokes nothing', async () => {
@@ -156,7 +154,7 @@ it('saving another field, or the same password again, revokes nothing', async ()
   expect(await tokens.tokenRevoked(unstored)).toBe(false);
 });
 
-it('a plain repository.save (TypeORM\'s own transaction) revokes', async () => {
+it("a plain repository.save (TypeORM's own transaction) revokes", async () => {
   const { user, stored, unstored } = await userWithSessions();
   await users.save({ id: user.id, hashedPassword: 'another-hash' });
   expect(await tokens.tokenRevoked(stored)).toBe(true);
@@ -174,14 +172,16 @@ it('a change whose own UPDATE fails revokes nothing', async () => {
   expect(await tokens.tokenRevoked(stored)).toBe(false);
 });
 
-it('logOutOnPasswordChange: for password changes made without save, in the caller\'s transaction', async () => {
+it("logOutOnPasswordChange: for password changes made without save, in the caller's transaction", async () => {
   const { user, stored, unstored } = await userWithSessions();
   const logOut = app.get(LogOutEverywhereService);
-  await expect(dataSource.transaction(async (manager) => {
-    await manager.update(User, { id: user.id }, { hashedPassword: 'by-update' });
-    await logOut.logOutOnPasswordChange(user, manager);
-    throw new Error('roll back');
-  })).rejects.toThrow('roll back');
+  await expect(
+    dataSource.transaction(async (manager) => {
+      await manager.update(User, { id: user.id }, { hashedPassword: 'by-update' });
+      await logOut.logOutOnPasswordChange(user, manager);
+      throw new Error('roll back');
+    }),
+  ).rejects.toThrow('roll back');
   expect(await tokens.tokenRevoked(stored)).toBe(false);
 
   const counted = await dataSource.transaction(async (manager) => {
@@ -194,7 +194,7 @@ it('logOutOnPasswordChange: for password changes made without save, in the calle
 });
 
 describe('a login racing an uncommitted password change does not survive its commit', () => {
-  it('save inside the caller\'s transaction: logged out again when the caller commits', async () => {
+  it("save inside the caller's transaction: logged out again when the caller commits", async () => {
     const { user } = await userWithSessions();
     const raced = await dataSource.transaction(async (manager) => {
       user.hashedPassword = 'new-hash';
@@ -207,10 +207,12 @@ describe('a login racing an uncommitted password change does not survive its com
     await expectLaterLoginValid(user);
   });
 
-  it('a plain repository.save: logged out again when TypeORM\'s own transaction commits', async () => {
+  it("a plain repository.save: logged out again when TypeORM's own transaction commits", async () => {
     const { user } = await userWithSessions();
     let raced!: Awaited<ReturnType<typeof racingLogin>>;
-    beforeNextCommit(async (manager) => { raced = await racingLogin(user, manager); });
+    beforeNextCommit(async (manager) => {
+      raced = await racingLogin(user, manager);
+    });
     await users.save({ id: user.id, hashedPassword: 'new-hash' });
     expect(raced).toBeDefined();
     expect(await tokens.tokenRevoked(raced.stored.token)).toBe(true);
@@ -218,7 +220,7 @@ describe('a login racing an uncommitted password change does not survive its com
     await expectLaterLoginValid(user);
   });
 
-  it('logOutOnPasswordChange in the caller\'s transaction: logged out again after the commit too', async () => {
+  it("logOutOnPasswordChange in the caller's transaction: logged out again after the commit too", async () => {
     const { user } = await userWithSessions();
     const logOut = app.get(LogOutEverywhereService);
     const raced = await dataSource.transaction(async (manager) => {
@@ -234,11 +236,13 @@ describe('a login racing an uncommitted password change does not survive its com
   it('a change in a savepoint: rolled back, nothing is repeated; released, repeated when the outer transaction commits', async () => {
     const rolledBack = await userWithSessions();
     const newSession = await dataSource.transaction(async (manager) => {
-      await expect(manager.transaction(async (savepoint) => {
-        rolledBack.user.hashedPassword = 'new-hash';
-        await savepoint.save(rolledBack.user);
-        throw new Error('roll back to the savepoint');
-      })).rejects.toThrow('roll back to the savepoint');
+      await expect(
+        manager.transaction(async (savepoint) => {
+          rolledBack.user.hashedPassword = 'new-hash';
+          await savepoint.save(rolledBack.user);
+          throw new Error('roll back to the savepoint');
+        }),
+      ).rejects.toThrow('roll back to the savepoint');
       return tokens.issueToken({ subject: String(rolledBack.user.id) });
     });
     expect(await dataSource.query('SELECT 1 FROM tokens WHERE jti = $1', [logOutMarkerJti(String(rolledBack.user.id))])).toEqual([]);
@@ -300,15 +304,21 @@ it('keeps the committed connection until its repeat is done, even when another c
   // The repeat ran to its COMMIT on that connection before the pool got it back.
   expect(await loggedOutAt(dataSource, String(user.id))).toBeGreaterThan(before);
   await new Promise((resolve) => setTimeout(resolve, 100));
-  expect(await dataSource.query(
-    `SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`)).toEqual([]);
+  expect(
+    await dataSource.query(
+      `SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`,
+    ),
+  ).toEqual([]);
   // And the pool's connections commit what they are given.
   const { jti } = await tokens.issueToken({ subject: 'after-failed-broadcast' });
   await Promise.all(Array.from({ length: 12 }, (_, i) => tokens.revokeJti(`${jti}-${i}`, 'after-failed-broadcast')));
   const other = new pg.Client({ connectionString: db.url });
   await other.connect();
   try {
-    const { rows } = await other.query('SELECT count(*)::int AS n FROM tokens WHERE subject = $1 AND purpose = $2', ['after-failed-broadcast', REVOCATION_PURPOSE]);
+    const { rows } = await other.query('SELECT count(*)::int AS n FROM tokens WHERE subject = $1 AND purpose = $2', [
+      'after-failed-broadcast',
+      REVOCATION_PURPOSE,
+    ]);
     expect(rows[0].n).toBe(12);
   } finally {
     await other.end();
@@ -326,7 +336,12 @@ describe('the repeats after a commit wait for locks at most storeTimeoutMs in al
 
   beforeAll(async () => {
     bounded = await createTokenApp(db.url, {
-      options: { storeAllTokens: true, storeTimeoutMs: STORE_TIMEOUT_MS, expunge: { enabled: false }, logOutEverywhere: { applyOnPasswordChange: true, userEntity: User } },
+      options: {
+        storeAllTokens: true,
+        storeTimeoutMs: STORE_TIMEOUT_MS,
+        expunge: { enabled: false },
+        logOutEverywhere: { applyOnPasswordChange: true, userEntity: User },
+      },
       typeOrm: { entities: [Token, User] },
     });
   });
@@ -354,9 +369,13 @@ describe('the repeats after a commit wait for locks at most storeTimeoutMs in al
     // the change's first log-outs hold: it gets them at the COMMIT and keeps them.
     const lockWhileCommitting: EntitySubscriberInterface = {
       async beforeTransactionCommit() {
-        const [{ pid }] = (await blocker.query('BEGIN; SELECT pg_backend_pid() AS pid') as unknown as pg.QueryResult[])[1].rows;
+        const [{ pid }] = ((await blocker.query('BEGIN; SELECT pg_backend_pid() AS pid')) as unknown as pg.QueryResult[])[1].rows;
         locked = blocker.query('SELECT 1 FROM tokens WHERE jti = ANY ($1) ORDER BY jti FOR UPDATE', [markers]);
-        await waitFor(async () => (await dataSource.query('SELECT cardinality(pg_blocking_pids($1)) > 0 AS waiting', [pid]))[0].waiting, 5000, 'the other transaction to wait for the marker rows');
+        await waitFor(
+          async () => (await dataSource.query('SELECT cardinality(pg_blocking_pids($1)) > 0 AS waiting', [pid]))[0].waiting,
+          5000,
+          'the other transaction to wait for the marker rows',
+        );
         committingAt = Date.now();
       },
       // Ahead of the module's own subscriber, on the committed connection: the repeats queue
@@ -387,8 +406,11 @@ describe('the repeats after a commit wait for locks at most storeTimeoutMs in al
 
   /** No connection was given back to the pool inside a transaction (a failed repeat must roll back). */
   async function expectNoTransactionLeftOpen(): Promise<void> {
-    expect(await dataSource.query(
-      `SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`)).toEqual([]);
+    expect(
+      await dataSource.query(
+        `SELECT pid, state FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`,
+      ),
+    ).toEqual([]);
   }
 
   it('a plain repository.save: the committed save resolves in time, and the failed repeat is logged with the subject', async () => {
@@ -407,14 +429,16 @@ describe('the repeats after a commit wait for locks at most storeTimeoutMs in al
     await expectNoTransactionLeftOpen();
   });
 
-  it('two users\' passwords changed in one transaction: one budget for both repeats, each failure logged with its subject', async () => {
+  it("two users' passwords changed in one transaction: one budget for both repeats, each failure logged with its subject", async () => {
     const logged = jest.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
     try {
       const [first, second] = [await userWithSessions(), await userWithSessions()];
-      const took = await commitWhileMarkersLocked([first.user, second.user], (boundedUsers) => boundedUsers.manager.transaction(async (manager) => {
-        await manager.save(User, { id: first.user.id, hashedPassword: 'new-hash' });
-        await manager.save(User, { id: second.user.id, hashedPassword: 'new-hash' });
-      }));
+      const took = await commitWhileMarkersLocked([first.user, second.user], (boundedUsers) =>
+        boundedUsers.manager.transaction(async (manager) => {
+          await manager.save(User, { id: first.user.id, hashedPassword: 'new-hash' });
+          await manager.save(User, { id: second.user.id, hashedPassword: 'new-hash' });
+        }),
+      );
       expect(took).toBeLessThan(STORE_TIMEOUT_MS + MARGIN_MS);
       for (const { user, stored } of [first, second]) {
         expect(logged).toHaveBeenCalledWith(expect.stringMatching(new RegExp(`subject '${user.id}'.*lock timeout`)), expect.anything());
@@ -447,11 +471,18 @@ it('fails at start-up when userEntity is not an entity of the token data source'
     @PrimaryGeneratedColumn()
     id!: number;
   }
-  await expect(createTokenApp(db.url, {
-    options: { expunge: { enabled: false }, logOutEverywhere: { applyOnPasswordChange: true, userEntity: Stranger } },
-  })).rejects.toThrow(TokenResourceConfigError);
-  await expect(createTokenApp(db.url, {
-    options: { expunge: { enabled: false }, logOutEverywhere: { applyOnPasswordChange: true, userEntity: User, passwordField: 'passwordHash' } },
-    typeOrm: { entities: [Token, User] },
-  })).rejects.toThrow(/passwordField/);
+  await expect(
+    createTokenApp(db.url, {
+      options: { expunge: { enabled: false }, logOutEverywhere: { applyOnPasswordChange: true, userEntity: Stranger } },
+    }),
+  ).rejects.toThrow(TokenResourceConfigError);
+  await expect(
+    createTokenApp(db.url, {
+      options: {
+        expunge: { enabled: false },
+        logOutEverywhere: { applyOnPasswordChange: true, userEntity: User, passwordField: 'passwordHash' },
+      },
+      typeOrm: { entities: [Token, User] },
+    }),
+  ).rejects.toThrow(/passwordField/);
 });

@@ -64,7 +64,9 @@ async function raceInTransactions(call: (i: number, manager: EntityManager) => P
   const pids = await Promise.all(runners.map(async (runner) => (await runner.query('SELECT pg_backend_pid() AS pid'))[0].pid));
   expect(new Set(pids).size).toBe(CALLERS);
   let open!: () => void;
-  const gate = new Promise<void>((resolve) => { open = resolve; });
+  const gate = new Promise<void>((resolve) => {
+    open = resolve;
+  });
   const calls = runners.map((runner, i) => gate.then(() => finishTransaction(runner, (manager) => call(i, manager))));
   open();
   return tally(await Promise.allSettled(calls));
@@ -91,7 +93,9 @@ async function naiveRevoke(token: string, run: (sql: string, values: unknown[]) 
 }
 
 const viaPool = (sql: string, values: unknown[]) => pool.query(sql, values);
-const viaManager = (manager: EntityManager) => async (sql: string, values: unknown[]) => ({ rows: await manager.query<unknown[]>(sql, values) });
+const viaManager = (manager: EntityManager) => async (sql: string, values: unknown[]) => ({
+  rows: await manager.query<unknown[]>(sql, values),
+});
 
 async function expectSingleRevocationRow(jti: string): Promise<void> {
   const rows = await dataSource.query('SELECT purpose FROM tokens WHERE jti = $1', [jti]);
@@ -136,7 +140,7 @@ describe.each([
     }
   });
 
-  it('inside callers\' transactions (opts.manager): exactly 1 resolves, 99 reject', async () => {
+  it("inside callers' transactions (opts.manager): exactly 1 resolves, 99 reject", async () => {
     for (let round = 0; round < ROUNDS; round += 1) {
       const { token, jti } = await freshToken();
       const result = await raceInTransactions((_i, manager) => tokens.revoke(token, { manager }));
@@ -167,28 +171,36 @@ describe.each([
 });
 
 describe('callers at REPEATABLE READ or SERIALIZABLE', () => {
-  it.each(['REPEATABLE READ', 'SERIALIZABLE'] as const)('%s: still exactly one succeeds; losers get TokenAlreadyRevokedError or a serialization failure to retry', async (level) => {
-    const { token, jti } = await tokens.issueToken({ subject: 'racer' });
-    const runners: QueryRunner[] = [];
-    for (let i = 0; i < 20; i += 1) {
-      const runner = dataSource.createQueryRunner();
-      await runner.connect();
-      await runner.startTransaction(level);
-      // Take the snapshot now, as a transaction that did some work first would.
-      await runner.query('SELECT 1');
-      runners.push(runner);
-    }
-    const results = await Promise.allSettled(runners.map((runner) => finishTransaction(runner, (manager) => tokens.revoke(token, { manager }))));
-    const serializationFailures = results.filter((r) => r.status === 'rejected'
-      && (r.reason as { driverError?: { code?: string } }).driverError?.code === '40001').length;
-    const counts = tally(results);
-    expect(counts.succeeded).toBe(1);
-    expect(counts.alreadyRevoked + serializationFailures).toBe(19);
-    expect(counts.other.length).toBe(serializationFailures);
-    await expectSingleRevocationRow(jti);
-    // A retry of a failed transaction sees the committed revocation.
-    await expect(dataSource.transaction(level, (manager) => tokens.revoke(token, { manager }))).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
-  });
+  it.each(['REPEATABLE READ', 'SERIALIZABLE'] as const)(
+    '%s: still exactly one succeeds; losers get TokenAlreadyRevokedError or a serialization failure to retry',
+    async (level) => {
+      const { token, jti } = await tokens.issueToken({ subject: 'racer' });
+      const runners: QueryRunner[] = [];
+      for (let i = 0; i < 20; i += 1) {
+        const runner = dataSource.createQueryRunner();
+        await runner.connect();
+        await runner.startTransaction(level);
+        // Take the snapshot now, as a transaction that did some work first would.
+        await runner.query('SELECT 1');
+        runners.push(runner);
+      }
+      const results = await Promise.allSettled(
+        runners.map((runner) => finishTransaction(runner, (manager) => tokens.revoke(token, { manager }))),
+      );
+      const serializationFailures = results.filter(
+        (r) => r.status === 'rejected' && (r.reason as { driverError?: { code?: string } }).driverError?.code === '40001',
+      ).length;
+      const counts = tally(results);
+      expect(counts.succeeded).toBe(1);
+      expect(counts.alreadyRevoked + serializationFailures).toBe(19);
+      expect(counts.other.length).toBe(serializationFailures);
+      await expectSingleRevocationRow(jti);
+      // A retry of a failed transaction sees the committed revocation.
+      await expect(dataSource.transaction(level, (manager) => tokens.revoke(token, { manager }))).rejects.toBeInstanceOf(
+        TokenAlreadyRevokedError,
+      );
+    },
+  );
 });
 
 describe('a rolled-back revocation does not count', () => {

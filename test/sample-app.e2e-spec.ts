@@ -136,12 +136,19 @@ describe('the walkthrough', () => {
     const newPassword = 'a much longer new password';
 
     await request(http).post('/auth/password').set(bearer(current)).send({ currentPassword: 'wrong', newPassword }).expect(403);
-    await request(http).post('/auth/password').set(bearer(current)).send({ currentPassword: DEMO_USER.password, newPassword: 'short' }).expect(400);
+    await request(http)
+      .post('/auth/password')
+      .set(bearer(current))
+      .send({ currentPassword: DEMO_USER.password, newPassword: 'short' })
+      .expect(400);
     await request(http).post('/auth/password').set(bearer(current)).send({ currentPassword: DEMO_USER.password }).expect(400);
     await me(other).expect(200); // refused changes revoke nothing
 
-    const res = await request(http).post('/auth/password').set(bearer(current))
-      .send({ currentPassword: DEMO_USER.password, newPassword }).expect(200);
+    const res = await request(http)
+      .post('/auth/password')
+      .set(bearer(current))
+      .send({ currentPassword: DEMO_USER.password, newPassword })
+      .expect(200);
     expect(res.body).toEqual({ token: expect.any(String), tokenType: 'Bearer', expiresAt: expect.any(String) });
     await me(other).expect(401);
     await me(current).expect(401);
@@ -151,8 +158,11 @@ describe('the walkthrough', () => {
     await login(DEMO_USER.email, newPassword);
 
     // Change it back, so that the other tests can log in with the demo password.
-    const back = await request(http).post('/auth/password').set(bearer(res.body.token))
-      .send({ currentPassword: newPassword, newPassword: DEMO_USER.password }).expect(200);
+    const back = await request(http)
+      .post('/auth/password')
+      .set(bearer(res.body.token))
+      .send({ currentPassword: newPassword, newPassword: DEMO_USER.password })
+      .expect(200);
     await me(back.body.token).expect(200);
   });
 });
@@ -214,7 +224,7 @@ describe('e-mail confirmation', () => {
 });
 
 describe('housekeeping', () => {
-  it('schedules the expunger, which runs against the app\'s token table', async () => {
+  it("schedules the expunger, which runs against the app's token table", async () => {
     expect(app.get(SchedulerRegistry).doesExist('cron', EXPUNGE_JOB_NAME)).toBe(true);
     const result = await app.get(ExpungerService).run();
     expect(result).toMatchObject({ skipped: false, deleted: expect.any(Number) });

@@ -15,7 +15,10 @@ describe('sample app settings', () => {
     expect(() => validateEnv({ NODE_ENV: 'production' })).toThrow(SampleEnvError);
     expect(() => validateEnv({ NODE_ENV: 'production', JWT_SECRET: '   ' })).toThrow(/JWT_SECRET is required/);
     const secret = 'x'.repeat(48);
-    expect(validateEnv({ NODE_ENV: 'production', JWT_SECRET: secret })).toMatchObject({ JWT_SECRET: secret, JWT_SECRET_IS_DEV_DEFAULT: false });
+    expect(validateEnv({ NODE_ENV: 'production', JWT_SECRET: secret })).toMatchObject({
+      JWT_SECRET: secret,
+      JWT_SECRET_IS_DEV_DEFAULT: false,
+    });
   });
 
   it('says what is wrong with a bad value', () => {

@@ -41,8 +41,12 @@ function run(command: string, args: string[], env: NodeJS.ProcessEnv): Run {
   const child = spawn(command, args, { cwd: root, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let output = '';
-  child.stdout.on('data', (chunk) => { output += chunk; });
-  child.stderr.on('data', (chunk) => { output += chunk; });
+  child.stdout.on('data', (chunk) => {
+    output += chunk;
+  });
+  child.stderr.on('data', (chunk) => {
+    output += chunk;
+  });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.on('exit', (code, signal) => resolve({ code, signal }));
   });
@@ -52,7 +56,9 @@ function run(command: string, args: string[], env: NodeJS.ProcessEnv): Run {
 /** Polls GET /health until it answers 200; fails early if the process exits. */
 async function waitForHealth(started: Run, port: number, timeoutMs: number): Promise<void> {
   let exited = false;
-  void started.exited.then(() => { exited = true; });
+  void started.exited.then(() => {
+    exited = true;
+  });
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (exited) throw new Error(`the app exited before answering /health:\n${started.output()}`);
@@ -70,9 +76,12 @@ async function waitForHealth(started: Run, port: number, timeoutMs: number): Pro
 async function withTimeout<T>(work: Promise<T>, ms: number, what: string, output: () => string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
-    return await Promise.race([work, new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms:\n${output()}`)), ms);
-    })]);
+    return await Promise.race([
+      work,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms:\n${output()}`)), ms);
+      }),
+    ]);
   } finally {
     clearTimeout(timer);
   }
@@ -101,7 +110,10 @@ function postgresPortOf(output: string): number {
 async function portClosed(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = createConnection({ host: '127.0.0.1', port });
-    socket.once('connect', () => { socket.destroy(); resolve(false); });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(false);
+    });
     socket.once('error', () => resolve(true));
   });
 }
@@ -185,7 +197,11 @@ describe('npm start', () => {
 
   it('refuses to start in production without JWT_SECRET, before touching the database', async () => {
     const emptyDir = join(dataDir, 'never-created');
-    const app = run(process.execPath, ['.build/sample-app/main.js'], childEnv({ NODE_ENV: 'production', SAMPLE_DATA_DIR: emptyDir, PORT: '0' }));
+    const app = run(
+      process.execPath,
+      ['.build/sample-app/main.js'],
+      childEnv({ NODE_ENV: 'production', SAMPLE_DATA_DIR: emptyDir, PORT: '0' }),
+    );
     const exit = await withTimeout(app.exited, 30_000, 'no exit', app.output);
     expect(exit.code).toBe(1);
     expect(app.output()).toContain('JWT_SECRET is required when NODE_ENV=production');

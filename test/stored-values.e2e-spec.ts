@@ -100,7 +100,9 @@ describe('a NUL character', () => {
   });
 
   it('or a lone surrogate in stored JSON (extraData, confirmation changes): a TypeError, and nothing written', async () => {
-    await expect(tokens.storeToken({ token: await signToken(), purpose: 'user', extraData: { device: 'nul\0' } })).rejects.toThrow(TypeError);
+    await expect(tokens.storeToken({ token: await signToken(), purpose: 'user', extraData: { device: 'nul\0' } })).rejects.toThrow(
+      TypeError,
+    );
     await expect(tokens.storeConfirmationChanges({ token: await signToken(), changes: { 'half-\ud800': 'x' } })).rejects.toThrow(TypeError);
     await expect(tokens.issueToken({ subject: 'sub', extraData: { nested: ['\0'] } })).rejects.toThrow(TypeError);
     expect(await countRows(dataSource)).toBe(0);
@@ -185,13 +187,16 @@ describe('an iat in the future (an issuer whose clock runs ahead)', () => {
 
   it('within jwt.clockToleranceSeconds is accepted', async () => {
     const tolerant = await createGuardApp(db.url, {
-      platform: 'express', options: { jwt: { clockToleranceSeconds: 60 } }, controllers: [GuardedSubjectController],
+      platform: 'express',
+      options: { jwt: { clockToleranceSeconds: 60 } },
+      controllers: [GuardedSubjectController],
     });
     try {
       const token = await signToken({ iat: nowSeconds() + 30 });
       expect(await tolerant.get(TokenService).tokenRevoked(token)).toBe(false);
-      await expect(tolerant.get(TokenService).tokenRevoked(await signToken({ iat: nowSeconds() + 120 })))
-        .rejects.toBeInstanceOf(InvalidTokenError);
+      await expect(tolerant.get(TokenService).tokenRevoked(await signToken({ iat: nowSeconds() + 120 }))).rejects.toBeInstanceOf(
+        InvalidTokenError,
+      );
     } finally {
       await tolerant.close();
     }

@@ -46,7 +46,10 @@ function sign(payload: JWTPayload): Promise<string> {
 
 /** What a call did: resolved, or the error it rejected with. */
 async function settle(call: Promise<unknown>): Promise<{ ok: true } | { ok: false; error: unknown }> {
-  return call.then(() => ({ ok: true as const }), (error: unknown) => ({ ok: false as const, error }));
+  return call.then(
+    () => ({ ok: true as const }),
+    (error: unknown) => ({ ok: false as const, error }),
+  );
 }
 
 /** A rejection that is the caller's fault, said by the library: never a raw database error. */

@@ -4,12 +4,7 @@ import type { AddressInfo } from 'node:net';
 import type { INestApplication } from '@nestjs/common';
 import { JwtService } from '@nestjs/jwt';
 import { decodeProtectedHeader, SignJWT, type JWK } from 'jose';
-import {
-  InvalidTokenError,
-  TokenResourceUnavailableError,
-  TokenService,
-  type TokenResourceJwtOptions,
-} from '../lib/index.js';
+import { InvalidTokenError, TokenResourceUnavailableError, TokenService, type TokenResourceJwtOptions } from '../lib/index.js';
 import { TokenCodec } from '../lib/jwt/token-codec.js';
 import { resolveJwtOptions } from '../lib/options/validate-jwt.js';
 import { countRows, nowSeconds, signToken } from './support/jwt-fixtures.js';
@@ -27,7 +22,10 @@ function claims(): Record<string, unknown> {
   return { sub: 'alice', jti: randomUUID(), iat: nowSeconds(), exp: nowSeconds() + 600 };
 }
 
-interface PemPair { publicKey: string; privateKey: string }
+interface PemPair {
+  publicKey: string;
+  privateKey: string;
+}
 
 function pemPair(type: 'rsa' | 'ec' | 'ed25519'): PemPair {
   const publicKeyEncoding = { type: 'spki', format: 'pem' } as const;
@@ -38,7 +36,8 @@ function pemPair(type: 'rsa' | 'ec' | 'ed25519'): PemPair {
 }
 
 function jwkPair(type: 'rsa' | 'ec'): { publicKey: JWK; privateKey: JWK; privateKeyObject: KeyObject } {
-  const pair = type === 'rsa' ? generateKeyPairSync('rsa', { modulusLength: 2048 }) : generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const pair =
+    type === 'rsa' ? generateKeyPairSync('rsa', { modulusLength: 2048 }) : generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
   return {
     publicKey: pair.publicKey.export({ format: 'jwk' }),
     privateKey: pair.privateKey.export({ format: 'jwk' }),
@@ -96,7 +95,16 @@ describe('HMAC secrets', () => {
     const accepted = async (bytes: number) => {
       const secret = 's'.repeat(bytes);
       const jwt = codec({ secret });
-      const verdicts = await Promise.all(['HS256', 'HS384', 'HS512'].map((alg) => signToken({}, { alg, secret }).then((token) => jwt.verify(token)).then(() => alg, () => null)));
+      const verdicts = await Promise.all(
+        ['HS256', 'HS384', 'HS512'].map((alg) =>
+          signToken({}, { alg, secret })
+            .then((token) => jwt.verify(token))
+            .then(
+              () => alg,
+              () => null,
+            ),
+        ),
+      );
       return verdicts.filter(Boolean);
     };
     expect(await accepted(32)).toEqual(['HS256']);
@@ -117,7 +125,9 @@ describe('HMAC secrets', () => {
 
   it('verifies a token signed by jose directly with the same secret', async () => {
     const token = await new SignJWT({ sub: 'from-jose', jti: 'j1', role: 'x' })
-      .setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setExpirationTime('5m')
+      .setProtectedHeader({ alg: 'HS256' })
+      .setIssuedAt()
+      .setExpirationTime('5m')
       .sign(new TextEncoder().encode(TEST_SECRET));
     expect(await codec({ secret: TEST_SECRET }).verify(token)).toMatchObject({ sub: 'from-jose', jti: 'j1', role: 'x' });
   });
@@ -131,7 +141,10 @@ describe('HMAC secrets', () => {
   });
 
   it('rejects a token signed by @nestjs/jwt with another secret', async () => {
-    const theirs = await new JwtService({ secret: 'another-secret-another-secret-another' }).signAsync({ sub: 'x', jti: 'y' }, { expiresIn: '1h' });
+    const theirs = await new JwtService({ secret: 'another-secret-another-secret-another' }).signAsync(
+      { sub: 'x', jti: 'y' },
+      { expiresIn: '1h' },
+    );
     await expect(codec({ secret: TEST_SECRET }).verify(theirs)).rejects.toBeInstanceOf(InvalidTokenError);
   });
 });
@@ -178,8 +191,7 @@ describe('remote JWKS', () => {
     await new Promise((resolve) => server.close(resolve));
   });
 
-  const signWith = (key: KeyObject, alg: string, kid: string) =>
-    new SignJWT(claims()).setProtectedHeader({ alg, kid }).sign(key);
+  const signWith = (key: KeyObject, alg: string, kid: string) => new SignJWT(claims()).setProtectedHeader({ alg, kid }).sign(key);
 
   it('verifies RS256 and ES256 tokens against keys fetched from the JWKS', async () => {
     const jwt = codec({ jwksUri: uri });

@@ -51,7 +51,11 @@ class MyToken extends Token {
 let db: TestDatabase;
 const apps: INestApplication[] = [];
 
-async function boot(url: string, tokenModule: DynamicModule, extra: Partial<Parameters<typeof createTokenApp>[1]> = {}): Promise<INestApplication> {
+async function boot(
+  url: string,
+  tokenModule: DynamicModule,
+  extra: Partial<Parameters<typeof createTokenApp>[1]> = {},
+): Promise<INestApplication> {
   const app = await createTokenApp(url, { tokenModule, ...extra });
   apps.push(app);
   return app;
@@ -77,21 +81,27 @@ afterAll(async () => {
 
 describe('forRootAsync', () => {
   it('useFactory with imports and inject', async () => {
-    const app = await boot(db.url, TokenResourceModule.forRootAsync({
-      imports: [SecretModule],
-      inject: [SECRET_TOKEN],
-      useFactory: (secret: string) => ({ jwt: { secret }, storeAllTokens: true, expunge: { enabled: false } }),
-    }));
+    const app = await boot(
+      db.url,
+      TokenResourceModule.forRootAsync({
+        imports: [SecretModule],
+        inject: [SECRET_TOKEN],
+        useFactory: (secret: string) => ({ jwt: { secret }, storeAllTokens: true, expunge: { enabled: false } }),
+      }),
+    );
     await expectFactoryOptionsApplied(app);
   });
 
   it('an async useFactory', async () => {
-    const app = await boot(db.url, TokenResourceModule.forRootAsync({
-      useFactory: async () => {
-        await new Promise((resolve) => setTimeout(resolve, 10));
-        return { jwt: { secret: FACTORY_SECRET }, storeAllTokens: true, expunge: { enabled: false } };
-      },
-    }));
+    const app = await boot(
+      db.url,
+      TokenResourceModule.forRootAsync({
+        useFactory: async () => {
+          await new Promise((resolve) => setTimeout(resolve, 10));
+          return { jwt: { secret: FACTORY_SECRET }, storeAllTokens: true, expunge: { enabled: false } };
+        },
+      }),
+    );
     await expectFactoryOptionsApplied(app);
   });
 
@@ -111,7 +121,10 @@ describe('forRootAsync', () => {
 
   it('fills in the documented defaults', async () => {
     const app = await boot(db.url, TokenResourceModule.forRootAsync({ useFactory: () => ({ jwt: { secret: TEST_SECRET } }) }));
-    const { logOutEverywhere: { subjectOf, ...logOutEverywhere }, ...options } = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
+    const {
+      logOutEverywhere: { subjectOf, ...logOutEverywhere },
+      ...options
+    } = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
     expect({ ...options, logOutEverywhere }).toEqual({
       dataSource: 'default',
       entity: Token,
@@ -141,9 +154,11 @@ describe('forRootAsync', () => {
   });
 
   it('validates what the factory returns, at start-up', async () => {
-    await expect(createTokenApp(db.url, {
-      tokenModule: TokenResourceModule.forRootAsync({ useFactory: () => ({ jwt: {} }) }),
-    })).rejects.toBeInstanceOf(TokenResourceConfigError);
+    await expect(
+      createTokenApp(db.url, {
+        tokenModule: TokenResourceModule.forRootAsync({ useFactory: () => ({ jwt: {} }) }),
+      }),
+    ).rejects.toBeInstanceOf(TokenResourceConfigError);
   });
 
   it('a factory cannot return the wiring options: they do not compile, and the ones given to forRootAsync win', async () => {
@@ -154,10 +169,13 @@ describe('forRootAsync', () => {
       }
     }
     const fromClass = await boot(db.url, TokenResourceModule.forRootAsync({ useClass: WiringFactory }));
-    const fromFactory = await boot(db.url, TokenResourceModule.forRootAsync({
-      // @ts-expect-error dataSource and isGlobal belong next to useFactory, not in what it returns
-      useFactory: () => ({ jwt: { secret: TEST_SECRET }, expunge: { enabled: false }, dataSource: 'elsewhere', isGlobal: true }),
-    }));
+    const fromFactory = await boot(
+      db.url,
+      TokenResourceModule.forRootAsync({
+        // @ts-expect-error dataSource and isGlobal belong next to useFactory, not in what it returns
+        useFactory: () => ({ jwt: { secret: TEST_SECRET }, expunge: { enabled: false }, dataSource: 'elsewhere', isGlobal: true }),
+      }),
+    );
     for (const app of [fromClass, fromFactory]) {
       const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
       expect(options).toMatchObject({ dataSource: 'default', entity: Token, isGlobal: false });
@@ -197,11 +215,24 @@ describe('a named TypeORM data source', () => {
   }
 
   it.each([
-    ['forRoot', () => TokenResourceModule.forRoot({ dataSource: 'tokens', jwt: { secret: TEST_SECRET }, storeAllTokens: true, expunge: { enabled: false } })],
-    ['forRootAsync', () => TokenResourceModule.forRootAsync({
-      dataSource: 'tokens',
-      useFactory: () => ({ jwt: { secret: TEST_SECRET }, storeAllTokens: true, expunge: { enabled: false } }),
-    })],
+    [
+      'forRoot',
+      () =>
+        TokenResourceModule.forRoot({
+          dataSource: 'tokens',
+          jwt: { secret: TEST_SECRET },
+          storeAllTokens: true,
+          expunge: { enabled: false },
+        }),
+    ],
+    [
+      'forRootAsync',
+      () =>
+        TokenResourceModule.forRootAsync({
+          dataSource: 'tokens',
+          useFactory: () => ({ jwt: { secret: TEST_SECRET }, storeAllTokens: true, expunge: { enabled: false } }),
+        }),
+    ],
   ])('%s writes to the named data source only', async (_label, make) => {
     const app = await bootNamed(make());
     const named = app.get<DataSource>(getDataSourceToken('tokens'));
@@ -218,7 +249,9 @@ describe('a named TypeORM data source', () => {
   });
 
   it('revoke in a transaction takes a manager of the named data source, and refuses one of another', async () => {
-    const app = await bootNamed(TokenResourceModule.forRoot({ dataSource: 'tokens', jwt: { secret: TEST_SECRET }, expunge: { enabled: false } }));
+    const app = await bootNamed(
+      TokenResourceModule.forRoot({ dataSource: 'tokens', jwt: { secret: TEST_SECRET }, expunge: { enabled: false } }),
+    );
     const named = app.get<DataSource>(getDataSourceToken('tokens'));
     const tokens = app.get(TokenService);
     const before = await countRows(named);
@@ -257,7 +290,10 @@ describe('isGlobal', () => {
 
   it('with isGlobal through forRootAsync too', async () => {
     const app = await createTokenApp(db.url, {
-      tokenModule: TokenResourceModule.forRootAsync({ isGlobal: true, useFactory: () => ({ jwt: { secret: TEST_SECRET }, expunge: { enabled: false } }) }),
+      tokenModule: TokenResourceModule.forRootAsync({
+        isGlobal: true,
+        useFactory: () => ({ jwt: { secret: TEST_SECRET }, expunge: { enabled: false } }),
+      }),
       imports: [FeatureModule],
     });
     apps.push(app);
@@ -265,10 +301,12 @@ describe('isGlobal', () => {
   });
 
   it('without isGlobal, the same module cannot resolve TokenService', async () => {
-    await expect(createTokenApp(db.url, {
-      options: { expunge: { enabled: false } },
-      imports: [FeatureModule],
-    })).rejects.toThrow(/TokenService/);
+    await expect(
+      createTokenApp(db.url, {
+        options: { expunge: { enabled: false } },
+        imports: [FeatureModule],
+      }),
+    ).rejects.toThrow(/TokenService/);
   });
 });
 
@@ -284,9 +322,13 @@ describe('a custom entity with another table name', () => {
   });
 
   it('uses its table for every operation, with synchronize: true', async () => {
-    const app = await boot(own.url, TokenResourceModule.forRoot({ entity: MyToken, jwt: { secret: TEST_SECRET }, expunge: { enabled: false } }), {
-      typeOrm: { entities: [MyToken], migrations: [], migrationsRun: false, synchronize: true },
-    });
+    const app = await boot(
+      own.url,
+      TokenResourceModule.forRoot({ entity: MyToken, jwt: { secret: TEST_SECRET }, expunge: { enabled: false } }),
+      {
+        typeOrm: { entities: [MyToken], migrations: [], migrationsRun: false, synchronize: true },
+      },
+    );
     const dataSource = dataSourceOf(app);
     const tokens = app.get(TokenService);
     const token = await signToken({ jti: 'custom-1', sub: 'olga' });
@@ -315,7 +357,10 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
     publicKeyEncoding: { type: 'spki', format: 'pem' },
     privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
   });
-  const { publicKey: edPublic } = generateKeyPairSync('ed25519', { publicKeyEncoding: { type: 'spki', format: 'pem' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } });
+  const { publicKey: edPublic } = generateKeyPairSync('ed25519', {
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+  });
 
   const CASES: Array<[string, Record<string, unknown>, RegExp]> = [
     ['no key', { jwt: {} }, /exactly one.*jwt\.secret.*jwt\.publicKey.*jwt\.jwksUri/],
@@ -326,8 +371,16 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
     ['a secret with a private key', { jwt: { secret: TEST_SECRET, privateKey: rsaPrivate } }, /jwt\.privateKey/],
     ['a 1-byte secret', { jwt: { secret: 'x' } }, /jwt\.secret is 1 bytes, too short for HS256, HS384, HS512.*32 bytes for HS256/],
     ['a 31-byte secret', { jwt: { secret: new Uint8Array(31) } }, /jwt\.secret is 31 bytes.*RFC 7518/],
-    ['HS512 with a 48-byte secret', { jwt: { secret: 'x'.repeat(48), algorithms: ['HS256', 'HS512'] } }, /too short for HS512.*leave those algorithms out of jwt\.algorithms/],
-    ['requireTokenPresenceForAuthentication without storeAllTokens', { jwt: { secret: TEST_SECRET }, requireTokenPresenceForAuthentication: true }, /storeAllTokens: true/],
+    [
+      'HS512 with a 48-byte secret',
+      { jwt: { secret: 'x'.repeat(48), algorithms: ['HS256', 'HS512'] } },
+      /too short for HS512.*leave those algorithms out of jwt\.algorithms/,
+    ],
+    [
+      'requireTokenPresenceForAuthentication without storeAllTokens',
+      { jwt: { secret: TEST_SECRET }, requireTokenPresenceForAuthentication: true },
+      /storeAllTokens: true/,
+    ],
     ["algorithms containing 'none'", { jwt: { secret: TEST_SECRET, algorithms: ['HS256', 'none'] } }, /none/],
     ["algorithms containing 'NONE'", { jwt: { publicKey: rsaPublic, algorithms: ['NONE'] } }, /none/],
     ['RS256 with an HMAC secret', { jwt: { secret: TEST_SECRET, algorithms: ['RS256'] } }, /RS256.*jwt\.secret.*HS256/],
@@ -335,10 +388,40 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
     ['ES256 with an Ed25519 key', { jwt: { publicKey: edPublic, algorithms: ['ES256'] } }, /ES256.*EdDSA/],
     ['HS256 with a JWKS', { jwt: { jwksUri: 'https://x.test/jwks', algorithms: ['HS256'] } }, /HS256/],
     ['an empty algorithms list', { jwt: { secret: TEST_SECRET, algorithms: [] } }, /non-empty/],
-    ['an unreadable PEM public key', { jwt: { publicKey: '-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----' } }, /jwt\.publicKey could not be read.*PEM/],
+    [
+      'an unreadable PEM public key',
+      { jwt: { publicKey: '-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----' } },
+      /jwt\.publicKey could not be read.*PEM/,
+    ],
     ['an unreadable private key', { jwt: { publicKey: rsaPublic, privateKey: 'garbage' } }, /jwt\.privateKey could not be read/],
-    ['a private key that cannot sign the accepted algorithms', { jwt: { publicKey: rsaPublic, privateKey: generateKeyPairSync('ec', { namedCurve: 'prime256v1', privateKeyEncoding: { type: 'pkcs8', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } }).privateKey } }, /privateKey cannot sign/],
-    ['a private key that does not match the public key', { jwt: { publicKey: rsaPublic, privateKey: generateKeyPairSync('rsa', { modulusLength: 2048, privateKeyEncoding: { type: 'pkcs8', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } }).privateKey } }, /not the private half of jwt\.publicKey/],
+    [
+      'a private key that cannot sign the accepted algorithms',
+      {
+        jwt: {
+          publicKey: rsaPublic,
+          privateKey: generateKeyPairSync('ec', {
+            namedCurve: 'prime256v1',
+            privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+            publicKeyEncoding: { type: 'spki', format: 'pem' },
+          }).privateKey,
+        },
+      },
+      /privateKey cannot sign/,
+    ],
+    [
+      'a private key that does not match the public key',
+      {
+        jwt: {
+          publicKey: rsaPublic,
+          privateKey: generateKeyPairSync('rsa', {
+            modulusLength: 2048,
+            privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+            publicKeyEncoding: { type: 'spki', format: 'pem' },
+          }).privateKey,
+        },
+      },
+      /not the private half of jwt\.publicKey/,
+    ],
     ['a relative jwksUri', { jwt: { jwksUri: '/jwks.json' } }, /jwksUri must be an absolute URL/],
     ['a garbage jwksUri', { jwt: { jwksUri: 'not a url' } }, /jwksUri/],
     ['a non-http jwksUri', { jwt: { jwksUri: 'ftp://x.test/jwks' } }, /jwksUri/],
@@ -346,29 +429,73 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
     ['NaN clockToleranceSeconds', { jwt: { secret: TEST_SECRET, clockToleranceSeconds: Number.NaN } }, /clockToleranceSeconds/],
     ['batchSize 0', { jwt: { secret: TEST_SECRET }, expunge: { batchSize: 0 } }, /expunge\.batchSize must be a positive integer/],
     ['fractional batchSize', { jwt: { secret: TEST_SECRET }, expunge: { batchSize: 2.5 } }, /expunge\.batchSize/],
-    ['negative intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: -1 } }, /expunge\.intervalHours must be a whole number of hours that divides 24/],
+    [
+      'negative intervalHours',
+      { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: -1 } },
+      /expunge\.intervalHours must be a whole number of hours that divides 24/,
+    ],
     ['zero intervalHours', { jwt: { secret: TEST_SECRET }, expunge: { intervalHours: 0 } }, /expunge\.intervalHours/],
-    ["authenticationPurpose 'revocation'", { jwt: { secret: TEST_SECRET }, authenticationPurpose: REVOCATION_PURPOSE }, /authenticationPurpose/],
+    [
+      "authenticationPurpose 'revocation'",
+      { jwt: { secret: TEST_SECRET }, authenticationPurpose: REVOCATION_PURPOSE },
+      /authenticationPurpose/,
+    ],
     ['a secret that is neither a string nor bytes', { jwt: { secret: 42 } }, /jwt\.secret must be a non-empty string or Uint8Array/],
     ['storeTimeoutMs 0', { jwt: { secret: TEST_SECRET }, storeTimeoutMs: 0 }, /storeTimeoutMs must be a positive number, got 0/],
-    ['an expunge.cron that is no string', { jwt: { secret: TEST_SECRET }, expunge: { cron: 5 } }, /expunge\.cron must be a cron expression such as '0 0,12 \* \* \*'/],
-    ['an empty purpose in includePurposes', { jwt: { secret: TEST_SECRET }, logOutEverywhere: { includePurposes: [''] } }, /logOutEverywhere\.includePurposes must be an array of purposes/],
-    ['excludePurposes that is no array', { jwt: { secret: TEST_SECRET }, logOutEverywhere: { excludePurposes: 'revocation' } }, /logOutEverywhere\.excludePurposes must be an array/],
-    ['applyOnPasswordChange without userEntity', { jwt: { secret: TEST_SECRET }, logOutEverywhere: { applyOnPasswordChange: true } }, /applyOnPasswordChange needs logOutEverywhere\.userEntity/],
-    ['a subjectOf that is no function', { jwt: { secret: TEST_SECRET }, logOutEverywhere: { subjectOf: 'uuid' } }, /logOutEverywhere\.subjectOf must be a function/],
-    ['a markerLifetime that is no duration', { jwt: { secret: TEST_SECRET }, logOutEverywhere: { markerLifetime: 'forever' } }, /logOutEverywhere\.markerLifetime/],
-    ['logOutMarkerCache.maxSubjects 0', { jwt: { secret: TEST_SECRET }, logOutMarkerCache: { maxSubjects: 0 } }, /logOutMarkerCache\.maxSubjects must be a positive integer/],
+    [
+      'an expunge.cron that is no string',
+      { jwt: { secret: TEST_SECRET }, expunge: { cron: 5 } },
+      /expunge\.cron must be a cron expression such as '0 0,12 \* \* \*'/,
+    ],
+    [
+      'an empty purpose in includePurposes',
+      { jwt: { secret: TEST_SECRET }, logOutEverywhere: { includePurposes: [''] } },
+      /logOutEverywhere\.includePurposes must be an array of purposes/,
+    ],
+    [
+      'excludePurposes that is no array',
+      { jwt: { secret: TEST_SECRET }, logOutEverywhere: { excludePurposes: 'revocation' } },
+      /logOutEverywhere\.excludePurposes must be an array/,
+    ],
+    [
+      'applyOnPasswordChange without userEntity',
+      { jwt: { secret: TEST_SECRET }, logOutEverywhere: { applyOnPasswordChange: true } },
+      /applyOnPasswordChange needs logOutEverywhere\.userEntity/,
+    ],
+    [
+      'a subjectOf that is no function',
+      { jwt: { secret: TEST_SECRET }, logOutEverywhere: { subjectOf: 'uuid' } },
+      /logOutEverywhere\.subjectOf must be a function/,
+    ],
+    [
+      'a markerLifetime that is no duration',
+      { jwt: { secret: TEST_SECRET }, logOutEverywhere: { markerLifetime: 'forever' } },
+      /logOutEverywhere\.markerLifetime/,
+    ],
+    [
+      'logOutMarkerCache.maxSubjects 0',
+      { jwt: { secret: TEST_SECRET }, logOutMarkerCache: { maxSubjects: 0 } },
+      /logOutMarkerCache\.maxSubjects must be a positive integer/,
+    ],
   ];
 
   it.each(CASES)('%s', async (_label, options, message) => {
     const attempt = createTokenApp(db.url, { tokenModule: TokenResourceModule.forRoot(options as unknown as TokenResourceModuleOptions) });
-    const error = await attempt.then(() => null, (e: unknown) => e);
+    const error = await attempt.then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(error).toBeInstanceOf(TokenResourceConfigError);
     expect((error as Error).message).toMatch(message);
   });
 
   it('a correct configuration of each kind boots', async () => {
-    for (const jwt of [{ secret: TEST_SECRET }, { publicKey: rsaPublic, privateKey: rsaPrivate }, { publicKey: edPublic }, { jwksUri: 'https://x.test/jwks' }]) {
+    for (const jwt of [
+      { secret: TEST_SECRET },
+      { publicKey: rsaPublic, privateKey: rsaPrivate },
+      { publicKey: edPublic },
+      { jwksUri: 'https://x.test/jwks' },
+    ]) {
       const app = await createTokenApp(db.url, { tokenModule: TokenResourceModule.forRoot({ jwt, expunge: { enabled: false } }) });
       await app.close();
     }

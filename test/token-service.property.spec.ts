@@ -50,10 +50,12 @@ it('agrees with the model for any sequence of writes', async () => {
   await fc.assert(
     fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 12 }), async (ops) => {
       run += 1;
-      const slots = await Promise.all(Array.from({ length: SLOTS }, async (_, i) => {
-        const jti = `prop-${run}-${i}`;
-        return { jti, sub: `sub-${i}`, token: await signToken({ jti, sub: `sub-${i}` }) };
-      }));
+      const slots = await Promise.all(
+        Array.from({ length: SLOTS }, async (_, i) => {
+          const jti = `prop-${run}-${i}`;
+          return { jti, sub: `sub-${i}`, token: await signToken({ jti, sub: `sub-${i}` }) };
+        }),
+      );
       const revoked = new Set<number>();
       const purpose = new Map<number, string>();
       for (const step of ops) {

@@ -229,7 +229,7 @@ describe('revoke / tokenRevoked / jtiRevoked', () => {
     expect((await tokens.getToken({ jti: 'sibling-b' }))?.purpose).toBe('user');
   });
 
-  it('revoke with opts.manager joins the caller\'s transaction: rolled back, nothing is revoked', async () => {
+  it("revoke with opts.manager joins the caller's transaction: rolled back, nothing is revoked", async () => {
     const token = await signToken({ jti: 'revoke-in-tx' });
     const runner = dataSource.createQueryRunner();
     await runner.connect();
@@ -313,7 +313,7 @@ describe('revokeJti', () => {
     expect((await repo.findOneByOrFail({ jti: 'bare-jti-stored' })).expiresAt.getTime()).toBe(stored);
   });
 
-  it('never shortens a stored row\'s expiry, so the token stays revoked while it lives', async () => {
+  it("never shortens a stored row's expiry, so the token stays revoked while it lives", async () => {
     const token = await signToken({ jti: 'bare-jti-short', sub: 'frank' }, { expiresInSeconds: 3600 });
     await tokens.storeToken({ token, purpose: 'user' });
     const stored = (await repo.findOneByOrFail({ jti: 'bare-jti-short' })).expiresAt.getTime();
@@ -324,11 +324,13 @@ describe('revokeJti', () => {
     expect(await tokens.tokenRevoked(token)).toBe(true);
   });
 
-  it('joins the caller\'s transaction with opts.manager', async () => {
-    await expect(dataSource.transaction(async (manager) => {
-      await tokens.revokeJti('bare-jti-tx', 'frank', { manager });
-      throw new Error('roll back');
-    })).rejects.toThrow('roll back');
+  it("joins the caller's transaction with opts.manager", async () => {
+    await expect(
+      dataSource.transaction(async (manager) => {
+        await tokens.revokeJti('bare-jti-tx', 'frank', { manager });
+        throw new Error('roll back');
+      }),
+    ).rejects.toThrow('roll back');
     expect(await tokens.jtiRevoked('bare-jti-tx')).toBe(false);
     await dataSource.transaction((manager) => tokens.revokeJti('bare-jti-tx', 'frank', { manager }));
     expect(await tokens.jtiRevoked('bare-jti-tx')).toBe(true);
@@ -381,7 +383,7 @@ describe('confirmation changes', () => {
 });
 
 describe('listTokens', () => {
-  it('lists a subject\'s unexpired rows, filters by purpose and expiry, and hides log-out markers', async () => {
+  it("lists a subject's unexpired rows, filters by purpose and expiry, and hides log-out markers", async () => {
     const sub = uniqueSubject();
     const stored = async (jti: string, purpose: string, expiresInSeconds = 3600) =>
       tokens.storeToken({ token: await signToken({ jti, sub }, { expiresInSeconds }), purpose });
@@ -392,14 +394,21 @@ describe('listTokens', () => {
     await tokens.revoke(await signToken({ jti: `${sub}-revoked`, sub }));
     await tokens.storeToken({ token: await signToken({ jti: `${sub}-someone-else`, sub: `${sub}-x` }), purpose: 'user' });
     await repo.insert({
-      jti: `log-out-everywhere:${sub}`, subject: sub, purpose: LOG_OUT_EVERYWHERE_PURPOSE,
-      expiresAt: new Date(Date.now() + 3_600_000), extraData: { levels: { all: { at: Date.now() - 1_000_000 } } },
+      jti: `log-out-everywhere:${sub}`,
+      subject: sub,
+      purpose: LOG_OUT_EVERYWHERE_PURPOSE,
+      expiresAt: new Date(Date.now() + 3_600_000),
+      extraData: { levels: { all: { at: Date.now() - 1_000_000 } } },
     });
 
     const jtis = (list: Token[]) => list.map((row) => row.jti).sort();
     expect(jtis(await tokens.listTokens(sub))).toEqual([`${sub}-confirm`, `${sub}-revoked`, `${sub}-user-1`, `${sub}-user-2`].sort());
     expect(jtis(await tokens.listTokens(sub, { purpose: 'user' }))).toEqual([`${sub}-user-1`, `${sub}-user-2`]);
-    expect(jtis(await tokens.listTokens(sub, { purpose: 'user', includeExpired: true }))).toEqual([`${sub}-old`, `${sub}-user-1`, `${sub}-user-2`]);
+    expect(jtis(await tokens.listTokens(sub, { purpose: 'user', includeExpired: true }))).toEqual([
+      `${sub}-old`,
+      `${sub}-user-1`,
+      `${sub}-user-2`,
+    ]);
     expect(jtis(await tokens.listTokens(sub, { includeExpired: true }))).toEqual(
       [`${sub}-confirm`, `${sub}-old`, `${sub}-revoked`, `${sub}-user-1`, `${sub}-user-2`].sort(),
     );
@@ -459,8 +468,9 @@ describe('issueToken', () => {
   it('refuses a lifetime longer than logOutEverywhere.markerLifetime, which would outlive its log-outs', async () => {
     const shortMemory = await appWith({ logOutEverywhere: { markerLifetime: '30d' }, storeAllTokens: true });
     const before = await countRows(dataSource);
-    await expect(shortMemory.issueToken({ subject: 'lena', expiresIn: '31d' }))
-      .rejects.toThrow(/expiresIn \(2678400 s\) exceeds logOutEverywhere.markerLifetime \(2592000 s\)/);
+    await expect(shortMemory.issueToken({ subject: 'lena', expiresIn: '31d' })).rejects.toThrow(
+      /expiresIn \(2678400 s\) exceeds logOutEverywhere.markerLifetime \(2592000 s\)/,
+    );
     expect(await countRows(dataSource)).toBe(before);
     await expect(shortMemory.issueToken({ subject: 'lena', expiresIn: '30d' })).resolves.toMatchObject({ jti: expect.any(String) });
     await expect(tokens.issueToken({ subject: 'lena', expiresIn: '366d' })).rejects.toBeInstanceOf(RangeError);
@@ -616,7 +626,9 @@ describe('each revoked-check is one indexed query', () => {
         [store.jtiRevokedStatement(), ['a']],
       ] as const) {
         let sql = statement.text;
-        values.forEach((value, i) => { sql = sql.replace(`$${i + 1}`, Array.isArray(value) ? `ARRAY[${value.map((v) => `'${v}'`).join(',')}]` : `'${value}'`); });
+        values.forEach((value, i) => {
+          sql = sql.replace(`$${i + 1}`, Array.isArray(value) ? `ARRAY[${value.map((v) => `'${v}'`).join(',')}]` : `'${value}'`);
+        });
         const plan = (await runner.query(`EXPLAIN ${sql}`)).map((row: { 'QUERY PLAN': string }) => row['QUERY PLAN']).join('\n');
         expect(plan).toMatch(/(Index|Index Only|Bitmap Index) Scan on "?PK_\w+"?|Index (Only )?Scan using "?PK_\w+"?/);
         expect(plan).not.toMatch(/Seq Scan/);

@@ -87,15 +87,17 @@ describe('through a transaction pooler', () => {
     const base = await app.getUrl();
     const statuses = { ok: 0, unauthorized: 0, other: [] as number[], wrongAnswer: 0 };
     for (let round = 0; round < 4; round += 1) {
-      await Promise.all(issued.map(async ({ token }, i) => {
-        const response = await fetch(`${base}/guarded`, { headers: { authorization: `Bearer ${token}` } });
-        const expected = revoked.has(token) ? 401 : 200;
-        if (response.status !== expected) statuses.other.push(response.status);
-        else if (expected === 200) {
-          statuses.ok += 1;
-          if ((await response.json() as { sub: string }).sub !== `client-${i}`) statuses.wrongAnswer += 1;
-        } else statuses.unauthorized += 1;
-      }));
+      await Promise.all(
+        issued.map(async ({ token }, i) => {
+          const response = await fetch(`${base}/guarded`, { headers: { authorization: `Bearer ${token}` } });
+          const expected = revoked.has(token) ? 401 : 200;
+          if (response.status !== expected) statuses.other.push(response.status);
+          else if (expected === 200) {
+            statuses.ok += 1;
+            if (((await response.json()) as { sub: string }).sub !== `client-${i}`) statuses.wrongAnswer += 1;
+          } else statuses.unauthorized += 1;
+        }),
+      );
     }
     expect(statuses).toEqual({ ok: 4 * (HTTP_CLIENTS - revoked.size), unauthorized: 4 * revoked.size, other: [], wrongAnswer: 0 });
   });
@@ -114,18 +116,24 @@ describe('through a transaction pooler', () => {
     const { token, jti } = await tokens.issueToken({ subject: 'jti-racer' });
     expect(await tokens.jtiRevoked(jti)).toBe(false);
     expect(await tokens.tokenRevoked(token)).toBe(false);
-    expect(await raceCalls(CALLERS, () => tokens.revokeJti(jti, 'jti-racer'))).toEqual({ succeeded: 1, alreadyRevoked: CALLERS - 1, other: [] });
+    expect(await raceCalls(CALLERS, () => tokens.revokeJti(jti, 'jti-racer'))).toEqual({
+      succeeded: 1,
+      alreadyRevoked: CALLERS - 1,
+      other: [],
+    });
     expect(await tokens.jtiRevoked(jti)).toBe(true);
     expect(await tokens.tokenRevoked(token)).toBe(true);
     await expect(tokens.revokeJti(jti, 'jti-racer')).rejects.toBeInstanceOf(TokenAlreadyRevokedError);
   });
 
   it('logOutEverywhere, alone and from many callers at once: every stored and unstored token revoked once, later logins valid', async () => {
-    const stored = await Promise.all(Array.from({ length: 20 }, async () => {
-      const issued = await tokens.issueToken({ subject: 'everywhere' });
-      await tokens.storeToken({ token: issued.token, purpose: 'user' });
-      return issued.token;
-    }));
+    const stored = await Promise.all(
+      Array.from({ length: 20 }, async () => {
+        const issued = await tokens.issueToken({ subject: 'everywhere' });
+        await tokens.storeToken({ token: issued.token, purpose: 'user' });
+        return issued.token;
+      }),
+    );
     const unstored = (await tokens.issueToken({ subject: 'everywhere' })).token;
     const counts: number[] = [];
     const outcome = await raceCalls(CALLERS, async () => counts.push(await logOut.logOutEverywhere('everywhere')));
@@ -161,7 +169,9 @@ describe('through a transaction pooler', () => {
   });
 
   it(`confirmation changes of ${HTTP_CLIENTS} users at once: each stored and read back`, async () => {
-    const issued = await Promise.all(Array.from({ length: HTTP_CLIENTS }, (_, i) => tokens.issueToken({ subject: `confirming-${i}`, purpose: 'confirm' })));
+    const issued = await Promise.all(
+      Array.from({ length: HTTP_CLIENTS }, (_, i) => tokens.issueToken({ subject: `confirming-${i}`, purpose: 'confirm' })),
+    );
     await Promise.all(issued.map(({ token }, i) => tokens.storeConfirmationChanges({ token, changes: { email: `new-${i}@example.com` } })));
     const read = await Promise.all(issued.map(({ jti }) => tokens.getConfirmationChanges(jti)));
     expect(read).toEqual(issued.map((_, i) => ({ email: `new-${i}@example.com` })));
@@ -198,11 +208,16 @@ describe('the log-out marker cache behind a transaction pooler', () => {
     const { token } = await here.get(TokenService).issueToken({ subject });
     // Far longer than a heartbeat takes to come back on a direct connection.
     const until = Date.now() + 10 * MAX_STALENESS_MS;
-    await waitFor(async () => {
-      expect(cache.fresh).toBe(false);
-      expect(await here.get(TokenService).tokenRevoked(token)).toBe(false);
-      return Date.now() > until;
-    }, 20 * MAX_STALENESS_MS, 'the heartbeat window to pass', 20);
+    await waitFor(
+      async () => {
+        expect(cache.fresh).toBe(false);
+        expect(await here.get(TokenService).tokenRevoked(token)).toBe(false);
+        return Date.now() > until;
+      },
+      20 * MAX_STALENESS_MS,
+      'the heartbeat window to pass',
+      20,
+    );
 
     await there.get(LogOutEverywhereService).logOutEverywhere(subject);
     expect(await here.get(TokenService).tokenRevoked(token)).toBe(true);
@@ -210,4 +225,3 @@ describe('the log-out marker cache behind a transaction pooler', () => {
     expect(warn.mock.calls.filter(([message]) => /marker cache is off/.test(String(message)))).toHaveLength(2);
   });
 });
-

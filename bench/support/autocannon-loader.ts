@@ -31,12 +31,14 @@ async function load(job: LoadJob): Promise<void> {
     url: job.url,
     connections: job.connections,
     duration: job.durationSeconds,
-    requests: [{
-      setupRequest(request: { headers?: Record<string, string> }) {
-        request.headers = { ...request.headers, authorization: `Bearer ${job.tokens[next++ % job.tokens.length]}` };
-        return request;
+    requests: [
+      {
+        setupRequest(request: { headers?: Record<string, string> }) {
+          request.headers = { ...request.headers, authorization: `Bearer ${job.tokens[next++ % job.tokens.length]}` };
+          return request;
+        },
       },
-    }],
+    ],
   });
   const report: LoadReport = {
     requests: result.requests.total,

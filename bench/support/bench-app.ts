@@ -1,12 +1,7 @@
 import { Module, type DynamicModule, type Provider, type Type } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import {
-  CreateTokensTable1763900000000,
-  Token,
-  TokenResourceModule,
-  type TokenResourceModuleOptions,
-} from '../../lib/index.js';
+import { CreateTokensTable1763900000000, Token, TokenResourceModule, type TokenResourceModuleOptions } from '../../lib/index.js';
 
 /** The HMAC secret every benchmark signs and verifies with. */
 export const BENCH_SECRET = 'bench-secret-that-is-at-least-32-bytes-long!!';
@@ -33,8 +28,13 @@ export function benchAppModule(url: string, app: BenchAppOptions = {}): DynamicM
     module: BenchAppModule,
     imports: [
       TypeOrmModule.forRoot({
-        type: 'postgres', url, entities: [Token], logging: false, poolSize: app.poolSize,
-        migrations: [CreateTokensTable1763900000000], migrationsRun: true,
+        type: 'postgres',
+        url,
+        entities: [Token],
+        logging: false,
+        poolSize: app.poolSize,
+        migrations: [CreateTokensTable1763900000000],
+        migrationsRun: true,
       }),
       ScheduleModule.forRoot(),
       TokenResourceModule.forRoot({ jwt: { secret: BENCH_SECRET }, expunge: { enabled: false }, ...app.options }),

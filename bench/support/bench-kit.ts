@@ -26,7 +26,12 @@ export async function openBenchDatabase(): Promise<BenchDatabase> {
     const port = 20000 + Math.floor(Math.random() * 20000);
     embedded = new EmbeddedPostgres({
       databaseDir: await mkdtemp(join(tmpdir(), 'ntr-bench-pg-')),
-      port, user: 'postgres', password: 'postgres', persistent: false, createPostgresUser: process.getuid?.() === 0, onLog: () => undefined,
+      port,
+      user: 'postgres',
+      password: 'postgres',
+      persistent: false,
+      createPostgresUser: process.getuid?.() === 0,
+      onLog: () => undefined,
     });
     await embedded.initialise();
     await embedded.start();
@@ -36,7 +41,11 @@ export async function openBenchDatabase(): Promise<BenchDatabase> {
   const admin = async (sql: string) => {
     const client = new pg.Client({ connectionString: serverUrl });
     await client.connect();
-    try { await client.query(sql); } finally { await client.end(); }
+    try {
+      await client.query(sql);
+    } finally {
+      await client.end();
+    }
   };
   await admin(`CREATE DATABASE ${name}`);
   const url = new URL(serverUrl);

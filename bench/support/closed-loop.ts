@@ -24,15 +24,17 @@ export async function closedLoop(call: (i: number) => Promise<unknown>, concurre
   const started = performance.now();
   const deadline = started + durationMs;
   let next = 0;
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    for (;;) {
-      const before = performance.now();
-      if (before >= deadline) return;
-      await call(next++);
-      const after = performance.now();
-      if (after <= deadline) latenciesMs.push(after - before);
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      for (;;) {
+        const before = performance.now();
+        if (before >= deadline) return;
+        await call(next++);
+        const after = performance.now();
+        if (after <= deadline) latenciesMs.push(after - before);
+      }
+    }),
+  );
   const cpu = process.cpuUsage(cpuBefore);
   return { ops: latenciesMs.length, elapsedMs: durationMs, latenciesMs, cpuMicros: cpu.user + cpu.system };
 }

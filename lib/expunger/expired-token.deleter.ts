@@ -99,29 +99,44 @@ export class ExpiredTokenDeleter {
     private readonly store: TokenStore,
   ) {
     const table = store.table;
-    this.boundStatement = store.statement('expunge_bound', `
+    this.boundStatement = store.statement(
+      'expunge_bound',
+      `
       SELECT expires_at::text AS bound FROM ${table}
        WHERE expires_at >= $1::timestamptz AND expires_at < $2::timestamptz
-       ORDER BY expires_at OFFSET $3 LIMIT 1`);
-    this.rangeStatement = store.statement('expunge_range', `
+       ORDER BY expires_at OFFSET $3 LIMIT 1`,
+    );
+    this.rangeStatement = store.statement(
+      'expunge_range',
+      `
       DELETE FROM ${table}
        WHERE expires_at >= $1::timestamptz
-         AND expires_at < LEAST($2::timestamptz, COALESCE($3::timestamptz, $2::timestamptz))`);
-    this.nextStatement = store.statement('expunge_next', `
+         AND expires_at < LEAST($2::timestamptz, COALESCE($3::timestamptz, $2::timestamptz))`,
+    );
+    this.nextStatement = store.statement(
+      'expunge_next',
+      `
       SELECT expires_at::text AS next FROM ${table}
        WHERE expires_at > $1::timestamptz AND expires_at < $2::timestamptz
-       ORDER BY expires_at LIMIT 1`);
-    this.listStatement = store.statement('expunge_list', `
+       ORDER BY expires_at LIMIT 1`,
+    );
+    this.listStatement = store.statement(
+      'expunge_list',
+      `
       SELECT jti FROM ${table}
        WHERE expires_at >= $1::timestamptz AND expires_at <= $2::timestamptz AND expires_at < $3::timestamptz
          AND ($4::text IS NULL OR jti > $4::text)
-       ORDER BY jti LIMIT $5`);
-    this.deleteListedStatement = store.statement('expunge_listed', `
+       ORDER BY jti LIMIT $5`,
+    );
+    this.deleteListedStatement = store.statement(
+      'expunge_listed',
+      `
       DELETE FROM ${table}
        WHERE ctid = ANY (ARRAY(
          SELECT ctid FROM ${table}
           WHERE jti = ANY ($1::text[]) AND expires_at < $2::timestamptz
-            FOR UPDATE SKIP LOCKED))`);
+            FOR UPDATE SKIP LOCKED))`,
+    );
   }
 
   /**
@@ -177,8 +192,18 @@ export class ExpiredTokenDeleter {
     let deleted = 0;
     let after: string | null = null;
     for (;;) {
-      const { rows }: StatementResult<{ jti: string }> = await this.execute(pass, this.listStatement, [from, to, pass.cutoff, after, batchSize]);
-      if (rows.length > 0) deleted += await this.deleteListed(pass, rows.map((row) => row.jti));
+      const { rows }: StatementResult<{ jti: string }> = await this.execute(pass, this.listStatement, [
+        from,
+        to,
+        pass.cutoff,
+        after,
+        batchSize,
+      ]);
+      if (rows.length > 0)
+        deleted += await this.deleteListed(
+          pass,
+          rows.map((row) => row.jti),
+        );
       if (rows.length < batchSize || pass.opts.signal?.aborted) return deleted;
       after = rows[rows.length - 1].jti;
     }

@@ -42,7 +42,9 @@ export class ExpungeRunRecord {
   constructor(private readonly store: TokenStore) {
     const table = store.table;
     const leaseUntil = `now() + $3::int * interval '1 millisecond'`;
-    this.takeStatement = store.statement('expunge_take', `
+    this.takeStatement = store.statement(
+      'expunge_take',
+      `
       INSERT INTO ${table} AS r (jti, subject, expires_at, purpose, extra_data)
       VALUES ($1, '', now() + interval '1 year', '${EXPUNGE_RECORD_PURPOSE}',
               jsonb_build_object('holder', $2::text, 'leaseUntil', ${leaseUntil}))
@@ -51,21 +53,31 @@ export class ExpungeRunRecord {
             subject = '', purpose = EXCLUDED.purpose, expires_at = EXCLUDED.expires_at, updated_at = now()
         WHERE coalesce((r.extra_data->>'leaseUntil')::timestamptz, '-infinity') <= now()
           AND coalesce((r.extra_data->>'completedAt')::timestamptz, '-infinity') < coalesce($4::timestamptz, 'infinity')
-      RETURNING 1 AS taken`);
-    this.renewStatement = store.statement('expunge_renew', `
+      RETURNING 1 AS taken`,
+    );
+    this.renewStatement = store.statement(
+      'expunge_renew',
+      `
       UPDATE ${table} SET extra_data = extra_data || jsonb_build_object('leaseUntil', ${leaseUntil}), updated_at = now()
        WHERE jti = $1 AND extra_data->>'holder' = $2
-      RETURNING 1 AS renewed`);
-    this.releaseStatement = store.statement('expunge_release', `
+      RETURNING 1 AS renewed`,
+    );
+    this.releaseStatement = store.statement(
+      'expunge_release',
+      `
       UPDATE ${table}
          SET extra_data = (extra_data - 'leaseUntil')
                || CASE WHEN $3::boolean THEN jsonb_build_object('completedAt', now(), 'deleted', $4::bigint) ELSE '{}'::jsonb END,
              updated_at = now()
-       WHERE jti = $1 AND extra_data->>'holder' = $2`);
-    this.readStatement = store.statement('expunge_read', `
+       WHERE jti = $1 AND extra_data->>'holder' = $2`,
+    );
+    this.readStatement = store.statement(
+      'expunge_read',
+      `
       SELECT (extra_data->>'completedAt')::timestamptz AS "completedAt",
              (extra_data->>'leaseUntil')::timestamptz AS "leaseUntil", now() AS now
-        FROM ${table} WHERE jti = $1`);
+        FROM ${table} WHERE jti = $1`,
+    );
   }
 
   /**
@@ -75,7 +87,11 @@ export class ExpungeRunRecord {
    * @returns whether `holder` now holds the lease.
    */
   async take(session: QueryRunner, holder: string, unlessCompletedSince?: Date): Promise<boolean> {
-    const { rows } = await this.store.execute(this.takeStatement, [EXPUNGE_RECORD_JTI, holder, EXPUNGE_LEASE_MS, unlessCompletedSince ?? null], session.manager);
+    const { rows } = await this.store.execute(
+      this.takeStatement,
+      [EXPUNGE_RECORD_JTI, holder, EXPUNGE_LEASE_MS, unlessCompletedSince ?? null],
+      session.manager,
+    );
     return rows.length > 0;
   }
 

@@ -21,7 +21,9 @@ export async function withExpungeSession<T>(dataSource: DataSource, work: (sessi
   } finally {
     const releasable = session as QueryRunner & ReleasableWithError;
     if (failure !== undefined && typeof releasable.releasePostgresConnection === 'function') {
-      await releasable.releasePostgresConnection(failure instanceof Error ? failure : new Error('the expunge run failed', { cause: failure })).catch(() => undefined);
+      await releasable
+        .releasePostgresConnection(failure instanceof Error ? failure : new Error('the expunge run failed', { cause: failure }))
+        .catch(() => undefined);
     } else {
       await session.release().catch(() => undefined);
     }

@@ -171,7 +171,9 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
       if (!result.skipped) {
         this.logger.log(`expunged ${result.deleted} expired token rows from ${this.store.table} in ${Math.round(result.durationMs)} ms`);
       } else {
-        this.logger.debug(`expunge of ${this.store.table} skipped: another run holds the lease${completedSince ? ' or one completed since it was due' : ''}`);
+        this.logger.debug(
+          `expunge of ${this.store.table} skipped: another run holds the lease${completedSince ? ' or one completed since it was due' : ''}`,
+        );
       }
       return result;
     } catch (error) {
@@ -185,7 +187,12 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
     }
   }
 
-  private async expunge(session: QueryRunner, stopping: AbortController, completedSince: Date | undefined, started: number): Promise<ExpungeRunResult> {
+  private async expunge(
+    session: QueryRunner,
+    stopping: AbortController,
+    completedSince: Date | undefined,
+    started: number,
+  ): Promise<ExpungeRunResult> {
     const holder = `${hostname()} pid ${process.pid} run ${randomUUID()}`;
     if (!(await this.record.take(session, holder, completedSince))) {
       return { deleted: 0, skipped: true, durationMs: performance.now() - started };

@@ -24,9 +24,12 @@ const claimsByCall = new WeakMap<object, TokenClaimsPayload>();
  */
 export function callKeyOf(context: ExecutionContext): object | undefined {
   switch (context.getType()) {
-    case 'rpc': return objectOrUndefined(context.switchToRpc().getContext());
-    case 'ws': return objectOrUndefined(context.switchToWs().getData());
-    default: return undefined;
+    case 'rpc':
+      return objectOrUndefined(context.switchToRpc().getContext());
+    case 'ws':
+      return objectOrUndefined(context.switchToWs().getData());
+    default:
+      return undefined;
   }
 }
 

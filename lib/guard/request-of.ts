@@ -16,8 +16,11 @@ import type { ExecutionContext } from '@nestjs/common';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- whatever object the transport hands over, as Nest's own getRequest
 export function requestOf(context: ExecutionContext): Record<string, any> {
   switch (context.getType()) {
-    case 'rpc': return context.switchToRpc().getContext();
-    case 'ws': return context.switchToWs().getClient();
-    default: return context.switchToHttp().getRequest();
+    case 'rpc':
+      return context.switchToRpc().getContext();
+    case 'ws':
+      return context.switchToWs().getClient();
+    default:
+      return context.switchToHttp().getRequest();
   }
 }

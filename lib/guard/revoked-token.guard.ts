@@ -193,9 +193,12 @@ function rejectionReason(error: unknown): string {
   if (cause instanceof joseErrors.JWTExpired) return MESSAGES.expired;
   if (cause instanceof joseErrors.JWTClaimValidationFailed) {
     switch (cause.claim) {
-      case 'nbf': return MESSAGES.notYetValid;
-      case 'iss': return MESSAGES.wrongIssuer;
-      case 'aud': return MESSAGES.wrongAudience;
+      case 'nbf':
+        return MESSAGES.notYetValid;
+      case 'iss':
+        return MESSAGES.wrongIssuer;
+      case 'aud':
+        return MESSAGES.wrongAudience;
     }
   }
   return MESSAGES.invalidToken;

@@ -31,5 +31,7 @@ export const TokenClaims = createParamDecorator((claim: string | undefined, cont
 /** An `ExecutionContext` rather than a request: a request has no `getType`/`switchToHttp`. */
 function isExecutionContext(value: unknown): value is ExecutionContext {
   const candidate = value as Partial<ExecutionContext> | null | undefined;
-  return typeof candidate?.getType === 'function' && typeof candidate.switchToHttp === 'function' && typeof candidate.getArgs === 'function';
+  return (
+    typeof candidate?.getType === 'function' && typeof candidate.switchToHttp === 'function' && typeof candidate.getArgs === 'function'
+  );
 }

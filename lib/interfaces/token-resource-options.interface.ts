@@ -171,8 +171,7 @@ export interface TokenResourceOptionsFactory {
 }
 
 /** Options of `TokenResourceModule.forRootAsync`. */
-export interface TokenResourceModuleAsyncOptions
-  extends Pick<TokenResourceModuleOptions, WiringOption>, Pick<ModuleMetadata, 'imports'> {
+export interface TokenResourceModuleAsyncOptions extends Pick<TokenResourceModuleOptions, WiringOption>, Pick<ModuleMetadata, 'imports'> {
   /** Providers injected into `useFactory`. */
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- injection tokens, as in Nest's own FactoryProvider
   inject?: any[];

@@ -1,4 +1,12 @@
-import { createPrivateKey, createPublicKey, sign as cryptoSign, verify as cryptoVerify, webcrypto, type JsonWebKey, type KeyObject } from 'node:crypto';
+import {
+  createPrivateKey,
+  createPublicKey,
+  sign as cryptoSign,
+  verify as cryptoVerify,
+  webcrypto,
+  type JsonWebKey,
+  type KeyObject,
+} from 'node:crypto';
 import {
   createRemoteJWKSet,
   errors as joseErrors,
@@ -15,7 +23,7 @@ import { InvalidTokenError, TokenResourceUnavailableError } from '../token-resou
 import { checkVerifiedClaims } from '../validation/token-values.js';
 
 const RSA_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
-const EC_ALGORITHMS: Record<string, string> = { 'prime256v1': 'ES256', 'secp384r1': 'ES384', 'secp521r1': 'ES512' };
+const EC_ALGORITHMS: Record<string, string> = { prime256v1: 'ES256', secp384r1: 'ES384', secp521r1: 'ES512' };
 const EDDSA_ALGORITHMS = ['EdDSA', 'Ed25519'];
 const ASYMMETRIC_ALGORITHMS = [...RSA_ALGORITHMS, ...Object.values(EC_ALGORITHMS), ...EDDSA_ALGORITHMS];
 
@@ -76,7 +84,10 @@ function hmacVerifyKeys(secret: Uint8Array): JWTVerifyGetKey {
     if (!key) {
       const importing = webcrypto.subtle.importKey('raw', secret, { name: 'HMAC', hash: `SHA-${alg.slice(2)}` }, false, ['verify']);
       keys.set(alg, importing);
-      importing.then((imported) => keys.set(alg, imported), () => keys.delete(alg));
+      importing.then(
+        (imported) => keys.set(alg, imported),
+        () => keys.delete(alg),
+      );
       key = importing;
     }
     return key;
@@ -121,7 +132,9 @@ export class TokenCodec {
       if (usable.length === 0) fail(`jwt.privateKey cannot sign any of the accepted algorithms ${this.algorithms.join(', ')}.`);
       // With a publicKey the verify key is a KeyObject; a JWKS's keys are unknown until fetched.
       if (publicKey !== undefined && !keysArePair(key, this.verifyKey as KeyObject)) {
-        fail('jwt.privateKey is not the private half of jwt.publicKey: every token issueToken signs would fail verification. Give the matching key pair.');
+        fail(
+          'jwt.privateKey is not the private half of jwt.publicKey: every token issueToken signs would fail verification. Give the matching key pair.',
+        );
       }
       this.signKey = key;
       this.signAlgorithm = usable[0];
@@ -172,9 +185,8 @@ export class TokenCodec {
     // A JWKS that cannot be fetched says nothing about the token: fail closed as
     // unavailable. jose throws its generic JOSEError (code ERR_JOSE_GENERIC) only for a
     // non-200 or non-JSON JWKS response, and non-jose errors for network failures.
-    const jwksFetchFailed = error instanceof joseErrors.JWKSTimeout
-      || !(error instanceof joseErrors.JOSEError)
-      || error.code === joseErrors.JOSEError.code;
+    const jwksFetchFailed =
+      error instanceof joseErrors.JWKSTimeout || !(error instanceof joseErrors.JOSEError) || error.code === joseErrors.JOSEError.code;
     if (this.options.jwksUri && jwksFetchFailed) {
       throw new TokenResourceUnavailableError(`the JWKS at ${this.options.jwksUri} could not be fetched`, { cause: error });
     }

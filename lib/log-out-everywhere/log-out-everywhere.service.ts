@@ -79,10 +79,14 @@ function checkPurposeList(value: unknown, name: string): asserts value is string
 export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
   private readonly logger = new Logger(LogOutEverywhereService.name);
   /** Log-outs made inside transactions that have not ended yet, to be followed up when they commit. */
-  private readonly postCommit = new PostCommitLogOuts<LogOutArgs>({
-    forget: (subject) => this.markerCache.forget(subject),
-    repeat: (args, runner, lockTimeoutMs) => this.repeat(args, runner, lockTimeoutMs),
-  }, this.logger, this.options.storeTimeoutMs);
+  private readonly postCommit = new PostCommitLogOuts<LogOutArgs>(
+    {
+      forget: (subject) => this.markerCache.forget(subject),
+      repeat: (args, runner, lockTimeoutMs) => this.repeat(args, runner, lockTimeoutMs),
+    },
+    this.logger,
+    this.options.storeTimeoutMs,
+  );
   private unregister?: () => void;
 
   /**
@@ -92,7 +96,9 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * `announced` notifies the marker caches. The marker is written first, so concurrent
    * log-outs of one subject cannot deadlock. docs/internals.md explains its composition.
    */
-  private readonly logOutStatement = this.store.statement('log_out_everywhere', `
+  private readonly logOutStatement = this.store.statement(
+    'log_out_everywhere',
+    `
     WITH fresh AS (
       SELECT jsonb_build_array(to_jsonb($3::text[]), to_jsonb($4::text[]))::text AS key,
              jsonb_strip_nulls(jsonb_build_object(
@@ -138,7 +144,8 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
       RETURNING 1
     )
     SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked,
-           (SELECT count(*) FROM (SELECT pg_notify('${this.store.logOutChannel}', $1::text) FROM marker) AS announced)::int AS announced`);
+           (SELECT count(*) FROM (SELECT pg_notify('${this.store.logOutChannel}', $1::text) FROM marker) AS announced)::int AS announced`,
+  );
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
@@ -224,17 +231,21 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
 
   /** Runs the log-out statement through `manager` (its transaction, if any); forgets nothing. */
   private async run(args: LogOutArgs, manager: EntityManager | undefined): Promise<number> {
-    const { rows } = await this.store.execute<{ revoked: number }>(this.logOutStatement, [
-      args.subject,
-      logOutMarkerJti(args.subject),
-      args.includePurposes,
-      args.excludePurposes,
-      args.exceptJti,
-      Date.now(),
-      this.options.logOutEverywhere.markerLifetimeSeconds,
-      args.revokeUnstored,
-      this.options.jwt.clockToleranceSeconds,
-    ], manager);
+    const { rows } = await this.store.execute<{ revoked: number }>(
+      this.logOutStatement,
+      [
+        args.subject,
+        logOutMarkerJti(args.subject),
+        args.includePurposes,
+        args.excludePurposes,
+        args.exceptJti,
+        Date.now(),
+        this.options.logOutEverywhere.markerLifetimeSeconds,
+        args.revokeUnstored,
+        this.options.jwt.clockToleranceSeconds,
+      ],
+      manager,
+    );
     return rows[0]?.revoked ?? 0;
   }
 
@@ -254,7 +265,11 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    *   a string, empty, NUL, ...; the default `subjectOf` throws for a user without `id`):
    *   nothing is written, and a `save` that changed the password rejects and rolls back.
    */
-  async logOutOnPasswordChange(user: ObjectLiteral, manager?: EntityManager, opts: Omit<LogOutEverywhereOptions, 'manager'> = {}): Promise<number> {
+  async logOutOnPasswordChange(
+    user: ObjectLiteral,
+    manager?: EntityManager,
+    opts: Omit<LogOutEverywhereOptions, 'manager'> = {},
+  ): Promise<number> {
     const subject = this.options.logOutEverywhere.subjectOf(user);
     checkSubject(subject, 'logOutEverywhere.subjectOf(user)');
     return this.logOutEverywhere(subject, { ...opts, repeatAfterCommit: opts.repeatAfterCommit ?? true, manager });

@@ -49,7 +49,10 @@ export class PasswordChangeSubscriber implements EntitySubscriberInterface<Objec
       );
     }
     // The default would log out the subject 'undefined', or refuse every password change.
-    if (this.options.logOutEverywhere.subjectOf === defaultSubjectOf && !this.dataSource.getMetadata(userEntity).findColumnWithPropertyName('id')) {
+    if (
+      this.options.logOutEverywhere.subjectOf === defaultSubjectOf &&
+      !this.dataSource.getMetadata(userEntity).findColumnWithPropertyName('id')
+    ) {
       throw new TokenResourceConfigError(
         "nestjs-token-resource: logOutEverywhere.userEntity has no 'id' column for the default subjectOf (u => String(u.id)). Set logOutEverywhere.subjectOf to the user's JWT sub, for example (u) => u.uuid.",
       );

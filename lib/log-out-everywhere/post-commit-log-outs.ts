@@ -77,7 +77,7 @@ export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
    */
   add(runner: QueryRunner, subject: string, args: Args, repeat: boolean): void {
     let state = this.pending.get(runner);
-    if (!state) this.pending.set(runner, state = { depth: 0, logOuts: new Map() });
+    if (!state) this.pending.set(runner, (state = { depth: 0, logOuts: new Map() }));
     const key = repeat ? `repeat:${JSON.stringify(args)}` : `forget:${subject}`;
     // One made earlier is at the same savepoint level or an enclosing one: it covers this one.
     if (!state.logOuts.has(key)) state.logOuts.set(key, { subject, args, repeat, depth: state.depth });

@@ -159,7 +159,9 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     clearTimeout(this.reconnectTimer);
     const clients = [this.listener, this.connecting];
     this.lose(this.listener);
-    await Promise.all(clients.map((client) => client ? client.end().catch(() => undefined) : undefined).filter((ending) => ending !== undefined));
+    await Promise.all(
+      clients.map((client) => (client ? client.end().catch(() => undefined) : undefined)).filter((ending) => ending !== undefined),
+    );
   }
 
   private async listen(): Promise<void> {
@@ -177,7 +179,9 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     let pooled: boolean;
     try {
       await client.connect();
-      const { rows: [session] } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      const {
+        rows: [session],
+      } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
       // Checked before LISTEN, which would stay behind on a pooler's server connection.
       pooled = this.throughPooler(client, session.pid);
       if (!pooled) await client.query(`LISTEN "${this.store.logOutChannel}"; LISTEN "${this.heartbeatChannel}"`);
@@ -215,10 +219,12 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
   private throughPooler(client: PgClient, serverPid: number): boolean {
     const announcedPid = (client as unknown as { processID?: number | null }).processID;
     if (announcedPid === serverPid) return false;
-    this.logger.warn('the log-out marker cache is off: its connection may go through a pooler (PgBouncer or alike; the '
-      + `process id it announced, ${String(announcedPid)}, is not the server's, ${serverPid}), where LISTEN cannot hear `
-      + 'log-outs, so every check reads the marker from the database. Connect the data source to PostgreSQL directly '
-      + 'to use the cache, or drop logOutMarkerCache.enabled to silence this.');
+    this.logger.warn(
+      'the log-out marker cache is off: its connection may go through a pooler (PgBouncer or alike; the ' +
+        `process id it announced, ${String(announcedPid)}, is not the server's, ${serverPid}), where LISTEN cannot hear ` +
+        'log-outs, so every check reads the marker from the database. Connect the data source to PostgreSQL directly ' +
+        'to use the cache, or drop logOutMarkerCache.enabled to silence this.',
+    );
     return true;
   }
 
@@ -230,7 +236,9 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
       if (sentAt >= this.listeningSince && sentAt > this.confirmedAt && sentAt <= performance.now()) {
         this.confirmedAt = sentAt;
         if (this.deafSince !== undefined) {
-          this.logger.log(`listening for log-outs again after ${((performance.now() - this.deafSince) / 1000).toFixed(1)} s; the cache answers again`);
+          this.logger.log(
+            `listening for log-outs again after ${((performance.now() - this.deafSince) / 1000).toFixed(1)} s; the cache answers again`,
+          );
           this.deafSince = undefined;
         }
       }
@@ -259,9 +267,12 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     if (this.beating) return;
     this.beating = true;
     // A failed heartbeat needs no handling here: the connection reports its error, or the cache goes stale.
-    listener.query('SELECT pg_notify($1, $2)', [this.heartbeatChannel, String(now)])
+    listener
+      .query('SELECT pg_notify($1, $2)', [this.heartbeatChannel, String(now)])
       .catch(() => undefined)
-      .finally(() => { this.beating = false; });
+      .finally(() => {
+        this.beating = false;
+      });
   }
 
   private lose(client: PgClient | undefined, error?: Error): void {
@@ -274,7 +285,9 @@ export class LogOutMarkerCache implements OnApplicationBootstrap, OnModuleDestro
     if (this.stopped) return;
     if (this.deafSince === undefined) {
       this.deafSince = performance.now();
-      this.logger.warn(`stopped listening for log-outs (${error?.message ?? 'closed'}); checking markers in the database until it listens again`);
+      this.logger.warn(
+        `stopped listening for log-outs (${error?.message ?? 'closed'}); checking markers in the database until it listens again`,
+      );
     }
     this.reconnectLater();
   }

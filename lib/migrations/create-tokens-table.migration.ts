@@ -30,10 +30,7 @@ export function createTokensTableMigration(tableName = 'tokens'): new () => Migr
       );
       const naming = queryRunner.connection.namingStrategy;
       for (const column of ['subject', 'expires_at']) {
-        await queryRunner.createIndex(
-          tableName,
-          new TableIndex({ name: naming.indexName(tableName, [column]), columnNames: [column] }),
-        );
+        await queryRunner.createIndex(tableName, new TableIndex({ name: naming.indexName(tableName, [column]), columnNames: [column] }));
       }
     }
 

@@ -8,7 +8,9 @@ import { DEFAULT_AUTHENTICATION_PURPOSE } from '../token-resource.internal-const
  */
 export function defaultSubjectOf(user: { id?: unknown }): string {
   if (user?.id === undefined || user.id === null) {
-    throw new TypeError("logOutEverywhere.subjectOf: the user has no id; set logOutEverywhere.subjectOf to say which property is the JWT's sub");
+    throw new TypeError(
+      "logOutEverywhere.subjectOf: the user has no id; set logOutEverywhere.subjectOf to say which property is the JWT's sub",
+    );
   }
   return `${user.id as string | number}`;
 }

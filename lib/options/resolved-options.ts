@@ -41,7 +41,9 @@ function resolveLogOutEverywhere(logOut: LogOutOptions): ResolvedTokenResourceOp
   const defaults = DEFAULT_OPTIONS.logOutEverywhere;
   const applyOnPasswordChange = logOut.applyOnPasswordChange ?? defaults.applyOnPasswordChange;
   if (applyOnPasswordChange && !logOut.userEntity) {
-    fail('logOutEverywhere.applyOnPasswordChange needs logOutEverywhere.userEntity: the entity whose password changes should log its user out.');
+    fail(
+      'logOutEverywhere.applyOnPasswordChange needs logOutEverywhere.userEntity: the entity whose password changes should log its user out.',
+    );
   }
   if (logOut.subjectOf !== undefined && typeof logOut.subjectOf !== 'function') {
     fail('logOutEverywhere.subjectOf must be a function (user) => string.');
@@ -70,7 +72,8 @@ function resolveMarkerCache(cache: MarkerCacheOptions): ResolvedTokenResourceOpt
     enabled: cache.enabled ?? defaults.enabled,
     maxStalenessMs,
     maxSubjects: positive(cache.maxSubjects, 'logOutMarkerCache.maxSubjects', true) ?? defaults.maxSubjects,
-    maxEntryAgeMs: atLeast(cache.maxEntryAgeMs, maxStalenessMs, 'logOutMarkerCache.maxEntryAgeMs') ?? Math.max(defaults.maxEntryAgeMs, maxStalenessMs),
+    maxEntryAgeMs:
+      atLeast(cache.maxEntryAgeMs, maxStalenessMs, 'logOutMarkerCache.maxEntryAgeMs') ?? Math.max(defaults.maxEntryAgeMs, maxStalenessMs),
   };
 }
 
@@ -86,11 +89,15 @@ export function resolveOptions(options: TokenResourceModuleOptions): ResolvedTok
   const storeAllTokens = options.storeAllTokens ?? DEFAULT_OPTIONS.storeAllTokens;
   const requirePresence = options.requireTokenPresenceForAuthentication ?? DEFAULT_OPTIONS.requireTokenPresenceForAuthentication;
   if (requirePresence && !storeAllTokens) {
-    fail('requireTokenPresenceForAuthentication needs storeAllTokens: true, or the guard would refuse every token it never stored. Set storeAllTokens: true or drop requireTokenPresenceForAuthentication.');
+    fail(
+      'requireTokenPresenceForAuthentication needs storeAllTokens: true, or the guard would refuse every token it never stored. Set storeAllTokens: true or drop requireTokenPresenceForAuthentication.',
+    );
   }
   const authenticationPurpose = options.authenticationPurpose ?? DEFAULT_OPTIONS.authenticationPurpose;
   if (!isPurpose(authenticationPurpose) || authenticationPurpose === REVOCATION_PURPOSE) {
-    fail(`authenticationPurpose must be a purpose other than '${REVOCATION_PURPOSE}' (a non-empty, well-formed string without NUL of at most ${MAX_PURPOSE_BYTES} bytes).`);
+    fail(
+      `authenticationPurpose must be a purpose other than '${REVOCATION_PURPOSE}' (a non-empty, well-formed string without NUL of at most ${MAX_PURPOSE_BYTES} bytes).`,
+    );
   }
   const expunge = options.expunge ?? {};
   return {
@@ -104,7 +111,8 @@ export function resolveOptions(options: TokenResourceModuleOptions): ResolvedTok
     expunge: {
       enabled: expunge.enabled ?? DEFAULT_OPTIONS.expunge.enabled,
       cron: expungeCronOf(expunge),
-      startupJitterSeconds: between(expunge.startupJitterSeconds, 0, 86_400, 'expunge.startupJitterSeconds') ?? DEFAULT_OPTIONS.expunge.startupJitterSeconds,
+      startupJitterSeconds:
+        between(expunge.startupJitterSeconds, 0, 86_400, 'expunge.startupJitterSeconds') ?? DEFAULT_OPTIONS.expunge.startupJitterSeconds,
       batchSize: positive(expunge.batchSize, 'expunge.batchSize', true) ?? DEFAULT_OPTIONS.expunge.batchSize,
     },
     logOutEverywhere: resolveLogOutEverywhere(options.logOutEverywhere ?? {}),

@@ -36,7 +36,9 @@ export function expungeCronOf(options: { cron?: unknown; intervalHours?: unknown
 
 function cronOfIntervalHours(hours: unknown): string {
   if (typeof hours !== 'number' || !HOURS_DIVIDING_A_DAY.includes(hours)) {
-    fail(`expunge.intervalHours must be a whole number of hours that divides 24 (${HOURS_DIVIDING_A_DAY.join(', ')}), so that runs fall at fixed times of day; got ${String(hours)}. For any other schedule set expunge.cron instead, for example '*/30 * * * *' (every 30 minutes) or '0 3 * * *' (daily at 03:00 UTC).`);
+    fail(
+      `expunge.intervalHours must be a whole number of hours that divides 24 (${HOURS_DIVIDING_A_DAY.join(', ')}), so that runs fall at fixed times of day; got ${String(hours)}. For any other schedule set expunge.cron instead, for example '*/30 * * * *' (every 30 minutes) or '0 3 * * *' (daily at 03:00 UTC).`,
+    );
   }
   if (hours === 1) return '0 * * * *';
   if (hours === 24) return '0 0 * * *';

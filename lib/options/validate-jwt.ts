@@ -22,7 +22,8 @@ export function secretBytes(secret: string | Uint8Array): Uint8Array {
 export function acceptedAlgorithms(configured: string[] | undefined, possible: string[], keyOption: string): string[] {
   if (configured === undefined) return possible;
   const wrong = configured.filter((alg) => !possible.includes(alg));
-  if (wrong.length > 0) fail(`jwt.algorithms ${JSON.stringify(wrong)} cannot be used with ${keyOption}; it supports ${possible.join(', ')}.`);
+  if (wrong.length > 0)
+    fail(`jwt.algorithms ${JSON.stringify(wrong)} cannot be used with ${keyOption}; it supports ${possible.join(', ')}.`);
   return configured;
 }
 
@@ -35,7 +36,9 @@ function hmacAlgorithms(secret: Uint8Array, configured: string[] | undefined): s
   const strong = candidates.filter((alg) => secret.length >= HMAC_KEY_BYTES[alg]);
   const weak = candidates.filter((alg) => !strong.includes(alg));
   if (strong.length === 0 || (configured !== undefined && weak.length > 0)) {
-    fail(`jwt.secret is ${secret.length} bytes, too short for ${weak.join(', ')}: an HMAC key must be at least as long as its hash (RFC 7518 §3.2), 32 bytes for HS256, 48 for HS384, 64 for HS512. Use a longer random secret (for example \`openssl rand -base64 64\`)${configured ? ' or leave those algorithms out of jwt.algorithms' : ''}.`);
+    fail(
+      `jwt.secret is ${secret.length} bytes, too short for ${weak.join(', ')}: an HMAC key must be at least as long as its hash (RFC 7518 §3.2), 32 bytes for HS256, 48 for HS384, 64 for HS512. Use a longer random secret (for example \`openssl rand -base64 64\`)${configured ? ' or leave those algorithms out of jwt.algorithms' : ''}.`,
+    );
   }
   return strong;
 }
@@ -59,17 +62,26 @@ function checkJwksUri(jwksUri: unknown): void {
 export function resolveJwtOptions(jwt: TokenResourceJwtOptions | undefined): ResolvedJwtOptions {
   if (!jwt || typeof jwt !== 'object') fail('the jwt option is required: set exactly one of jwt.secret, jwt.publicKey or jwt.jwksUri.');
   const { secret, publicKey, jwksUri, privateKey, algorithms } = jwt;
-  const sources = [secret !== undefined && 'jwt.secret', publicKey !== undefined && 'jwt.publicKey', jwksUri !== undefined && 'jwt.jwksUri'].filter(Boolean);
+  const sources = [
+    secret !== undefined && 'jwt.secret',
+    publicKey !== undefined && 'jwt.publicKey',
+    jwksUri !== undefined && 'jwt.jwksUri',
+  ].filter(Boolean);
   if (sources.length !== 1) {
-    fail(sources.length === 0
-      ? 'set exactly one verification key: jwt.secret (HMAC), jwt.publicKey (PEM or JWK) or jwt.jwksUri.'
-      : `set exactly one verification key, not ${sources.join(' and ')}.`);
+    fail(
+      sources.length === 0
+        ? 'set exactly one verification key: jwt.secret (HMAC), jwt.publicKey (PEM or JWK) or jwt.jwksUri.'
+        : `set exactly one verification key, not ${sources.join(' and ')}.`,
+    );
   }
   if (algorithms !== undefined) {
-    if (!Array.isArray(algorithms) || algorithms.length === 0) fail('jwt.algorithms must be a non-empty array, or left out to accept every algorithm of the key.');
-    if (algorithms.some((alg) => String(alg).toLowerCase() === 'none')) fail("jwt.algorithms must not contain 'none': unsigned tokens are never accepted.");
+    if (!Array.isArray(algorithms) || algorithms.length === 0)
+      fail('jwt.algorithms must be a non-empty array, or left out to accept every algorithm of the key.');
+    if (algorithms.some((alg) => String(alg).toLowerCase() === 'none'))
+      fail("jwt.algorithms must not contain 'none': unsigned tokens are never accepted.");
   }
-  const clockToleranceSeconds = atLeast(jwt.clockToleranceSeconds, 0, 'jwt.clockToleranceSeconds') ?? DEFAULT_OPTIONS.jwt.clockToleranceSeconds;
+  const clockToleranceSeconds =
+    atLeast(jwt.clockToleranceSeconds, 0, 'jwt.clockToleranceSeconds') ?? DEFAULT_OPTIONS.jwt.clockToleranceSeconds;
   if (jwksUri !== undefined) checkJwksUri(jwksUri);
   if (secret === undefined) return { ...jwt, clockToleranceSeconds };
   if (privateKey !== undefined) fail('jwt.privateKey cannot be combined with jwt.secret; an HMAC secret both signs and verifies.');

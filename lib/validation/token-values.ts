@@ -75,7 +75,9 @@ export function checkJsonb(value: unknown, name: string): void {
   JSON.stringify(value, (key, inner: unknown) => {
     for (const text of [key, inner]) {
       if (typeof text === 'string' && (text.includes('\0') || !(text as string & { isWellFormed(): boolean }).isWellFormed())) {
-        throw new TypeError(`${name} must not hold strings with NUL characters or lone UTF-16 surrogates: PostgreSQL's jsonb cannot store them`);
+        throw new TypeError(
+          `${name} must not hold strings with NUL characters or lone UTF-16 surrogates: PostgreSQL's jsonb cannot store them`,
+        );
       }
     }
     return inner;

@@ -29,21 +29,30 @@ export interface ConfirmEmailBody {
 }
 
 /** Validates {@link LoginBody}. */
-export const loginBody = new ParseBodyPipe<LoginBody>((body) => ({
-  email: emailField(body),
-  password: stringField(body, 'password'),
-}), ['email', 'password']);
+export const loginBody = new ParseBodyPipe<LoginBody>(
+  (body) => ({
+    email: emailField(body),
+    password: stringField(body, 'password'),
+  }),
+  ['email', 'password'],
+);
 
 /** Validates {@link LogOutEverywhereBody}; an empty body is fine. */
-export const logOutEverywhereBody = new ParseBodyPipe<LogOutEverywhereBody>((body) => ({
-  keepCurrent: optionalBooleanField(body, 'keepCurrent', false),
-}), ['keepCurrent']);
+export const logOutEverywhereBody = new ParseBodyPipe<LogOutEverywhereBody>(
+  (body) => ({
+    keepCurrent: optionalBooleanField(body, 'keepCurrent', false),
+  }),
+  ['keepCurrent'],
+);
 
 /** Validates {@link ChangePasswordBody}: the new password has 12 to 1024 characters. */
-export const changePasswordBody = new ParseBodyPipe<ChangePasswordBody>((body) => ({
-  currentPassword: stringField(body, 'currentPassword'),
-  newPassword: stringField(body, 'newPassword', 12, 1024),
-}), ['currentPassword', 'newPassword']);
+export const changePasswordBody = new ParseBodyPipe<ChangePasswordBody>(
+  (body) => ({
+    currentPassword: stringField(body, 'currentPassword'),
+    newPassword: stringField(body, 'newPassword', 12, 1024),
+  }),
+  ['currentPassword', 'newPassword'],
+);
 
 /** Validates {@link ChangeEmailBody}. */
 export const changeEmailBody = new ParseBodyPipe<ChangeEmailBody>((body) => ({ email: emailField(body) }), ['email']);

@@ -42,7 +42,8 @@ export class EmailChangeService {
    */
   async request(userId: string, email: string): Promise<PendingEmailChange> {
     const owner = await this.users.findByEmail(email);
-    if (owner) throw new ConflictException(owner.id === userId ? 'that is already your e-mail address' : 'that e-mail address is already in use');
+    if (owner)
+      throw new ConflictException(owner.id === userId ? 'that is already your e-mail address' : 'that e-mail address is already in use');
     const issued = await this.tokens.issueToken({
       subject: userId,
       purpose: CONFIRM_PURPOSE,

@@ -10,7 +10,10 @@ export type BodyParser<T> = (body: Record<string, unknown>) => T;
  */
 @Injectable()
 export class ParseBodyPipe<T> implements PipeTransform<unknown, T> {
-  constructor(private readonly parse: BodyParser<T>, private readonly fields: readonly string[]) {}
+  constructor(
+    private readonly parse: BodyParser<T>,
+    private readonly fields: readonly string[],
+  ) {}
 
   transform(value: unknown): T {
     const body = value ?? {};
@@ -27,7 +30,9 @@ export function stringField(body: Record<string, unknown>, name: string, min = 1
   if (value === undefined || value === null) throw new BadRequestException(`${name} is required`);
   if (typeof value !== 'string') throw new BadRequestException(`${name} must be a string`);
   if (value.length < min || value.length > max) {
-    throw new BadRequestException(min > 1 ? `${name} must be ${min} to ${max} characters long` : `${name} must be 1 to ${max} characters long`);
+    throw new BadRequestException(
+      min > 1 ? `${name} must be ${min} to ${max} characters long` : `${name} must be 1 to ${max} characters long`,
+    );
   }
   return value;
 }

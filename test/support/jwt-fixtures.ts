@@ -28,7 +28,13 @@ export interface SignOptions {
  * `exp` set unless omitted, with the test secret unless another is given.
  */
 export async function signToken(claims: JWTPayload = {}, options: SignOptions = {}): Promise<string> {
-  const payload: JWTPayload = { jti: randomUUID(), sub: `user-${randomUUID()}`, iat: nowSeconds(), exp: nowSeconds() + (options.expiresInSeconds ?? 3600), ...claims };
+  const payload: JWTPayload = {
+    jti: randomUUID(),
+    sub: `user-${randomUUID()}`,
+    iat: nowSeconds(),
+    exp: nowSeconds() + (options.expiresInSeconds ?? 3600),
+    ...claims,
+  };
   for (const claim of options.omit ?? []) delete payload[claim];
   return new SignJWT(payload)
     .setProtectedHeader({ alg: options.alg ?? 'HS256', typ: 'JWT' })

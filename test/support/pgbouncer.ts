@@ -24,9 +24,9 @@ function findBinary(): string {
   const which = spawnSync('which', ['pgbouncer'], { encoding: 'utf8' });
   if (which.status === 0 && which.stdout.trim()) return which.stdout.trim();
   throw new Error(
-    'pgbouncer is not installed, and the transaction-pooler tests need a real one. Install it with '
-      + '`apt-get install pgbouncer` (Debian/Ubuntu; .ci/run does this), `brew install pgbouncer` (macOS), '
-      + 'or point PGBOUNCER_BIN at the binary.',
+    'pgbouncer is not installed, and the transaction-pooler tests need a real one. Install it with ' +
+      '`apt-get install pgbouncer` (Debian/Ubuntu; .ci/run does this), `brew install pgbouncer` (macOS), ' +
+      'or point PGBOUNCER_BIN at the binary.',
   );
 }
 
@@ -59,32 +59,39 @@ export async function startPgBouncer(upstreamUrl: string, poolSize = 10): Promis
     `port=${upstream.port || 5432}`,
     `user=${decodeURIComponent(upstream.username || 'postgres')}`,
     upstream.password ? `password=${decodeURIComponent(upstream.password)}` : '',
-  ].filter(Boolean).join(' ');
+  ]
+    .filter(Boolean)
+    .join(' ');
   const config = join(dir, 'pgbouncer.ini');
-  writeFileSync(config, [
-    '[databases]',
-    `* = ${serverLogin}`,
-    '[pgbouncer]',
-    'listen_addr = 127.0.0.1',
-    `listen_port = ${port}`,
-    "unix_socket_dir = ''",
-    'auth_type = any',
-    'pool_mode = transaction',
-    `default_pool_size = ${poolSize}`,
-    'max_client_conn = 1000',
-    'ignore_startup_parameters = extra_float_digits,options',
-    'server_reset_query =',
-    `logfile = ${join(dir, 'pgbouncer.log')}`,
-    `pidfile = ${join(dir, 'pgbouncer.pid')}`,
-    '',
-  ].join('\n'));
+  writeFileSync(
+    config,
+    [
+      '[databases]',
+      `* = ${serverLogin}`,
+      '[pgbouncer]',
+      'listen_addr = 127.0.0.1',
+      `listen_port = ${port}`,
+      "unix_socket_dir = ''",
+      'auth_type = any',
+      'pool_mode = transaction',
+      `default_pool_size = ${poolSize}`,
+      'max_client_conn = 1000',
+      'ignore_startup_parameters = extra_float_digits,options',
+      'server_reset_query =',
+      `logfile = ${join(dir, 'pgbouncer.log')}`,
+      `pidfile = ${join(dir, 'pgbouncer.pid')}`,
+      '',
+    ].join('\n'),
+  );
   if (ids) {
     chownSync(dir, ids.uid, ids.gid);
     chownSync(config, ids.uid, ids.gid);
   }
   const child: ChildProcess = spawn(binary, [config], { stdio: ['ignore', 'ignore', 'pipe'], ...ids });
   let stderr = '';
-  child.stderr?.on('data', (chunk: Buffer) => { stderr += chunk.toString(); });
+  child.stderr?.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
 
   const urlFor = (databaseUrl: string): string => {
@@ -109,7 +116,9 @@ export async function startPgBouncer(upstreamUrl: string, poolSize = 10): Promis
 
 async function waitUntilAccepting(url: string, exited: Promise<number | null>, stderr: () => string): Promise<void> {
   let exitCode: number | null | undefined;
-  void exited.then((code) => { exitCode = code; });
+  void exited.then((code) => {
+    exitCode = code;
+  });
   const deadline = Date.now() + 10_000;
   for (;;) {
     if (exitCode !== undefined) throw new Error(`pgbouncer exited with code ${exitCode}: ${stderr()}`);
@@ -121,7 +130,8 @@ async function waitUntilAccepting(url: string, exited: Promise<number | null>, s
       return;
     } catch (error) {
       await client.end().catch(() => undefined);
-      if (Date.now() > deadline) throw new Error(`pgbouncer did not accept connections within 10 s: ${(error as Error).message} ${stderr()}`);
+      if (Date.now() > deadline)
+        throw new Error(`pgbouncer did not accept connections within 10 s: ${(error as Error).message} ${stderr()}`);
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }

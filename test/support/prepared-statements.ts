@@ -7,6 +7,8 @@ import type { ClientBase } from 'pg';
  */
 export async function preparedStatementRuns(client: ClientBase, name: string): Promise<number> {
   const { rows } = await client.query<{ n: number }>(
-    'SELECT coalesce(sum(generic_plans + custom_plans), 0)::int AS n FROM pg_prepared_statements WHERE starts_with(name, $1)', [name]);
+    'SELECT coalesce(sum(generic_plans + custom_plans), 0)::int AS n FROM pg_prepared_statements WHERE starts_with(name, $1)',
+    [name],
+  );
   return rows[0].n;
 }

@@ -24,7 +24,9 @@ export function tally(results: PromiseSettledResult<unknown>[]): Tally {
  */
 export async function raceCalls(callers: number, call: (i: number) => Promise<unknown>): Promise<Tally> {
   let open!: () => void;
-  const gate = new Promise<void>((resolve) => { open = resolve; });
+  const gate = new Promise<void>((resolve) => {
+    open = resolve;
+  });
   const calls = Array.from({ length: callers }, (_, i) => gate.then(() => call(i)));
   open();
   return tally(await Promise.allSettled(calls));

