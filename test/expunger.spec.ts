@@ -228,7 +228,9 @@ describe('catching up at boot', () => {
   it('a boot with no completed run since the schedule last fired runs one at once with startupJitterSeconds 0', async () => {
     await insertRows('old', 50, 'user', `now() - interval '1 day'`);
     await app({ options: { expunge: { startupJitterSeconds: 0 } } });
-    await waitFor(async () => (await tokenRows()) === 0, 5000, 'the catch-up run');
+    // The record is written once the run has finished, just after its last delete.
+    await waitFor(async () => (await readRunRecord(fixture.admin))?.completedAt != null, 5000, 'the catch-up run');
+    expect(await tokenRows()).toBe(0);
     expect((await readRunRecord(fixture.admin))?.deleted).toBe(50);
   });
 
