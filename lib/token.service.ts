@@ -301,7 +301,7 @@ export class TokenService {
       // log-out been announced meanwhile: then read the marker after all, in what is left of
       // storeTimeoutMs, which bounds the whole check.
       if (this.cache.confirms(subject, marker)) {
-        this.cache.rememberToken(jti, subject, cachedOwnRow(ownRow), ticket);
+        this.cache.rememberToken(jti, ownRow?.subject ?? subject, cachedOwnRow(ownRow), ticket);
       } else {
         marker = undefined;
         tokenState = { ...tokenState, timeoutMs: Math.max(1, Math.ceil(this.options.storeTimeoutMs - (performance.now() - started))) };
@@ -314,7 +314,7 @@ export class TokenService {
       ownRow = rows.find((row) => row.jti === jti);
       marker = rows.find((row) => row.jti === markerJti && row.purpose === LOG_OUT_EVERYWHERE_PURPOSE)?.marker ?? null;
       this.cache.rememberMarker(subject, marker, ticket);
-      this.cache.rememberToken(jti, subject, cachedOwnRow(ownRow), ticket);
+      this.cache.rememberToken(jti, ownRow?.subject ?? subject, cachedOwnRow(ownRow), ticket);
     }
     return this.verdict(claims, jti, ownRow ?? null, marker, undefined);
   }

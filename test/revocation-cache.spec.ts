@@ -338,6 +338,19 @@ describe('RevocationCache', () => {
     expect(cache.lookupToken(other.jti)).not.toBeUndefined();
   });
 
+  it("drops a token's answer on a log-out of its row's subject, whatever sub the checked token claims", async () => {
+    const cache = await freshCache(there);
+    const [owner, claimed, jti] = [uniqueSubject(), uniqueSubject(), `shared-${uniqueSubject()}`];
+    await here.get(TokenService).storeToken({ token: await signToken({ jti, sub: owner }), purpose: 'user' });
+    // Another token with the same jti: the check reads the owner's row for it.
+    const token = await signToken({ jti, sub: claimed });
+    expect(await admits(there, token)).toBe(true);
+    expect(cache.lookupToken(jti)).not.toBeUndefined();
+    await here.get(LogOutEverywhereService).logOutEverywhere(owner, { revokeUnstored: false });
+    await waitFor(async () => !(await admits(there, token)), MAX_STALENESS_MS, "the log-out of the row's subject to be heard", 5);
+    expect(cache.lookupMarker(claimed)).toBeNull();
+  });
+
   it('ignores payloads no write sends (malformed, over-long, unprefixed): any session may NOTIFY, and must not empty the caches', async () => {
     const cache = await freshCache(there);
     const tokensThere = there.get(TokenService);
