@@ -289,8 +289,8 @@ export class TokenService {
     const jti = requireString(claims, 'jti');
     const subject = requireString(claims, 'sub');
     let marker = this.cache.lookupMarker(subject);
-    const own = marker === undefined ? undefined : this.cache.lookupToken(jti);
-    if (own !== undefined) return this.verdict(claims, jti, own, marker!, Date.now());
+    const cachedOwn = marker === undefined ? undefined : this.cache.lookupToken(jti);
+    if (cachedOwn !== undefined) return this.verdict(claims, jti, cachedOwn, marker!, Date.now());
     let tokenState = this.store.tokenStateStatement();
     let ownRow: OwnStateRow | undefined;
     if (marker !== undefined) {

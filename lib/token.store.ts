@@ -105,8 +105,8 @@ export class TokenStore {
   }
 
   /**
-   * The SQL expression that announces a write on {@link revocationChannel}: `prefix` (see
-   * `ANNOUNCEMENT_PREFIXES`) followed by the text parameter `param`. The notification is
+   * The SQL expression that announces a write on {@link revocationChannel}: `prefix`
+   * (`TOKEN_ANNOUNCEMENT` or `SUBJECT_ANNOUNCEMENT`) followed by the text parameter `param`. The notification is
    * delivered when, and only if, the statement's transaction commits.
    */
   announcement(prefix: string, param: string): string {
