@@ -294,6 +294,27 @@ describe('RevocationCache', () => {
     expect(sent).toEqual([]);
   });
 
+  it('announces a revocation inside a transaction when it commits, and never when it rolls back', async () => {
+    await freshCache(there);
+    const tokensThere = there.get(TokenService);
+    const [rolledBack, committed] = await Promise.all([0, 1].map(() => tokensThere.issueToken({ subject: uniqueSubject() })));
+    for (const { token } of [rolledBack, committed]) expect(await admits(there, token)).toBe(true);
+
+    const tokensHere = here.get(TokenService);
+    await expect(
+      dataSourceOf(here).transaction(async (manager) => {
+        await tokensHere.revoke(rolledBack.token, { manager });
+        throw new Error('roll back');
+      }),
+    ).rejects.toThrow('roll back');
+    await dataSourceOf(here).transaction(async (manager) => {
+      await tokensHere.revokeJti(committed.jti, (await there.get(TokenCodec).verify(committed.token, true)).sub!, { manager });
+      expect(await admits(there, committed.token)).toBe(true);
+    });
+    await waitFor(async () => !(await admits(there, committed.token)), MAX_STALENESS_MS, 'the committed revocation to be heard', 5);
+    expect(await statementsDuring(there, async () => expect(await admits(there, rolledBack.token)).toBe(true))).toEqual([]);
+  });
+
   it.each([
     ['a revocation', (_user: string, token: string) => here.get(TokenService).revoke(token)],
     ['a log-out', (user: string) => here.get(LogOutEverywhereService).logOutEverywhere(user)],
