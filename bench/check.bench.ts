@@ -34,8 +34,8 @@ import {
 } from '../lib/token-resource.internal-constants.js';
 import { TokenStore } from '../lib/token.store.js';
 import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
-import { closedLoop, mergeResults, type LoadResult } from './support/closed-loop.js';
-import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';
+import { describeMachine, openBenchDatabase, printTable } from './support/bench-kit.js';
+import { runInterleaved, type Variant } from './support/interleaved-rounds.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const POOL = Number(process.env.BENCH_POOL ?? 32);
@@ -87,11 +87,6 @@ function probeRows(): number[] {
     }
   }
   return rows;
-}
-
-interface Variant {
-  name: string;
-  call: (i: number) => Promise<unknown>;
 }
 
 async function main(): Promise<void> {
@@ -190,18 +185,7 @@ async function main(): Promise<void> {
       const only = new RegExp(process.env.BENCH_ONLY);
       variants.splice(0, variants.length, ...variants.filter((variant) => only.test(variant.name)));
     }
-    const results = new Map<string, LoadResult[]>();
-    for (const concurrency of [1, CONCURRENCY]) {
-      // Warm-up: every connection of both pools prepares its statements, the JIT settles.
-      for (const variant of variants) await closedLoop(variant.call, concurrency, 500);
-      for (let round = 0; round < ROUNDS; round++) {
-        const order = round % 2 === 0 ? variants : [...variants].reverse();
-        for (const variant of order) {
-          const key = `${variant.name}@${concurrency}`;
-          results.set(key, [...(results.get(key) ?? []), await closedLoop(variant.call, concurrency, SECONDS * 1000)]);
-        }
-      }
-    }
+    const results = await runInterleaved(variants, [1, CONCURRENCY], ROUNDS, SECONDS);
 
     // Whether PostgreSQL kept a cached generic plan for the library's statements (one session's counts).
     const { rows: plans } = await ormPool.master.query<{ name: string; generic_plans: string; custom_plans: string }>(
@@ -212,32 +196,13 @@ async function main(): Promise<void> {
     console.log(
       `rows: ${ROWS} (10% revoked, ${SUBJECTS / 100} log-out markers); probes: 25% revoked, 50% stored, 25% absent; pools: ${POOL} connections each; ${ROUNDS} x ${SECONDS} s per variant and concurrency, interleaved`,
     );
-    const throughput = (name: string, c: number) => {
-      const r = mergeResults(results.get(`${name}@${c}`)!);
-      return (r.ops * 1000) / r.elapsedMs;
-    };
-    const table: Array<Record<string, string | number>> = [];
-    for (const concurrency of [1, CONCURRENCY]) {
-      for (const variant of variants) {
-        if (!results.has(`${variant.name}@${concurrency}`)) continue;
-        const r = mergeResults(results.get(`${variant.name}@${concurrency}`)!);
-        table.push({
-          variant: variant.name,
-          conc: String(concurrency),
-          'ops/s': Math.round((r.ops * 1000) / r.elapsedMs),
-          'p50 ms': percentile(r.latenciesMs, 50),
-          'p99 ms': percentile(r.latenciesMs, 99),
-          'node CPU µs/op': (r.cpuMicros / r.ops).toFixed(1),
-        });
-      }
-    }
     console.log(
       `connections open: library pool ${ormPool.master.totalCount} (max ${(ormPool.master as unknown as { options: { max: number } }).options.max}), raw pool ${raw.totalCount} (max ${(raw as unknown as { options: { max: number } }).options.max})`,
     );
     console.log(
       `round trips per call: ${roundTrips.join(', ')}; plans on one library connection: ${plans.map((p) => `${p.name} generic ${p.generic_plans} / custom ${p.custom_plans}`).join('; ')}`,
     );
-    printTable(table);
+    printTable(results.tableRows(variants, [1, CONCURRENCY]));
     const ratios: Array<[string, string, string]> = [
       ['jtiRevoked', 'TokenService.jtiRevoked', 'raw pg: prepared PK SELECT'],
       ['tokenRevoked vs verify+SELECT (fair)', 'TokenService.tokenRevoked', 'raw: jose verify + PK SELECT'],
@@ -245,24 +210,13 @@ async function main(): Promise<void> {
       ['tokenRevoked, marker cache, vs verify+SELECT (fair)', 'tokenRevoked, logOutMarkerCache on', 'raw: jose verify + PK SELECT'],
       ['tokenRevoked vs bare SELECT (no verify)', 'TokenService.tokenRevoked', 'raw pg: prepared PK SELECT'],
     ];
-    // Each round runs every variant once, back to back: the ratio of two variants within a
-    // round sees the same machine. The median over rounds resists bursts of other load.
-    const roundRatios = (ours: string, theirs: string, c: number) => {
-      const a = results.get(`${ours}@${c}`)!;
-      const b = results.get(`${theirs}@${c}`)!;
-      return a.map((window, i) => window.ops / b[i].ops).sort((x, y) => x - y);
-    };
-    const median = (sorted: number[]) => sorted[Math.floor((sorted.length - 1) / 2)] / 2 + sorted[Math.ceil((sorted.length - 1) / 2)] / 2;
     for (const [label, ours, theirs] of ratios) {
-      if (!results.has(`${ours}@1`) || !results.has(`${theirs}@1`)) continue;
-      const medians = [1, CONCURRENCY].map((c) => median(roundRatios(ours, theirs, c)));
-      const parts = [1, CONCURRENCY].map((c, k) => {
-        const sorted = roundRatios(ours, theirs, c);
-        return `c=${c}: ${medians[k].toFixed(2)}x (rounds ${sorted[0].toFixed(2)}-${sorted.at(-1)!.toFixed(2)}, totals ${(throughput(ours, c) / throughput(theirs, c)).toFixed(2)}x)`;
-      });
+      if (!results.has(ours, 1) || !results.has(theirs, 1)) continue;
+      const parts = [1, CONCURRENCY].map((c) => results.describeRatio(ours, theirs, c));
+      const met = [1, CONCURRENCY].every((c) => results.medianRatio(ours, theirs, c) >= 0.8);
       const goal = label.includes('bare')
         ? '(informational: the baseline does no JWT verification)'
-        : `(goal >= 0.8x on the median: ${medians.every((m) => m >= 0.8) ? 'met' : 'MISSED'})`;
+        : `(goal >= 0.8x on the median: ${met ? 'met' : 'MISSED'})`;
       console.log(`ratio ${label}: ${parts.join(', ')} ${goal}`);
     }
     await markerCache.onModuleDestroy();
