@@ -23,7 +23,7 @@ import { NestFactory } from '@nestjs/core';
 import { jwtVerify } from 'jose';
 import type pg from 'pg';
 import { DataSource } from 'typeorm';
-import { LogOutMarkerCache, TokenService } from '../lib/index.js';
+import { RevocationCache, TokenService } from '../lib/index.js';
 import { ExpiredTokenDeleter } from '../lib/expunger/expired-token.deleter.js';
 import { TokenCodec } from '../lib/jwt/token-codec.js';
 import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
@@ -101,13 +101,14 @@ async function main(): Promise<void> {
 
     const service = app.get(TokenService);
     const codec = app.get(TokenCodec);
-    // The same library with logOutMarkerCache on. It is built over the application's own
+    // The same library with revocationCache on. It is built over the application's own
     // store, so that both library variants share one pool: a second application would need
     // another BENCH_POOL connections, and PostgreSQL's default max_connections is 100.
     const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
-    const markerCache = new LogOutMarkerCache(
-      { ...options, logOutMarkerCache: { enabled: true, maxStalenessMs: 1000, maxSubjects: 100_000, maxEntryAgeMs: 60_000 } },
+    const markerCache = new RevocationCache(
+      { ...options, revocationCache: { enabled: true, announce: true, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000 } },
       app.get(TokenStore),
+      app.get(DataSource),
     );
     markerCache.onApplicationBootstrap();
     const cachedService = new TokenService(options, codec, app.get(TokenStore), markerCache, app.get(ExpiredTokenDeleter));
@@ -177,7 +178,7 @@ async function main(): Promise<void> {
         },
       },
       { name: 'TokenService.tokenRevoked', call: (i) => service.tokenRevoked(at(tokens, i)) },
-      { name: 'tokenRevoked, logOutMarkerCache on', call: (i) => cachedService.tokenRevoked(at(tokens, i)) },
+      { name: 'tokenRevoked, revocationCache on', call: (i) => cachedService.tokenRevoked(at(tokens, i)) },
     ];
 
     // BENCH_ONLY (a regular expression) times only the matching variants, for profiling.
@@ -207,7 +208,7 @@ async function main(): Promise<void> {
       ['jtiRevoked', 'TokenService.jtiRevoked', 'raw pg: prepared PK SELECT'],
       ['tokenRevoked vs verify+SELECT (fair)', 'TokenService.tokenRevoked', 'raw: jose verify + PK SELECT'],
       ['tokenRevoked vs verify+SELECT both keys', 'TokenService.tokenRevoked', 'raw: jose verify + SELECT own row & marker'],
-      ['tokenRevoked, marker cache, vs verify+SELECT (fair)', 'tokenRevoked, logOutMarkerCache on', 'raw: jose verify + PK SELECT'],
+      ['tokenRevoked, marker cache, vs verify+SELECT (fair)', 'tokenRevoked, revocationCache on', 'raw: jose verify + PK SELECT'],
       ['tokenRevoked vs bare SELECT (no verify)', 'TokenService.tokenRevoked', 'raw pg: prepared PK SELECT'],
     ];
     for (const [label, ours, theirs] of ratios) {

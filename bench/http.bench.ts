@@ -4,7 +4,7 @@
  * `RevokedTokenGuard` (verify + one store round trip). Each is loaded for the same time
  * by autocannon in a separate process; requests/s and p99 of both and their ratio. Then
  * again with `storeAllTokens` and `requireTokenPresenceForAuthentication` (every token sent
- * is a stored one), and with `logOutMarkerCache` on.
+ * is a stored one), and with `revocationCache` on.
  *
  *   npm run bench:http
  *
@@ -30,7 +30,7 @@ import {
 import { NestFactory } from '@nestjs/core';
 import { jwtVerify } from 'jose';
 import type pg from 'pg';
-import { LogOutMarkerCache, RevokedTokenGuard, type TokenResourceModuleOptions } from '../lib/index.js';
+import { RevocationCache, RevokedTokenGuard, type TokenResourceModuleOptions } from '../lib/index.js';
 import { TokenCodec } from '../lib/jwt/token-codec.js';
 import type { LoadJob, LoadReport } from './support/autocannon-loader.js';
 import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
@@ -130,7 +130,7 @@ const SCENARIOS: Scenario[] = [
     options: { storeAllTokens: true, requireTokenPresenceForAuthentication: true },
     rows: () => unrevoked(TOKENS, true),
   },
-  { name: 'logOutMarkerCache', options: { logOutMarkerCache: { enabled: true } }, rows: () => unrevoked(TOKENS, false) },
+  { name: 'revocationCache', options: { revocationCache: { enabled: true } }, rows: () => unrevoked(TOKENS, false) },
 ];
 
 async function main(): Promise<void> {
@@ -157,8 +157,7 @@ async function main(): Promise<void> {
         }
         await app.listen(0, '127.0.0.1');
         // The cache answers only once its first heartbeat has come back.
-        while (scenario.options.logOutMarkerCache && !app.get(LogOutMarkerCache).fresh)
-          await new Promise((resolve) => setTimeout(resolve, 10));
+        while (scenario.options.revocationCache && !app.get(RevocationCache).fresh) await new Promise((resolve) => setTimeout(resolve, 10));
         const { port } = app.getHttpServer().address() as AddressInfo;
         const codec = app.get(TokenCodec);
         const iat = Date.now() / 1000;

@@ -4,10 +4,10 @@ export type {
   TokenResourceExpungeOptions,
   TokenResourceJwtOptions,
   TokenResourceLogOutEverywhereOptions,
-  TokenResourceLogOutMarkerCacheOptions,
   TokenResourceModuleAsyncOptions,
   TokenResourceModuleOptions,
   TokenResourceOptionsFactory,
+  TokenResourceRevocationCacheOptions,
   TokenResourceFactoryOptions,
 } from './interfaces/token-resource-options.interface.js';
 export { TokenResourceModule } from './token-resource.module.js';
@@ -32,7 +32,7 @@ export {
   type StoreTokenInput,
 } from './token.service.js';
 export { LogOutEverywhereService, type LogOutEverywhereOptions } from './log-out-everywhere/log-out-everywhere.service.js';
-export { LogOutMarkerCache } from './marker-cache/log-out-marker.cache.js';
+export { RevocationCache } from './revocation-cache/revocation.cache.js';
 export { ExpungerService, type ExpungeRunResult } from './expunger/expunger.service.js';
 export { RevokedTokenGuard } from './guard/revoked-token.guard.js';
 export { getTokenClaims, TokenClaims } from './guard/token-claims.decorator.js';

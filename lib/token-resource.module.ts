@@ -7,9 +7,9 @@ import type { TokenResourceModuleAsyncOptions, TokenResourceModuleOptions } from
 import { TokenCodec } from './jwt/token-codec.js';
 import { LogOutEverywhereService } from './log-out-everywhere/log-out-everywhere.service.js';
 import { PasswordChangeSubscriber } from './log-out-everywhere/password-change.subscriber.js';
-import { LogOutMarkerCache } from './marker-cache/log-out-marker.cache.js';
 import { DEFAULT_OPTIONS } from './options/defaults.js';
 import { OutageLog } from './outage-log.js';
+import { RevocationCache } from './revocation-cache/revocation.cache.js';
 import {
   createAsyncOptionsProviders,
   createCoreProviders,
@@ -23,7 +23,7 @@ import { TokenStore } from './token.store.js';
 const SERVICES = [
   OutageLog,
   TokenStore,
-  LogOutMarkerCache,
+  RevocationCache,
   ExpiredTokenDeleter,
   TokenService,
   LogOutEverywhereService,
@@ -36,7 +36,7 @@ const EXPORTS = [
   TOKEN_REPOSITORY,
   TokenCodec,
   TokenStore,
-  LogOutMarkerCache,
+  RevocationCache,
   TokenService,
   LogOutEverywhereService,
   ExpungerService,

@@ -5,9 +5,9 @@ import type { Token } from './entities/token.entity.js';
 import { ExpiredTokenDeleter, type ExpungeExpiredOptions } from './expunger/expired-token.deleter.js';
 import { durationToSeconds } from './jwt/duration.js';
 import { TokenCodec, type TokenClaimsPayload } from './jwt/token-codec.js';
-import { logOutMarkerJti, logOutMarkerRevokes } from './log-out-everywhere/log-out-marker.js';
-import { LogOutMarkerCache } from './marker-cache/log-out-marker.cache.js';
+import { logOutMarkerJti, logOutMarkerRevokes, type LogOutMarker } from './log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
+import { RevocationCache, type CachedOwnRow } from './revocation-cache/revocation.cache.js';
 import { REVOCATION_PURPOSE } from './token-resource.constants.js';
 import {
   DEFAULT_AUTHENTICATION_PURPOSE,
@@ -126,6 +126,11 @@ function expiryOf(claims: TokenClaimsPayload): Date {
   return expiryOfExp(claims.exp);
 }
 
+/** What the revocation cache keeps of a token's own row just read; `null` when it had none. */
+function cachedOwnRow(row: OwnStateRow | undefined): CachedOwnRow | null {
+  return row === undefined ? null : { purpose: row.purpose, expiresMs: row.expires_ms };
+}
+
 /**
  * Refuses to write a token row over a log-out-everywhere marker: overwriting a subject's
  * marker (say through a "revoke session by id" endpoint) would un-revoke every unstored
@@ -163,7 +168,7 @@ export class TokenService {
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
     private readonly codec: TokenCodec,
     private readonly store: TokenStore,
-    private readonly markerCache: LogOutMarkerCache,
+    private readonly cache: RevocationCache,
     private readonly expiredTokens: ExpiredTokenDeleter,
   ) {}
 
@@ -197,7 +202,8 @@ export class TokenService {
     const token = await this.codec.sign({ ...input.claims, purpose, sub: input.subject, jti, iat: issuedAt, exp });
     const expiresAt = new Date(exp * 1000);
     if (this.options.storeAllTokens) {
-      await this.writeRow(jti, input.subject, expiresAt, purpose, input.extraData ?? null);
+      // A new random jti: no cache can hold an answer about it yet, so nothing to announce.
+      await this.writeRow(jti, input.subject, expiresAt, purpose, input.extraData ?? null, false);
     }
     return { token, jti, expiresAt };
   }
@@ -220,6 +226,7 @@ export class TokenService {
       expiryOf(claims),
       input.purpose,
       input.extraData ?? null,
+      this.store.announces,
     );
   }
 
@@ -273,39 +280,63 @@ export class TokenService {
   }
 
   /**
-   * Checks verified claims against the store in one round trip: revocation and, for the
-   * guard, presence as an unexpired token of the authentication purpose. The subject's
-   * log-out marker is read along with the token's row, unless `LogOutMarkerCache` knows it.
+   * Checks verified claims against the store in one round trip at most: revocation and,
+   * for the guard, presence as an unexpired token of the authentication purpose. The
+   * token's own row and its subject's log-out marker are read together, except what
+   * `RevocationCache` knows: a token it has seen is checked without a round trip.
    */
   async checkClaims(claims: TokenClaimsPayload): Promise<TokenCheck> {
     const jti = requireString(claims, 'jti');
     const subject = requireString(claims, 'sub');
-    let marker = this.markerCache.lookup(subject);
-    let own: OwnStateRow | undefined;
+    let marker = this.cache.lookupMarker(subject);
+    const own = marker === undefined ? undefined : this.cache.lookupToken(jti);
+    if (own !== undefined) return this.verdict(claims, jti, own, marker!, Date.now());
     let tokenState = this.store.tokenStateStatement();
+    let ownRow: OwnStateRow | undefined;
     if (marker !== undefined) {
+      const ticket = this.cache.ticket();
       const started = performance.now();
-      own = (await this.store.query<OwnStateRow>(this.store.ownStateStatement(), [jti])).rows[0];
+      ownRow = (await this.store.query<OwnStateRow>(this.store.ownStateStatement(), [jti])).rows[0];
       // The wait for a pooled connection may have outlasted the cache's bound, or a
       // log-out been announced meanwhile: then read the marker after all, in what is left of
       // storeTimeoutMs, which bounds the whole check.
-      if (!this.markerCache.confirms(subject, marker)) {
+      if (this.cache.confirms(subject, marker)) {
+        this.cache.rememberToken(jti, subject, cachedOwnRow(ownRow), ticket);
+      } else {
         marker = undefined;
         tokenState = { ...tokenState, timeoutMs: Math.max(1, Math.ceil(this.options.storeTimeoutMs - (performance.now() - started))) };
       }
     }
     if (marker === undefined) {
-      const ticket = this.markerCache.ticket();
+      const ticket = this.cache.ticket();
       const markerJti = logOutMarkerJti(subject);
       const { rows } = await this.store.query<TokenStateRow>(tokenState, [jti, markerJti]);
-      own = rows.find((row) => row.jti === jti);
+      ownRow = rows.find((row) => row.jti === jti);
       marker = rows.find((row) => row.jti === markerJti && row.purpose === LOG_OUT_EVERYWHERE_PURPOSE)?.marker ?? null;
-      this.markerCache.remember(subject, marker, ticket);
+      this.cache.rememberMarker(subject, marker, ticket);
+      this.cache.rememberToken(jti, subject, cachedOwnRow(ownRow), ticket);
     }
+    return this.verdict(claims, jti, ownRow ?? null, marker, undefined);
+  }
+
+  /**
+   * The verdict on a token from its own row and its subject's marker.
+   *
+   * @param nowMs judge whether a cached row is live by its expiry at this moment;
+   *   `undefined` for a row just read, which says so itself (the database's clock).
+   */
+  private verdict(
+    claims: TokenClaimsPayload,
+    jti: string,
+    own: CachedOwnRow | OwnStateRow | null,
+    marker: LogOutMarker | null,
+    nowMs: number | undefined,
+  ): TokenCheck {
     // A marker row is never a token's own row, even when a token's jti names one.
-    if (own?.purpose === LOG_OUT_EVERYWHERE_PURPOSE) own = undefined;
+    if (own?.purpose === LOG_OUT_EVERYWHERE_PURPOSE) own = null;
     const revoked = own?.purpose === REVOCATION_PURPOSE || (marker !== null && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
-    const presentForAuthentication = own !== undefined && own.purpose === this.options.authenticationPurpose && own.live;
+    const live = own !== null && (nowMs === undefined ? (own as OwnStateRow).live : (own as CachedOwnRow).expiresMs > nowMs);
+    const presentForAuthentication = live && own!.purpose === this.options.authenticationPurpose;
     return { revoked, presentForAuthentication };
   }
 
@@ -398,12 +429,14 @@ export class TokenService {
     return this.store.readPrimary((tokens) => tokens.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));
   }
 
+  /** @param announced announce the write to the revocation caches (see `TokenStore.storeStatement`). */
   private async writeRow(
     jti: string,
     subject: string,
     expiresAt: Date,
     purpose: string,
     extraData: Record<string, unknown> | null,
+    announced: boolean,
   ): Promise<void> {
     if (purpose === REVOCATION_PURPOSE) throw new TypeError(`use revoke() to store a '${REVOCATION_PURPOSE}' row`);
     if (purpose === LOG_OUT_EVERYWHERE_PURPOSE)
@@ -412,8 +445,9 @@ export class TokenService {
       throw new TypeError(`the purpose '${EXPUNGE_RECORD_PURPOSE}' is reserved for the expunger's run record`);
     rejectMarkerJti(jti);
     checkJsonb(extraData, 'extraData');
-    const { rowCount } = await this.store.execute(this.store.storeStatement(), [jti, subject, expiresAt, purpose, extraData]);
+    const { rowCount } = await this.store.execute(this.store.storeStatement(announced), [jti, subject, expiresAt, purpose, extraData]);
     if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is revoked and cannot be stored again`);
+    if (announced) this.cache.written({ kind: 'jti', key: jti });
   }
 
   /** @param keepStoredExpiry a stored row keeps its `expiresAt` rather than taking the later of the two. */
@@ -426,7 +460,10 @@ export class TokenService {
   ): Promise<void> {
     rejectMarkerJti(jti);
     const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt, keepStoredExpiry], manager);
-    if (rowCount > 0) return;
+    if (rowCount > 0) {
+      this.cache.written({ kind: 'jti', key: jti }, manager);
+      return;
+    }
     // The upsert left the row alone: revoked already, or another subject's. Only this
     // failure path looks at which, in the same transaction. Revoked wins: the token is
     // refused either way, and TokenAlreadyRevokedError always means just that.

@@ -14,6 +14,7 @@ import { TokenResourceUnavailableError } from './token-resource.exceptions.js';
 import { TokenStoreTimeoutError } from './token-store-timeout.error.js';
 import type { LogOutMarker } from './log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
+import { TOKEN_ANNOUNCEMENT } from './revocation-cache/announcement.js';
 
 /**
  * A SQL statement with a stable name, so that `pg` prepares it once per connection
@@ -41,8 +42,10 @@ export interface StatementResult<Row> {
 /** The columns of a token's own row that decide whether it is revoked or admitted. */
 export interface OwnStateRow {
   purpose: string;
-  /** `expires_at > now()`, judged by the database as `getToken` is; a boolean parses faster than a timestamp. */
+  /** `expires_at > now()`, judged by the database as `getToken` is. */
   live: boolean;
+  /** `expires_at` in milliseconds since the epoch, for a cached answer to judge `live` when it is used. */
+  expires_ms: number;
 }
 
 /** A row of the two-key revoked-check: the token's own row or its subject's log-out marker. */
@@ -78,22 +81,34 @@ export class TokenStore {
   private tokenState?: Statement;
   private ownState?: Statement;
   /**
-   * The PostgreSQL channel on which log-outs everywhere of this table are announced, for
-   * the marker caches of every application instance (`LogOutMarkerCache`).
+   * The PostgreSQL channel on which writes to this table that can revoke a token are
+   * announced, for the revocation caches of every application instance (`RevocationCache`).
    */
-  readonly logOutChannel: string;
+  readonly revocationChannel: string;
+  /** Whether writes announce themselves on {@link revocationChannel} (`revocationCache.announce`). */
+  readonly announces: boolean;
 
   constructor(
     @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     @Inject(TOKEN_REPOSITORY) readonly repository: Repository<Token>,
-    @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: Pick<ResolvedTokenResourceOptions, 'storeTimeoutMs'>,
+    @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: Pick<ResolvedTokenResourceOptions, 'storeTimeoutMs' | 'revocationCache'>,
   ) {
     const { driver } = dataSource;
     this.table = repository.metadata.tablePath
       .split('.')
       .map((part) => driver.escape(part))
       .join('.');
-    this.logOutChannel = `ntr_log_out_${createHash('sha1').update(this.table).digest('hex').slice(0, 16)}`;
+    this.revocationChannel = `ntr_revoked_${createHash('sha1').update(this.table).digest('hex').slice(0, 16)}`;
+    this.announces = options.revocationCache.announce;
+  }
+
+  /**
+   * The SQL expression that announces a write on {@link revocationChannel}: `prefix` (see
+   * `ANNOUNCEMENT_PREFIXES`) followed by the text parameter `param`. The notification is
+   * delivered when, and only if, the statement's transaction commits.
+   */
+  announcement(prefix: string, param: string): string {
+    return `pg_notify('${this.revocationChannel}', '${prefix}' || ${param}::text)`;
   }
 
   /**
@@ -323,50 +338,74 @@ export class TokenStore {
 
   /**
    * The SQL that reads only a token's own row, for when the subject's log-out marker is
-   * already known (`LogOutMarkerCache`): the same one-key probe as `jtiRevoked`.
+   * already known (`RevocationCache`): the same one-key probe as `jtiRevoked`.
    */
   ownStateStatement(): Statement {
     return (this.ownState ??= this.checkStatement(
       'own_state',
       `
-      SELECT purpose, expires_at > now() AS live FROM ${this.table} WHERE jti = $1`,
+      SELECT purpose, expires_at > now() AS live, (extract(epoch FROM expires_at) * 1000)::float8 AS expires_ms
+        FROM ${this.table} WHERE jti = $1`,
     ));
   }
 
   /**
-   * The SQL that flips or inserts a revocation row; returns a row only if this call revoked.
-   * A stored row's expiry is never shortened (its token must stay revoked as long as it
-   * lives), and with `$4` it is kept as it is. A stored row of another subject is never
-   * flipped: revoking is for the `jti`'s owner.
+   * The SQL that flips or inserts a revocation row; returns a row only if this call revoked,
+   * and then announces the `jti` when writes announce. A stored row's expiry is never
+   * shortened (its token must stay revoked as long as it lives), and with `$4` it is kept as
+   * it is. A stored row of another subject is never flipped: revoking is for the `jti`'s owner.
    */
   revokeStatement(): Statement {
     return this.statement(
       'revoke',
-      `
+      this.announcedWrite(
+        `
       INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose)
       VALUES ($1, $2, $3, '${REVOCATION_PURPOSE}')
       ON CONFLICT (jti) DO UPDATE
         SET purpose = '${REVOCATION_PURPOSE}',
             expires_at = CASE WHEN $4::boolean THEN t.expires_at ELSE GREATEST(t.expires_at, EXCLUDED.expires_at) END,
             updated_at = now()
-        WHERE t.purpose <> '${REVOCATION_PURPOSE}' AND t.subject = EXCLUDED.subject
-      RETURNING 1 AS revoked`,
+        WHERE t.purpose <> '${REVOCATION_PURPOSE}' AND t.subject = EXCLUDED.subject`,
+        'revoked',
+        this.announces,
+      ),
     );
   }
 
-  /** The SQL that upserts a token row unless it is revoked; returns a row only if it wrote. */
-  storeStatement(): Statement {
+  /**
+   * The SQL that upserts a token row unless it is revoked; returns a row only if it wrote.
+   *
+   * @param announced announce the `jti` when it wrote: a cached "not stored" (or another
+   *   purpose, which a log-out's filter may treat otherwise) must not outlive the write.
+   */
+  storeStatement(announced: boolean): Statement {
     return this.statement(
       'store',
-      `
+      this.announcedWrite(
+        `
       INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose, extra_data)
       VALUES ($1, $2, $3, $4, $5)
       ON CONFLICT (jti) DO UPDATE
         SET subject = EXCLUDED.subject, expires_at = EXCLUDED.expires_at, purpose = EXCLUDED.purpose,
             extra_data = EXCLUDED.extra_data, updated_at = now()
-        WHERE t.purpose <> '${REVOCATION_PURPOSE}'
-      RETURNING 1 AS stored`,
+        WHERE t.purpose <> '${REVOCATION_PURPOSE}'`,
+        'stored',
+        announced,
+      ),
     );
+  }
+
+  /**
+   * An upsert of the row of `jti` `$1` that returns one row, `column`, only if it wrote;
+   * with `announced`, in the same statement, the write announces `$1` (once, and only then).
+   */
+  private announcedWrite(upsert: string, column: string, announced: boolean): string {
+    if (!announced) return `${upsert}\n      RETURNING 1 AS ${column}`;
+    return `
+      WITH written AS (${upsert}
+      RETURNING 1)
+      SELECT 1 AS ${column}, ${this.announcement(TOKEN_ANNOUNCEMENT, '$1')} AS announced FROM written`;
   }
 
   /** The SQL of `jtiRevoked`: one primary-key probe. Built once: it runs on every check. */
@@ -388,7 +427,7 @@ export class TokenStore {
     return (this.tokenState ??= this.checkStatement(
       'token_state',
       `
-      SELECT jti, purpose, expires_at > now() AS live,
+      SELECT jti, purpose, expires_at > now() AS live, (extract(epoch FROM expires_at) * 1000)::float8 AS expires_ms,
              CASE WHEN purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN extra_data END AS marker
         FROM ${this.table}
        WHERE jti IN ($1, $2)`,

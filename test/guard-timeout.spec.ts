@@ -2,7 +2,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, expect, it, jest } from '@j
 import { Logger, type INestApplication } from '@nestjs/common';
 import request from 'supertest';
 import { TokenService } from '../lib/index.js';
-import { LogOutMarkerCache } from '../lib/marker-cache/log-out-marker.cache.js';
+import { RevocationCache } from '../lib/revocation-cache/revocation.cache.js';
 import { TokenStore } from '../lib/token.store.js';
 import { createGuardApp } from './support/guard-app.js';
 import { GuardedSubjectController } from './support/guarded-controller.js';
@@ -33,10 +33,10 @@ beforeEach(async () => {
   app = await createGuardApp(url, {
     platform: 'express',
     // A long staleness bound keeps the cache in use while its listener is silent too.
-    options: { storeTimeoutMs: STORE_TIMEOUT_MS, logOutMarkerCache: { enabled: true, maxStalenessMs: 60_000 } },
+    options: { storeTimeoutMs: STORE_TIMEOUT_MS, revocationCache: { enabled: true, maxStalenessMs: 60_000 } },
     controllers: [GuardedSubjectController],
   });
-  await waitFor(() => app.get(LogOutMarkerCache).fresh, 10_000, 'the marker cache to be fresh');
+  await waitFor(() => app.get(RevocationCache).fresh, 10_000, 'the revocation cache to be fresh');
   errors = jest.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
 });
 
@@ -54,11 +54,11 @@ afterAll(async () => {
   await db?.drop();
 });
 
-/** A token whose subject's marker the cache knows, after one admitted request. */
+/** A token the cache has not seen, whose subject's marker it knows after one admitted request with another token. */
 async function cachedToken(subject: string): Promise<string> {
-  const { token } = await app.get(TokenService).issueToken({ subject });
-  expect((await get(token)).status).toBe(200);
-  return token;
+  const tokens = app.get(TokenService);
+  expect((await get((await tokens.issueToken({ subject })).token)).status).toBe(200);
+  return (await tokens.issueToken({ subject })).token;
 }
 
 function get(token: string) {
@@ -96,7 +96,7 @@ it('bounds the whole check by storeTimeoutMs when, after a slow first read, the 
     return TokenStore.prototype.query.call(store, statement, values);
   });
   // ... then the cache cannot vouch for the marker any more, and the database goes silent.
-  jest.spyOn(app.get(LogOutMarkerCache), 'confirms').mockImplementationOnce(() => {
+  jest.spyOn(app.get(RevocationCache), 'confirms').mockImplementationOnce(() => {
     silence();
     return false;
   });

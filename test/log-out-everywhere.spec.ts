@@ -1,12 +1,12 @@
 import type { INestApplication } from '@nestjs/common';
 import { SignJWT } from 'jose';
 import type { DataSource } from 'typeorm';
-import { LogOutEverywhereService, LogOutMarkerCache, REVOCATION_PURPOSE, TokenService } from '../lib/index.js';
+import { LogOutEverywhereService, RevocationCache, REVOCATION_PURPOSE, TokenService } from '../lib/index.js';
 import { logOutMarkerJti, logOutMarkerRevokes, type LogOutLevel } from '../lib/log-out-everywhere/log-out-marker.js';
 import { LOG_OUT_EVERYWHERE_PURPOSE } from '../lib/token-resource.internal-constants.js';
 import { clockPast } from './support/clock.js';
 import { uniqueSubject } from './support/jwt-fixtures.js';
-import { listenerSocketOf } from './support/marker-cache-listener.js';
+import { listenerSocketOf } from './support/revocation-cache-listener.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
 import { createTokenApp, dataSourceOf, TEST_SECRET } from './support/token-app.js';
 import { waitFor } from './support/wait-for.js';
@@ -360,17 +360,17 @@ describe('unstored tokens (storeAllTokens: false): the marker', () => {
   });
 });
 
-describe('with the marker cache on, a log-out inside a transaction takes effect on its own instance as soon as it commits', () => {
+describe('with the revocation cache on, a log-out inside a transaction takes effect on its own instance as soon as it commits', () => {
   let cachedApp: INestApplication;
   let socket: { pause(): void; resume(): void };
 
   beforeAll(async () => {
     // A bound far longer than the test: the cache stays fresh while its listener is held.
     cachedApp = await createTokenApp(db.url, {
-      options: { expunge: { enabled: false }, logOutMarkerCache: { enabled: true, maxStalenessMs: 60_000 } },
+      options: { expunge: { enabled: false }, revocationCache: { enabled: true, maxStalenessMs: 60_000 } },
     });
-    const cache = cachedApp.get(LogOutMarkerCache);
-    await waitFor(() => cache.fresh, 10_000, 'the marker cache to be fresh');
+    const cache = cachedApp.get(RevocationCache);
+    await waitFor(() => cache.fresh, 10_000, 'the revocation cache to be fresh');
     // Its own notification must not be what it relies on: stop reading the listener's socket.
     socket = listenerSocketOf(cachedApp);
     socket.pause();
@@ -394,9 +394,9 @@ describe('with the marker cache on, a log-out inside a transaction takes effect 
         else await manager.transaction((savepoint) => logOut.logOutEverywhere(subject, { manager: savepoint }));
         // Not committed: a check on another connection reads the old state, and caches it.
         expect(await tokens.tokenRevoked(token)).toBe(false);
-        expect(cachedApp.get(LogOutMarkerCache).lookup(subject)).toBeNull();
+        expect(cachedApp.get(RevocationCache).lookupMarker(subject)).toBeNull();
       });
-      expect(cachedApp.get(LogOutMarkerCache).fresh).toBe(true);
+      expect(cachedApp.get(RevocationCache).fresh).toBe(true);
       expect(await tokens.tokenRevoked(token)).toBe(true);
     },
   );

@@ -3,7 +3,7 @@ import type { INestApplication } from '@nestjs/common';
 import pg from 'pg';
 import request from 'supertest';
 import type { Repository } from 'typeorm';
-import { LogOutEverywhereService, LogOutMarkerCache, Token, TokenService } from '../lib/index.js';
+import { LogOutEverywhereService, RevocationCache, Token, TokenService } from '../lib/index.js';
 import { TOKEN_REPOSITORY } from '../lib/token-resource.internal-constants.js';
 import { createGuardApp } from './support/guard-app.js';
 import { GuardedSubjectController } from './support/guarded-controller.js';
@@ -39,7 +39,7 @@ describe('with a read replica (TypeORM replication), every read of the library g
     replica = await startStreamingReplica();
     app = await createGuardApp(replica.primaryUrl, {
       platform: 'express',
-      options: { storeAllTokens: true, requireTokenPresenceForAuthentication: true, logOutMarkerCache: { enabled: true } },
+      options: { storeAllTokens: true, requireTokenPresenceForAuthentication: true, revocationCache: { enabled: true } },
       typeOrm: { replication: { master: { url: replica.primaryUrl }, slaves: [{ url: replica.replicaUrl }] } },
       controllers: [GuardedSubjectController],
     });
@@ -92,10 +92,10 @@ describe('with a read replica (TypeORM replication), every read of the library g
     expect(refused.body.message).toBe('token revoked');
   });
 
-  it('tokenRevoked and the guard see a log-out everywhere made just before, and the marker cache listens on the primary', async () => {
-    const cache = app.get(LogOutMarkerCache);
+  it('tokenRevoked and the guard see a log-out everywhere made just before, and the revocation cache listens on the primary', async () => {
+    const cache = app.get(RevocationCache);
     // LISTEN is refused on a hot standby: the cache answers only if its listener is on the primary.
-    await waitFor(() => cache.fresh, 10_000, 'the marker cache to hear its heartbeats');
+    await waitFor(() => cache.fresh, 10_000, 'the revocation cache to hear its heartbeats');
     const { token } = await tokens.issueToken({ subject: 'erin' });
     expect((await guarded(token)).status).toBe(200);
     await app.get(LogOutEverywhereService).logOutEverywhere('erin');

@@ -143,7 +143,7 @@ describe('forRootAsync', () => {
         passwordField: 'hashedPassword',
         markerLifetimeSeconds: 365 * 86_400,
       },
-      logOutMarkerCache: { enabled: false, maxStalenessMs: 1000, maxSubjects: 100_000, maxEntryAgeMs: 60_000 },
+      revocationCache: { enabled: false, announce: false, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000 },
     });
     expect(subjectOf({ id: 42 })).toBe('42');
     expect(() => subjectOf({})).toThrow(TypeError);
@@ -473,9 +473,19 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
       /logOutEverywhere\.markerLifetime/,
     ],
     [
-      'logOutMarkerCache.maxSubjects 0',
-      { jwt: { secret: TEST_SECRET }, logOutMarkerCache: { maxSubjects: 0 } },
-      /logOutMarkerCache\.maxSubjects must be a positive integer/,
+      'revocationCache.maxEntries 0',
+      { jwt: { secret: TEST_SECRET }, revocationCache: { maxEntries: 0 } },
+      /revocationCache\.maxEntries must be a positive integer/,
+    ],
+    [
+      'a revocationCache that caches without announcing',
+      { jwt: { secret: TEST_SECRET }, revocationCache: { enabled: true, announce: false } },
+      /revocationCache\.enabled needs revocationCache\.announce/,
+    ],
+    [
+      'a revocationCache.announce that is no boolean',
+      { jwt: { secret: TEST_SECRET }, revocationCache: { announce: 'yes' } },
+      /revocationCache\.announce must be true or false/,
     ],
   ];
 

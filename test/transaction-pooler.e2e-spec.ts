@@ -4,7 +4,7 @@ import type { Pool } from 'pg';
 import type { DataSource, Repository } from 'typeorm';
 import {
   LogOutEverywhereService,
-  LogOutMarkerCache,
+  RevocationCache,
   REVOCATION_PURPOSE,
   Token,
   TokenAlreadyRevokedError,
@@ -186,9 +186,9 @@ describe('through a transaction pooler', () => {
   });
 });
 
-describe('the log-out marker cache behind a transaction pooler', () => {
+describe('the revocation cache behind a transaction pooler', () => {
   const MAX_STALENESS_MS = 300;
-  const cached = { logOutMarkerCache: { enabled: true, maxStalenessMs: MAX_STALENESS_MS }, expunge: { enabled: false } };
+  const cached = { revocationCache: { enabled: true, maxStalenessMs: MAX_STALENESS_MS }, expunge: { enabled: false } };
   let here: INestApplication;
   let there: INestApplication;
 
@@ -203,7 +203,7 @@ describe('the log-out marker cache behind a transaction pooler', () => {
   });
 
   it('stays off with one warning per instance: never fresh, and a log-out on another instance is refused at once', async () => {
-    const cache = here.get(LogOutMarkerCache);
+    const cache = here.get(RevocationCache);
     const subject = 'cached-behind-pooler';
     const { token } = await here.get(TokenService).issueToken({ subject });
     // Far longer than a heartbeat takes to come back on a direct connection.
@@ -222,6 +222,6 @@ describe('the log-out marker cache behind a transaction pooler', () => {
     await there.get(LogOutEverywhereService).logOutEverywhere(subject);
     expect(await here.get(TokenService).tokenRevoked(token)).toBe(true);
     expect(cache.fresh).toBe(false);
-    expect(warn.mock.calls.filter(([message]) => /marker cache is off/.test(String(message)))).toHaveLength(2);
+    expect(warn.mock.calls.filter(([message]) => /revocation cache is off/.test(String(message)))).toHaveLength(2);
   });
 });

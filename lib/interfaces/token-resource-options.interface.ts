@@ -93,35 +93,42 @@ export interface TokenResourceLogOutEverywhereOptions {
 }
 
 /**
- * Options of the in-process cache of log-out-everywhere markers (`LogOutMarkerCache`).
+ * Options of the in-process cache of revoked-check answers (`RevocationCache`).
  *
- * With it, the revoked-check reads one primary key (the token's own row) instead of two
- * for subjects whose marker it knows. It is kept fresh by PostgreSQL `LISTEN/NOTIFY` on
- * one extra connection per application instance. A log-out everywhere takes effect at
- * once on the instance that ran it, and on every other instance within
- * `maxStalenessMs` of its commit; while the instance cannot prove that bound (listener
- * down, notifications delayed), it checks the database directly.
+ * With it, a token seen before is checked without a round trip: each instance remembers
+ * the token's own row and its subject's log-out marker, and drops them when a write that
+ * can revoke the token is announced through PostgreSQL `LISTEN/NOTIFY` (one extra
+ * connection per instance). A write takes effect at once on the instance that made it, and
+ * on every other instance within `maxStalenessMs` of its commit; while an instance cannot
+ * prove that bound (listener down, notifications delayed), it checks the database directly.
  */
-export interface TokenResourceLogOutMarkerCacheOptions {
+export interface TokenResourceRevocationCacheOptions {
   /**
    * Turn the cache on. It needs a direct PostgreSQL connection for `LISTEN`: through a
-   * pooler (PgBouncer or alike) it warns once at start-up and stays unused, and every
-   * check reads both keys. Default `false`.
+   * pooler (PgBouncer or alike) it warns once at start-up and stays unused. It needs
+   * `announce`. Default `false`.
    */
   enabled?: boolean;
   /**
-   * The longest time, in milliseconds, a log-out everywhere committed on another instance
-   * may go unseen here. Heartbeats sent every quarter of it must come back through
-   * `LISTEN` for the cache to be used. Default `1000`.
+   * Whether this instance's writes (revocations, stored tokens, log-outs) announce
+   * themselves with `pg_notify` in their own transaction. A fleet-wide setting: when any
+   * instance caches, every instance that writes must announce. Announcing rules out
+   * `PREPARE TRANSACTION` for transactions that write. Default: `enabled`.
+   */
+  announce?: boolean;
+  /**
+   * The longest time, in milliseconds, a write committed on another instance may go unseen
+   * here. Heartbeats sent every quarter of it must come back through `LISTEN` for the cache
+   * to answer. At least `100`. Default `1000`.
    */
   maxStalenessMs?: number;
-  /** How many subjects it remembers; beyond it the oldest answer is dropped first. Default `100000`. */
-  maxSubjects?: number;
+  /** How many answers (tokens' rows and subjects' markers together) it keeps; beyond it the oldest go first. Default `100000`. */
+  maxEntries?: number;
   /**
-   * How long, in milliseconds, it trusts what it read about one subject. Log-outs through
-   * `LogOutEverywhereService` are announced and need no expiry; this bounds markers written
-   * any other way (raw SQL, for example), to this age plus the
-   * time a check may take (`storeTimeoutMs`). At least `maxStalenessMs`. Default `60000`.
+   * How long, in milliseconds, it trusts one answer. Writes of this library are announced
+   * and need no expiry; this bounds writes made any other way (raw SQL, for example), to
+   * this age plus the time a check may take (`storeTimeoutMs`). At least `maxStalenessMs`.
+   * Default: the larger of `60000` and `maxStalenessMs`.
    */
   maxEntryAgeMs?: number;
 }
@@ -149,8 +156,8 @@ export interface TokenResourceModuleOptions {
   expunge?: TokenResourceExpungeOptions;
   /** Log-out-everywhere options. */
   logOutEverywhere?: TokenResourceLogOutEverywhereOptions;
-  /** Cache log-out-everywhere markers in memory, with a bounded staleness. Default: off. */
-  logOutMarkerCache?: TokenResourceLogOutMarkerCacheOptions;
+  /** Answer revoked-checks from memory, with a bounded staleness. Default: off. */
+  revocationCache?: TokenResourceRevocationCacheOptions;
   /** Register the module globally. Default `false`. */
   isGlobal?: boolean;
 }

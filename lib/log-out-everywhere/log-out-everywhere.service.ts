@@ -3,7 +3,8 @@ import type { DataSource, EntityManager, ObjectLiteral, QueryRunner } from 'type
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
 import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
-import { LogOutMarkerCache } from '../marker-cache/log-out-marker.cache.js';
+import { RevocationCache } from '../revocation-cache/revocation.cache.js';
+import { SUBJECT_ANNOUNCEMENT } from '../revocation-cache/announcement.js';
 import { TokenStore } from '../token.store.js';
 import { registerSubscriber } from '../typeorm/register-subscriber.js';
 import { checkJti, checkPurpose, checkSubject } from '../validation/token-values.js';
@@ -70,20 +71,16 @@ function checkPurposeList(value: unknown, name: string): asserts value is string
  * Revokes all of a subject's tokens at once: "log out everywhere", "log out my other
  * devices", and the automatic log-out on password change.
  *
- * Every log-out runs `pg_notify` for the marker caches of all instances, whether or not
- * this one has its cache on: this one cannot know that no other does. The README
- * ("Every log-out notifies") says what that implies for two-phase commit and the
- * cluster's notification queue.
+ * With `revocationCache.announce`, every log-out that changed anything runs `pg_notify`
+ * for the revocation caches of all instances. The README ("Announcements") says what that
+ * implies for two-phase commit and the cluster's notification queue.
  */
 @Injectable()
 export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
   private readonly logger = new Logger(LogOutEverywhereService.name);
-  /** Log-outs made inside transactions that have not ended yet, to be followed up when they commit. */
+  /** Log-outs made inside transactions that have not ended yet, to be made again when they commit. */
   private readonly postCommit = new PostCommitLogOuts<LogOutArgs>(
-    {
-      forget: (subject) => this.markerCache.forget(subject),
-      repeat: (args, runner, lockTimeoutMs) => this.repeat(args, runner, lockTimeoutMs),
-    },
+    { repeat: (args, runner, lockTimeoutMs) => this.repeat(args, runner, lockTimeoutMs) },
     this.logger,
     this.options.storeTimeoutMs,
   );
@@ -93,7 +90,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * One statement does a whole log-out, so that it is atomic even in autocommit: `marker`
    * upserts the subject's marker row (one level per purpose filter, merged with the locked
    * current row), `revoked` flips the subject's unexpired stored rows that pass the filter, and
-   * `announced` notifies the marker caches. The marker is written first, so concurrent
+   * `announced` (with `revocationCache.announce`) notifies the revocation caches if either wrote. The marker is written first, so concurrent
    * log-outs of one subject cannot deadlock. docs/internals.md explains its composition.
    */
   private readonly logOutStatement = this.store.statement(
@@ -143,15 +140,20 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
          AND expires_at > now() - make_interval(secs => $9::float8)
       RETURNING 1
     )
-    SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked,
-           (SELECT count(*) FROM (SELECT pg_notify('${this.store.logOutChannel}', $1::text) FROM marker) AS announced)::int AS announced`,
+    SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked${
+      this.store.announces
+        ? `,
+           (SELECT count(*) FROM (SELECT ${this.store.announcement(SUBJECT_ANNOUNCEMENT, '$1')}
+                                   WHERE EXISTS (SELECT FROM marker) OR EXISTS (SELECT FROM revoked)) AS announced)::int AS announced`
+        : ''
+    }`,
   );
 
   constructor(
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
     @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly store: TokenStore,
-    private readonly markerCache: LogOutMarkerCache,
+    private readonly cache: RevocationCache,
   ) {}
 
   /**
@@ -173,8 +175,8 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * include/exclude lists (a purpose in both is excluded), except `opts.exceptJti`, and
    * records the moment (`Date.now()`, the clock of `iat`) so that unstored tokens issued
    * at or before it count as revoked too. With `opts.manager` it commits or rolls back
-   * with that transaction. Other instances' marker caches see it within
-   * `logOutMarkerCache.maxStalenessMs` of the commit.
+   * with that transaction. Other instances' revocation caches see it within
+   * `revocationCache.maxStalenessMs` of the commit.
    *
    * @returns how many stored tokens it revoked (not expired, already revoked or unstored
    *   tokens, nor its own marker row).
@@ -200,10 +202,10 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
     };
     const revoked = await this.run(args, opts.manager);
     // Other instances hear of it when it commits; this one must not wait for its own echo.
-    this.markerCache.forget(subject);
+    this.cache.written({ kind: 'subject', key: subject }, opts.manager);
     const runner = opts.manager?.queryRunner;
-    if (runner && !runner.isReleased && runner.isTransactionActive) {
-      this.postCommit.add(runner, subject, args, opts.repeatAfterCommit === true);
+    if (opts.repeatAfterCommit === true && runner && !runner.isReleased && runner.isTransactionActive) {
+      this.postCommit.add(runner, subject, args);
     }
     return revoked;
   }
@@ -226,7 +228,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
       await runner.query('ROLLBACK').catch(() => undefined);
       throw error;
     }
-    this.markerCache.forget(args.subject);
+    this.cache.written({ kind: 'subject', key: args.subject });
   }
 
   /** Runs the log-out statement through `manager` (its transaction, if any); forgets nothing. */

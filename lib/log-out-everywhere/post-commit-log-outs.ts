@@ -7,12 +7,10 @@ import type {
   TransactionStartEvent,
 } from 'typeorm';
 
-/** A log-out made inside a transaction, to be followed up once that transaction commits. */
+/** A log-out made inside a transaction with `repeatAfterCommit`, to be made again once that transaction commits. */
 interface PendingLogOut<Args> {
   subject: string;
   args: Args;
-  /** Whether to make it again after the commit (`repeatAfterCommit`), or only forget the subject. */
-  repeat: boolean;
   /**
    * The savepoint level it was made at, counted from the level the first pending log-out
    * of its query runner was made at (`0`). Rolling back to a savepoint below it undoes it.
@@ -24,20 +22,12 @@ interface PendingLogOut<Args> {
 interface RunnerState<Args> {
   /** The current savepoint level, on the same scale as {@link PendingLogOut.depth}. */
   depth: number;
-  /**
-   * Keyed by subject for the log-outs that only forget, and by arguments for those that
-   * repeat, so that repeated log-outs of one transaction are followed up once.
-   */
+  /** Keyed by arguments, so that repeated log-outs of one transaction are made again once. */
   logOuts: Map<string, PendingLogOut<Args>>;
 }
 
 /** What {@link PostCommitLogOuts} does once a transaction with log-outs commits. */
 export interface PostCommitActions<Args> {
-  /**
-   * Drops what this instance's marker cache knows about `subject`, right after the COMMIT:
-   * a check between the log-out's statement and the commit may have cached the old state.
-   */
-  forget(subject: string): void;
   /**
    * Makes a log-out again on `runner` (the committed transaction's, so that it needs no
    * second connection), waiting at most `lockTimeoutMs` for any one lock. It must leave the
@@ -47,10 +37,9 @@ export interface PostCommitActions<Args> {
 }
 
 /**
- * A TypeORM subscriber of transaction events that follows up log-outs made inside a
- * transaction once it commits, on the same connection: the marker cache forgets each
- * subject, and those made with `repeatAfterCommit` are made again, their lock waits
- * bounded by one `lockBudgetMs` per commit. A failed repeat is logged, never thrown: the
+ * A TypeORM subscriber of transaction events that makes the log-outs made inside a
+ * transaction with `repeatAfterCommit` again once it commits, on the same connection,
+ * their lock waits bounded by one `lockBudgetMs` per commit. A failed repeat is logged, never thrown: the
  * transaction has committed. Savepoints are followed; a raw `COMMIT` is not seen.
  * docs/internals.md ("Log-outs after the commit") says why each step is needed.
  *
@@ -70,17 +59,13 @@ export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
     private readonly lockBudgetMs: number,
   ) {}
 
-  /**
-   * Remembers a log-out of `subject` made in `runner`'s current transaction.
-   *
-   * @param repeat make it again after the commit, rather than only forget the subject.
-   */
-  add(runner: QueryRunner, subject: string, args: Args, repeat: boolean): void {
+  /** Remembers a log-out of `subject` made in `runner`'s current transaction, to make it again after the commit. */
+  add(runner: QueryRunner, subject: string, args: Args): void {
     let state = this.pending.get(runner);
     if (!state) this.pending.set(runner, (state = { depth: 0, logOuts: new Map() }));
-    const key = repeat ? `repeat:${JSON.stringify(args)}` : `forget:${subject}`;
+    const key = JSON.stringify(args);
     // One made earlier is at the same savepoint level or an enclosing one: it covers this one.
-    if (!state.logOuts.has(key)) state.logOuts.set(key, { subject, args, repeat, depth: state.depth });
+    if (!state.logOuts.has(key)) state.logOuts.set(key, { subject, args, depth: state.depth });
   }
 
   /** TypeORM: a transaction or a savepoint started. */
@@ -100,11 +85,7 @@ export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
       return;
     }
     this.pending.delete(queryRunner);
-    const logOuts = [...state.logOuts.values()];
-    // Before any await: a check that starts after the commit must not find the pre-commit answer.
-    for (const { subject } of logOuts) this.actions.forget(subject);
-    const repeats = logOuts.filter((logOut) => logOut.repeat);
-    if (repeats.length > 0) return this.holdingConnection(queryRunner, this.repeatAll(repeats, queryRunner));
+    if (state.logOuts.size > 0) return this.holdingConnection(queryRunner, this.repeatAll(state.logOuts.values(), queryRunner));
   }
 
   /**

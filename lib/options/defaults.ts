@@ -16,8 +16,9 @@ export function defaultSubjectOf(user: { id?: unknown }): string {
 }
 
 /**
- * Every default of the module options, in one place. `logOutMarkerCache.maxEntryAgeMs`
- * defaults to the larger of `maxEntryAgeMs` here and `maxStalenessMs`.
+ * Every default of the module options, in one place. `revocationCache.maxEntryAgeMs`
+ * defaults to the larger of `maxEntryAgeMs` here and `maxStalenessMs`, and
+ * `revocationCache.announce` to `revocationCache.enabled`.
  */
 export const DEFAULT_OPTIONS = {
   dataSource: 'default',
@@ -36,5 +37,5 @@ export const DEFAULT_OPTIONS = {
     subjectOf: defaultSubjectOf,
     markerLifetime: '365d',
   },
-  logOutMarkerCache: { enabled: false, maxStalenessMs: 1000, maxSubjects: 100_000, maxEntryAgeMs: 60_000 },
+  revocationCache: { enabled: false, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000 },
 } as const;

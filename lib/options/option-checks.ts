@@ -25,6 +25,13 @@ export function positive(value: unknown, name: string, integer = false): number 
   return value;
 }
 
+/** A boolean, or `undefined` when not given. */
+export function flag(value: unknown, name: string): boolean | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'boolean') fail(`${name} must be true or false, got ${shown(value)}.`);
+  return value;
+}
+
 /** A number of at least `minimum`, or `undefined` when not given. */
 export function atLeast(value: unknown, minimum: number, name: string): number | undefined {
   if (value === undefined) return undefined;

@@ -6,7 +6,7 @@ import { durationToSeconds } from '../jwt/duration.js';
 import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
 import { isPurpose, MAX_PURPOSE_BYTES } from '../validation/token-values.js';
 import { DEFAULT_OPTIONS } from './defaults.js';
-import { atLeast, between, fail, positive, purposeList } from './option-checks.js';
+import { atLeast, between, fail, flag, positive, purposeList } from './option-checks.js';
 import { expungeCronOf } from './validate-expunge.js';
 import { resolveJwtOptions, type ResolvedJwtOptions } from './validate-jwt.js';
 
@@ -30,12 +30,12 @@ export interface ResolvedTokenResourceOptions {
     subjectOf: (user: any) => string;
     markerLifetimeSeconds: number;
   };
-  logOutMarkerCache: { enabled: boolean; maxStalenessMs: number; maxSubjects: number; maxEntryAgeMs: number };
+  revocationCache: { enabled: boolean; announce: boolean; maxStalenessMs: number; maxEntries: number; maxEntryAgeMs: number };
   isGlobal: boolean;
 }
 
 type LogOutOptions = NonNullable<TokenResourceModuleOptions['logOutEverywhere']>;
-type MarkerCacheOptions = NonNullable<TokenResourceModuleOptions['logOutMarkerCache']>;
+type RevocationCacheOptions = NonNullable<TokenResourceModuleOptions['revocationCache']>;
 
 function resolveLogOutEverywhere(logOut: LogOutOptions): ResolvedTokenResourceOptions['logOutEverywhere'] {
   const defaults = DEFAULT_OPTIONS.logOutEverywhere;
@@ -65,15 +65,23 @@ function resolveLogOutEverywhere(logOut: LogOutOptions): ResolvedTokenResourceOp
   };
 }
 
-function resolveMarkerCache(cache: MarkerCacheOptions): ResolvedTokenResourceOptions['logOutMarkerCache'] {
-  const defaults = DEFAULT_OPTIONS.logOutMarkerCache;
-  const maxStalenessMs = atLeast(cache.maxStalenessMs, 100, 'logOutMarkerCache.maxStalenessMs') ?? defaults.maxStalenessMs;
+function resolveRevocationCache(cache: RevocationCacheOptions): ResolvedTokenResourceOptions['revocationCache'] {
+  const defaults = DEFAULT_OPTIONS.revocationCache;
+  const enabled = flag(cache.enabled, 'revocationCache.enabled') ?? defaults.enabled;
+  const announce = flag(cache.announce, 'revocationCache.announce') ?? enabled;
+  if (enabled && !announce) {
+    fail(
+      "revocationCache.enabled needs revocationCache.announce: an instance that caches must announce its own writes, or other instances' caches would miss them. Drop revocationCache.announce: false.",
+    );
+  }
+  const maxStalenessMs = atLeast(cache.maxStalenessMs, 100, 'revocationCache.maxStalenessMs') ?? defaults.maxStalenessMs;
   return {
-    enabled: cache.enabled ?? defaults.enabled,
+    enabled,
+    announce,
     maxStalenessMs,
-    maxSubjects: positive(cache.maxSubjects, 'logOutMarkerCache.maxSubjects', true) ?? defaults.maxSubjects,
+    maxEntries: positive(cache.maxEntries, 'revocationCache.maxEntries', true) ?? defaults.maxEntries,
     maxEntryAgeMs:
-      atLeast(cache.maxEntryAgeMs, maxStalenessMs, 'logOutMarkerCache.maxEntryAgeMs') ?? Math.max(defaults.maxEntryAgeMs, maxStalenessMs),
+      atLeast(cache.maxEntryAgeMs, maxStalenessMs, 'revocationCache.maxEntryAgeMs') ?? Math.max(defaults.maxEntryAgeMs, maxStalenessMs),
   };
 }
 
@@ -116,7 +124,7 @@ export function resolveOptions(options: TokenResourceModuleOptions): ResolvedTok
       batchSize: positive(expunge.batchSize, 'expunge.batchSize', true) ?? DEFAULT_OPTIONS.expunge.batchSize,
     },
     logOutEverywhere: resolveLogOutEverywhere(options.logOutEverywhere ?? {}),
-    logOutMarkerCache: resolveMarkerCache(options.logOutMarkerCache ?? {}),
+    revocationCache: resolveRevocationCache(options.revocationCache ?? {}),
     isGlobal: options.isGlobal ?? DEFAULT_OPTIONS.isGlobal,
   };
 }

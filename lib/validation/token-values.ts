@@ -57,6 +57,11 @@ export function checkPurpose(value: unknown, name = 'purpose'): asserts value is
   check(value, name, MAX_PURPOSE_BYTES);
 }
 
+/** Whether `value` is a storable `jti` (see {@link MAX_JTI_BYTES}). */
+export function isJti(value: unknown): value is string {
+  return unstorable(value, MAX_JTI_BYTES) === undefined;
+}
+
 /** Whether `value` is a subject this library could have logged out (see {@link MAX_SUBJECT_BYTES}). */
 export function isSubject(value: unknown): value is string {
   return unstorable(value, MAX_SUBJECT_BYTES) === undefined;

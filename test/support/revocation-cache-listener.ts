@@ -1,10 +1,10 @@
 import type { INestApplication } from '@nestjs/common';
 import type { Client as PgClient } from 'pg';
-import { LogOutMarkerCache } from '../../lib/index.js';
+import { RevocationCache } from '../../lib/index.js';
 
 /** The connection the marker cache of `app` listens on (private: the tests reach in to cut it). */
 export function listenerOf(app: INestApplication): PgClient {
-  const listener = app.get<LogOutMarkerCache, { listener?: PgClient }>(LogOutMarkerCache).listener;
+  const listener = app.get<RevocationCache, { listener?: PgClient }>(RevocationCache).listener;
   if (!listener) throw new Error('the cache is not listening');
   return listener;
 }
