@@ -289,8 +289,8 @@ export class TokenService {
     const jti = requireString(claims, 'jti');
     const subject = requireString(claims, 'sub');
     let marker = this.cache.lookupMarker(subject);
-    const own = marker === undefined ? undefined : this.cache.lookupToken(jti);
-    if (own !== undefined) return this.verdict(claims, jti, own, marker!, Date.now());
+    const cachedOwn = marker === undefined ? undefined : this.cache.lookupToken(jti);
+    if (cachedOwn !== undefined) return this.verdict(claims, jti, cachedOwn, marker!, Date.now());
     let tokenState = this.store.tokenStateStatement();
     let ownRow: OwnStateRow | undefined;
     if (marker !== undefined) {
@@ -301,7 +301,7 @@ export class TokenService {
       // log-out been announced meanwhile: then read the marker after all, in what is left of
       // storeTimeoutMs, which bounds the whole check.
       if (this.cache.confirms(subject, marker)) {
-        this.cache.rememberToken(jti, subject, cachedOwnRow(ownRow), ticket);
+        this.cache.rememberToken(jti, ownRow?.subject ?? subject, cachedOwnRow(ownRow), ticket);
       } else {
         marker = undefined;
         tokenState = { ...tokenState, timeoutMs: Math.max(1, Math.ceil(this.options.storeTimeoutMs - (performance.now() - started))) };
@@ -314,7 +314,7 @@ export class TokenService {
       ownRow = rows.find((row) => row.jti === jti);
       marker = rows.find((row) => row.jti === markerJti && row.purpose === LOG_OUT_EVERYWHERE_PURPOSE)?.marker ?? null;
       this.cache.rememberMarker(subject, marker, ticket);
-      this.cache.rememberToken(jti, subject, cachedOwnRow(ownRow), ticket);
+      this.cache.rememberToken(jti, ownRow?.subject ?? subject, cachedOwnRow(ownRow), ticket);
     }
     return this.verdict(claims, jti, ownRow ?? null, marker, undefined);
   }

@@ -46,6 +46,8 @@ export interface OwnStateRow {
   live: boolean;
   /** `expires_at` in milliseconds since the epoch, for a cached answer to judge `live` when it is used. */
   expires_ms: number;
+  /** The row's own subject: a log-out of it revokes the row, whatever `sub` the checked token claims. */
+  subject: string;
 }
 
 /** A row of the two-key revoked-check: the token's own row or its subject's log-out marker. */
@@ -103,8 +105,8 @@ export class TokenStore {
   }
 
   /**
-   * The SQL expression that announces a write on {@link revocationChannel}: `prefix` (see
-   * `ANNOUNCEMENT_PREFIXES`) followed by the text parameter `param`. The notification is
+   * The SQL expression that announces a write on {@link revocationChannel}: `prefix`
+   * (`TOKEN_ANNOUNCEMENT` or `SUBJECT_ANNOUNCEMENT`) followed by the text parameter `param`. The notification is
    * delivered when, and only if, the statement's transaction commits.
    */
   announcement(prefix: string, param: string): string {
@@ -344,7 +346,7 @@ export class TokenStore {
     return (this.ownState ??= this.checkStatement(
       'own_state',
       `
-      SELECT purpose, expires_at > now() AS live, (extract(epoch FROM expires_at) * 1000)::float8 AS expires_ms
+      SELECT purpose, expires_at > now() AS live, (extract(epoch FROM expires_at) * 1000)::float8 AS expires_ms, subject
         FROM ${this.table} WHERE jti = $1`,
     ));
   }
@@ -427,7 +429,7 @@ export class TokenStore {
     return (this.tokenState ??= this.checkStatement(
       'token_state',
       `
-      SELECT jti, purpose, expires_at > now() AS live, (extract(epoch FROM expires_at) * 1000)::float8 AS expires_ms,
+      SELECT jti, purpose, expires_at > now() AS live, (extract(epoch FROM expires_at) * 1000)::float8 AS expires_ms, subject,
              CASE WHEN purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN extra_data END AS marker
         FROM ${this.table}
        WHERE jti IN ($1, $2)`,

@@ -12,8 +12,8 @@ import { waitFor } from './support/wait-for.js';
 
 /**
  * The guard has no timer of its own: the store bounds the statements of its check by
- * `storeTimeoutMs`. Here the check takes the log-out marker cache's path (the token's own
- * row first), and PostgreSQL goes silent mid-query.
+ * `storeTimeoutMs`. Here the check takes the revocation cache's path for a new token of a
+ * known subject (its own row first), and PostgreSQL goes silent mid-query.
  */
 
 const STORE_TIMEOUT_MS = 1000;
@@ -70,7 +70,7 @@ function silence(): void {
   proxy.setMode('blackhole');
 }
 
-it('answers 503 within about storeTimeoutMs when the store goes silent on the marker-cache path, logged as no answer within storeTimeoutMs', async () => {
+it('answers 503 within about storeTimeoutMs when the store goes silent on the revocation-cache path, logged as no answer within storeTimeoutMs', async () => {
   const token = await cachedToken('hana');
   const query = jest.spyOn(app.get(TokenStore), 'query');
   silence();

@@ -294,6 +294,27 @@ describe('RevocationCache', () => {
     expect(sent).toEqual([]);
   });
 
+  it('announces a revocation inside a transaction when it commits, and never when it rolls back', async () => {
+    await freshCache(there);
+    const tokensThere = there.get(TokenService);
+    const [rolledBack, committed] = await Promise.all([0, 1].map(() => tokensThere.issueToken({ subject: uniqueSubject() })));
+    for (const { token } of [rolledBack, committed]) expect(await admits(there, token)).toBe(true);
+
+    const tokensHere = here.get(TokenService);
+    await expect(
+      dataSourceOf(here).transaction(async (manager) => {
+        await tokensHere.revoke(rolledBack.token, { manager });
+        throw new Error('roll back');
+      }),
+    ).rejects.toThrow('roll back');
+    await dataSourceOf(here).transaction(async (manager) => {
+      await tokensHere.revokeJti(committed.jti, (await there.get(TokenCodec).verify(committed.token, true)).sub!, { manager });
+      expect(await admits(there, committed.token)).toBe(true);
+    });
+    await waitFor(async () => !(await admits(there, committed.token)), MAX_STALENESS_MS, 'the committed revocation to be heard', 5);
+    expect(await statementsDuring(there, async () => expect(await admits(there, rolledBack.token)).toBe(true))).toEqual([]);
+  });
+
   it.each([
     ['a revocation', (_user: string, token: string) => here.get(TokenService).revoke(token)],
     ['a log-out', (user: string) => here.get(LogOutEverywhereService).logOutEverywhere(user)],
@@ -336,6 +357,19 @@ describe('RevocationCache', () => {
     expect(await tokensThere.tokenRevoked(token)).toBe(true);
     expect(cache.lookupMarker(bystander)).toBeNull();
     expect(cache.lookupToken(other.jti)).not.toBeUndefined();
+  });
+
+  it("drops a token's answer on a log-out of its row's subject, whatever sub the checked token claims", async () => {
+    const cache = await freshCache(there);
+    const [owner, claimed, jti] = [uniqueSubject(), uniqueSubject(), `shared-${uniqueSubject()}`];
+    await here.get(TokenService).storeToken({ token: await signToken({ jti, sub: owner }), purpose: 'user' });
+    // Another token with the same jti: the check reads the owner's row for it.
+    const token = await signToken({ jti, sub: claimed });
+    expect(await admits(there, token)).toBe(true);
+    expect(cache.lookupToken(jti)).not.toBeUndefined();
+    await here.get(LogOutEverywhereService).logOutEverywhere(owner, { revokeUnstored: false });
+    await waitFor(async () => !(await admits(there, token)), MAX_STALENESS_MS, "the log-out of the row's subject to be heard", 5);
+    expect(cache.lookupMarker(claimed)).toBeNull();
   });
 
   it('ignores payloads no write sends (malformed, over-long, unprefixed): any session may NOTIFY, and must not empty the caches', async () => {

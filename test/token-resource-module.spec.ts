@@ -478,6 +478,11 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
       /revocationCache\.maxEntries must be a positive integer/,
     ],
     [
+      'a revocationCache that is no object',
+      { jwt: { secret: TEST_SECRET }, revocationCache: true },
+      /revocationCache must be an object such as \{ enabled: true \}, got true/,
+    ],
+    [
       'a revocationCache that caches without announcing',
       { jwt: { secret: TEST_SECRET }, revocationCache: { enabled: true, announce: false } },
       /revocationCache\.enabled needs revocationCache\.announce/,

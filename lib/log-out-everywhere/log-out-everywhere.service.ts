@@ -90,8 +90,9 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * One statement does a whole log-out, so that it is atomic even in autocommit: `marker`
    * upserts the subject's marker row (one level per purpose filter, merged with the locked
    * current row), `revoked` flips the subject's unexpired stored rows that pass the filter, and
-   * `announced` (with `revocationCache.announce`) notifies the revocation caches if either wrote. The marker is written first, so concurrent
-   * log-outs of one subject cannot deadlock. docs/internals.md explains its composition.
+   * `announced` (with `revocationCache.announce` only) notifies the revocation caches if either
+   * wrote. The marker is written first, so concurrent log-outs of one subject cannot
+   * deadlock. docs/internals.md explains its composition.
    */
   private readonly logOutStatement = this.store.statement(
     'log_out_everywhere',

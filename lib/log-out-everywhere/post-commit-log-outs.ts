@@ -7,7 +7,7 @@ import type {
   TransactionStartEvent,
 } from 'typeorm';
 
-/** A log-out made inside a transaction with `repeatAfterCommit`, to be made again once that transaction commits. */
+/** A log-out made inside a transaction with `repeatAfterCommit`, to be made again once it commits. */
 interface PendingLogOut<Args> {
   subject: string;
   args: Args;
@@ -39,8 +39,9 @@ export interface PostCommitActions<Args> {
 /**
  * A TypeORM subscriber of transaction events that makes the log-outs made inside a
  * transaction with `repeatAfterCommit` again once it commits, on the same connection,
- * their lock waits bounded by one `lockBudgetMs` per commit. A failed repeat is logged, never thrown: the
- * transaction has committed. Savepoints are followed; a raw `COMMIT` is not seen.
+ * their lock waits bounded by one `lockBudgetMs` per commit. A failed repeat is logged,
+ * never thrown: the transaction has committed. Savepoints are followed; a raw `COMMIT` is
+ * not seen. (The revocation cache forgets the subject through `PostCommitForgets`.)
  * docs/internals.md ("Log-outs after the commit") says why each step is needed.
  *
  * @typeParam Args what `repeat` needs to make a log-out again.

@@ -6,7 +6,7 @@ import { durationToSeconds } from '../jwt/duration.js';
 import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
 import { isPurpose, MAX_PURPOSE_BYTES } from '../validation/token-values.js';
 import { DEFAULT_OPTIONS } from './defaults.js';
-import { atLeast, between, fail, flag, positive, purposeList } from './option-checks.js';
+import { atLeast, between, fail, flag, positive, purposeList, shown } from './option-checks.js';
 import { expungeCronOf } from './validate-expunge.js';
 import { resolveJwtOptions, type ResolvedJwtOptions } from './validate-jwt.js';
 
@@ -66,6 +66,8 @@ function resolveLogOutEverywhere(logOut: LogOutOptions): ResolvedTokenResourceOp
 }
 
 function resolveRevocationCache(cache: RevocationCacheOptions): ResolvedTokenResourceOptions['revocationCache'] {
+  if (typeof cache !== 'object' || cache === null)
+    fail(`revocationCache must be an object such as { enabled: true }, got ${shown(cache)}.`);
   const defaults = DEFAULT_OPTIONS.revocationCache;
   const enabled = flag(cache.enabled, 'revocationCache.enabled') ?? defaults.enabled;
   const announce = flag(cache.announce, 'revocationCache.announce') ?? enabled;

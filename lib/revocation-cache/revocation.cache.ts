@@ -30,7 +30,10 @@ export interface CachedOwnRow {
 interface TokenEntry {
   /** The token's own row, or `null`: it had none. */
   own: CachedOwnRow | null;
-  /** The `sub` it was checked for, under which {@link RevocationCache} indexes it. */
+  /**
+   * The subject whose log-out drops this answer: the row's own subject (a log-out revokes
+   * the rows of its subject), or the `sub` it was checked for when it had no row.
+   */
   subject: string;
   /** `performance.now()` when the database said so. */
   filledAt: number;
@@ -166,8 +169,9 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   }
 
   /**
-   * Stores what the database said about token `jti`, checked for `subject`, unless anything
-   * was invalidated since `ticket` was taken (the answer may predate a write then).
+   * Stores what the database said about token `jti`, indexed under `subject` (see
+   * `TokenEntry.subject`), unless anything was invalidated since `ticket` was taken (the
+   * answer may predate a write then).
    *
    * @internal used by `TokenService.checkClaims`.
    */

@@ -2,7 +2,7 @@ import type { INestApplication } from '@nestjs/common';
 import type { Client as PgClient } from 'pg';
 import { RevocationCache } from '../../lib/index.js';
 
-/** The connection the marker cache of `app` listens on (private: the tests reach in to cut it). */
+/** The connection the revocation cache of `app` listens on (private: the tests reach in to cut it). */
 export function listenerOf(app: INestApplication): PgClient {
   const listener = app.get<RevocationCache, { listener?: PgClient }>(RevocationCache).listener;
   if (!listener) throw new Error('the cache is not listening');
