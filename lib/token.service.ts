@@ -266,7 +266,8 @@ export class TokenService {
   }
 
   /**
-   * Whether a revocation row exists for `jti`. One primary-key lookup.
+   * Whether a revocation row exists for `jti`. One primary-key lookup, none for a `jti`
+   * `RevocationCache` knows (its own row, or that it has none).
    *
    * It cannot see log-outs everywhere, which revoke by subject and `iat`, neither of which
    * a bare `jti` carries: to check a token, use {@link tokenRevoked} or the guard.
@@ -275,8 +276,16 @@ export class TokenService {
    */
   async jtiRevoked(jti: string): Promise<boolean> {
     checkJti(jti);
-    const { rowCount } = await this.store.query(this.store.jtiRevokedStatement(), [jti]);
-    return rowCount > 0;
+    const cached = this.cache.lookupToken(jti);
+    if (cached !== undefined) return cached?.purpose === REVOCATION_PURPOSE;
+    if (!this.cache.fresh) {
+      const { rowCount } = await this.store.query(this.store.jtiRevokedStatement(), [jti]);
+      return rowCount > 0;
+    }
+    const ticket = this.cache.ticket();
+    const ownRow = (await this.store.query<OwnStateRow>(this.store.ownStateStatement(), [jti])).rows[0];
+    this.cache.rememberToken(jti, ownRow?.subject, cachedOwnRow(ownRow), ticket);
+    return ownRow?.purpose === REVOCATION_PURPOSE;
   }
 
   /**

@@ -199,6 +199,37 @@ describe('RevocationCache', () => {
     await waitFor(async () => admits(there, token), MAX_STALENESS_MS, 'the other instance to see the stored token', 5);
   });
 
+  it('answers jtiRevoked of a jti seen before from memory, stored or not', async () => {
+    await freshCache(there);
+    const tokensThere = there.get(TokenService);
+    const { jti } = await tokensThere.issueToken({ subject: uniqueSubject() });
+    for (const seen of [jti, `never-stored-${uniqueSubject()}`]) {
+      expect(await tokensThere.jtiRevoked(seen)).toBe(false);
+      expect(await statementsDuring(there, async () => expect(await tokensThere.jtiRevoked(seen)).toBe(false))).toEqual([]);
+    }
+  });
+
+  it("sees another instance's revokeJti in jtiRevoked within maxStalenessMs, then answers it from memory", async () => {
+    await freshCache(there);
+    const tokensThere = there.get(TokenService);
+    const subject = uniqueSubject();
+    const { jti } = await tokensThere.issueToken({ subject });
+    const unstored = `never-stored-${uniqueSubject()}`;
+    for (const seen of [jti, unstored]) {
+      expect(await tokensThere.jtiRevoked(seen)).toBe(false);
+      expect(await statementsDuring(there, () => tokensThere.jtiRevoked(seen))).toEqual([]);
+    }
+    const revokedAt = Date.now();
+    await here.get(TokenService).revokeJti(jti, subject);
+    await here.get(TokenService).revokeJti(unstored, subject);
+    const bothRevoked = async () => (await tokensThere.jtiRevoked(jti)) && (await tokensThere.jtiRevoked(unstored));
+    await waitFor(bothRevoked, MAX_STALENESS_MS, 'the other instance to see the revocations', 5);
+    expect(Date.now() - revokedAt).toBeLessThanOrEqual(MAX_STALENESS_MS + MARGIN_MS);
+    // A read in flight when an announcement was heard is not kept: the next call may read once more.
+    expect(await bothRevoked()).toBe(true);
+    expect(await statementsDuring(there, async () => expect(await bothRevoked()).toBe(true))).toEqual([]);
+  });
+
   it('judges a cached row live when the answer is used, not when it was read', async () => {
     await freshCache(here);
     const { token, jti } = await here.get(TokenService).issueToken({ subject: uniqueSubject(), expiresIn: 2 });

@@ -27,21 +27,49 @@ export interface CachedOwnRow {
   expiresMs: number;
 }
 
-interface TokenEntry {
-  /** The token's own row, or `null`: it had none. */
-  own: CachedOwnRow | null;
-  /**
-   * The subject whose log-out drops this answer: the row's own subject (a log-out revokes
-   * the rows of its subject), or the `sub` it was checked for when it had no row.
-   */
-  subject: string;
-  /** `performance.now()` when the database said so. */
-  filledAt: number;
+/**
+ * The cached tokens of one subject, so that its log-out drops their answers at once: it
+ * marks the record dropped, and every answer that points to it stops counting. An answer
+ * points to its record rather than the record listing its answers, which would cost a Set
+ * entry per token.
+ */
+class SubjectTokens {
+  /** How many answers point to this record; `-1` once a log-out dropped it. */
+  count = 0;
+
+  constructor(readonly subject: string) {}
+}
+
+/** `performance.now()` in whole milliseconds, rounded down (an answer looks older, never younger): V8 keeps it unboxed. */
+const nowMs = (): number => Math.floor(performance.now());
+
+/** What the cache knows of one token; numeric fields stay small integers, which V8 stores unboxed in the object. */
+class TokenEntry {
+  constructor(
+    /**
+     * The subject whose log-out drops this answer: the row's own subject (a log-out revokes
+     * the rows of its subject), or the `sub` it was checked for when it had no row; `null`
+     * when it had no row and was read without a subject (`jtiRevoked`).
+     */
+    readonly subject: SubjectTokens | null,
+    /** The own row's purpose, or `null`: it had none. */
+    readonly purpose: string | null,
+    /** The own row's `expires_at` in whole seconds since the epoch, rounded down (it looks expired sooner, never later). */
+    readonly expiresS: number,
+    /** {@link nowMs} when the database said so. */
+    readonly filledAt: number,
+  ) {}
+
+  /** Whether a log-out dropped it. */
+  get dropped(): boolean {
+    return this.subject !== null && this.subject.count < 0;
+  }
 }
 
 interface SubjectEntry {
   /** The subject's log-out marker, or `null`: it had none. */
   marker: LogOutMarker | null;
+  /** {@link nowMs} when the database said so. */
   filledAt: number;
 }
 
@@ -65,8 +93,8 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
    */
   private readonly tokens = new Map<string, TokenEntry>();
   private readonly subjects = new Map<string, SubjectEntry>();
-  /** The cached `jti`s of each subject, so that a log-out drops its tokens' answers too. */
-  private readonly tokensOf = new Map<string, Set<string>>();
+  /** The cached tokens of each subject, so that a log-out drops their answers too. */
+  private readonly tokensOf = new Map<string, SubjectTokens>();
   private readonly settings: ResolvedTokenResourceOptions['revocationCache'];
   private readonly postCommit = new PostCommitForgets((announcement) => this.apply(announcement));
   private unregister?: () => void;
@@ -106,7 +134,10 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     return performance.now() - this.confirmedAt <= this.settings.maxStalenessMs;
   }
 
-  /** How many answers it holds, tokens' and subjects' together: never more than `maxEntries`. */
+  /**
+   * How many answers it holds, tokens' and subjects' together: never more than `maxEntries`.
+   * Answers a log-out dropped count until they are looked up or evicted.
+   */
   get size(): number {
     return this.tokens.size + this.subjects.size;
   }
@@ -121,11 +152,11 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     if (!this.answering()) return undefined;
     const entry = this.tokens.get(jti);
     if (entry === undefined) return undefined;
-    if (this.aged(entry)) {
+    if (entry.dropped || this.aged(entry)) {
       this.dropToken(jti, entry);
       return undefined;
     }
-    return entry.own;
+    return entry.purpose === null ? null : { purpose: entry.purpose, expiresMs: entry.expiresS * 1000 };
   }
 
   /**
@@ -170,19 +201,22 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
 
   /**
    * Stores what the database said about token `jti`, indexed under `subject` (see
-   * `TokenEntry.subject`), unless anything was invalidated since `ticket` was taken (the
-   * answer may predate a write then).
+   * `TokenEntry.subject`; `undefined` only when it has no row), unless anything was
+   * invalidated since `ticket` was taken (the answer may predate a write then).
    *
-   * @internal used by `TokenService.checkClaims`.
+   * @internal used by `TokenService.checkClaims` and `TokenService.jtiRevoked`.
    */
-  rememberToken(jti: string, subject: string, own: CachedOwnRow | null, ticket: number): void {
+  rememberToken(jti: string, subject: string | undefined, own: CachedOwnRow | null, ticket: number): void {
     if (ticket !== this.epoch || !this.fresh) return;
     const old = this.tokens.get(jti);
     if (old) this.dropToken(jti, old);
-    this.tokens.set(jti, { own, subject, filledAt: performance.now() });
-    const jtis = this.tokensOf.get(subject);
-    if (jtis) jtis.add(jti);
-    else this.tokensOf.set(subject, new Set([jti]));
+    let tokensOf: SubjectTokens | null = null;
+    if (subject !== undefined) {
+      tokensOf = this.tokensOf.get(subject) ?? null;
+      if (tokensOf === null) this.tokensOf.set(subject, (tokensOf = new SubjectTokens(subject)));
+      tokensOf.count++;
+    }
+    this.tokens.set(jti, new TokenEntry(tokensOf, own?.purpose ?? null, own ? Math.floor(own.expiresMs / 1000) : 0, nowMs()));
     this.evictOverflow();
   }
 
@@ -195,7 +229,7 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   rememberMarker(subject: string, marker: LogOutMarker | null, ticket: number): void {
     if (ticket !== this.epoch || !this.fresh) return;
     this.subjects.delete(subject);
-    this.subjects.set(subject, { marker, filledAt: performance.now() });
+    this.subjects.set(subject, { marker, filledAt: nowMs() });
     this.evictOverflow();
   }
 
@@ -221,10 +255,11 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
       return;
     }
     this.subjects.delete(key);
-    const jtis = this.tokensOf.get(key);
-    if (!jtis) return;
+    const tokensOf = this.tokensOf.get(key);
+    if (!tokensOf) return;
     this.tokensOf.delete(key);
-    for (const jti of jtis) this.tokens.delete(jti);
+    // Its tokens' answers stop counting now; each leaves the map when next looked up or evicted.
+    tokensOf.count = -1;
   }
 
   /** Drops everything. */
@@ -249,10 +284,9 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
 
   private dropToken(jti: string, entry: TokenEntry): void {
     this.tokens.delete(jti);
-    const jtis = this.tokensOf.get(entry.subject);
-    if (!jtis) return;
-    jtis.delete(jti);
-    if (jtis.size === 0) this.tokensOf.delete(entry.subject);
+    const tokensOf = entry.subject;
+    if (tokensOf === null || tokensOf.count < 0 || --tokensOf.count > 0) return;
+    this.tokensOf.delete(tokensOf.subject);
   }
 
   /** Drops the oldest answers, of either kind, until at most `maxEntries` remain. */
