@@ -277,7 +277,8 @@ export class TokenService {
   async jtiRevoked(jti: string): Promise<boolean> {
     checkJti(jti);
     const cached = this.cache.lookupToken(jti);
-    if (cached !== undefined) return cached?.purpose === REVOCATION_PURPOSE;
+    // The expunger deletes expired rows without an announcement: an expired one is read again.
+    if (cached === null || (cached !== undefined && cached.expiresMs > Date.now())) return cached?.purpose === REVOCATION_PURPOSE;
     if (!this.cache.fresh) {
       const { rowCount } = await this.store.query(this.store.jtiRevokedStatement(), [jti]);
       return rowCount > 0;
