@@ -225,8 +225,7 @@ export class SessionService {
     // Its session is live at its generation: the token alone was revoked (or the session ended).
     if (row.state.generation === generation) throw new TokenAlreadyRevokedError(`refresh token of session ${sid} is revoked`);
     const { reuseIntervalSeconds } = this.options.sessions;
-    const racing =
-      row.state.generation === generation + 1 && Date.now() - row.state.lastRefreshedAt <= reuseIntervalSeconds * 1000;
+    const racing = row.state.generation === generation + 1 && Date.now() - row.state.lastRefreshedAt <= reuseIntervalSeconds * 1000;
     if (racing) return this.pairOf(sid, subject, row.state);
     return this.reuseDetected(sid);
   }
@@ -266,7 +265,14 @@ export class SessionService {
         iat: access.iat / 1000,
         exp: access.exp,
       }),
-      this.codec.sign({ purpose: REFRESH_PURPOSE, sub: subject, sid, jti: this.jti(sid, 'r', generation), iat: refresh.iat / 1000, exp: refresh.exp }),
+      this.codec.sign({
+        purpose: REFRESH_PURPOSE,
+        sub: subject,
+        sid,
+        jti: this.jti(sid, 'r', generation),
+        iat: refresh.iat / 1000,
+        exp: refresh.exp,
+      }),
     ]);
     return {
       sessionId: sid,
