@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it, jest } from '@jest/globals';
 import type { INestApplication } from '@nestjs/common';
 import { decodeJwt } from 'jose';
 import pg from 'pg';
+import { DataSource } from 'typeorm';
 import {
   ExpungerService,
   InvalidTokenError,
@@ -118,6 +119,23 @@ describe('refresh', () => {
     await ageRotation(first.sessionId, 31);
     await expect(sessions.refresh(first.refreshToken)).rejects.toBeInstanceOf(RefreshTokenReusedError);
     expect(await guardAnswer(app, second.accessToken)).toEqual({ status: 401, message: 'token revoked' });
+  });
+
+  it("rotates in the caller's transaction: a rollback undoes the rotation, never a detected reuse", async () => {
+    const dataSource = app.get(DataSource);
+    const first = await sessions.start({ subject: uniqueSubject() });
+    await expect(
+      dataSource.transaction(async (manager) => {
+        await sessions.refresh(first.refreshToken, { manager });
+        throw new Error('roll back');
+      }),
+    ).rejects.toThrow('roll back');
+    const second = await sessions.refresh(first.refreshToken);
+    const third = await sessions.refresh(second.refreshToken);
+    await expect(dataSource.transaction((manager) => sessions.refresh(first.refreshToken, { manager }))).rejects.toBeInstanceOf(
+      RefreshTokenReusedError,
+    );
+    expect(await guardAnswer(app, third.accessToken)).toEqual({ status: 401, message: 'token revoked' });
   });
 
   it('rejects forged, expired, foreign and access tokens without writing', async () => {
