@@ -68,6 +68,15 @@ describe('start', () => {
     expect(await guardAnswer(app, pair.refreshToken)).toEqual({ status: 401, message: 'token not for authentication' });
   });
 
+  it('refuses the default refresh lifetime when the log-out marker lives shorter, writing nothing', async () => {
+    const short = await createSessionApp(table.db.url, { logOutEverywhere: { markerLifetime: '1d' } });
+    table.apps.push(short);
+    await expect(short.get(SessionService).start({ subject: uniqueSubject() })).rejects.toThrow(
+      /sessions\.refreshTokenExpiresIn \(2592000 s\) exceeds logOutEverywhere\.markerLifetime/,
+    );
+    expect(await table.countRows()).toBe(0);
+  });
+
   it('refuses claims the session sets and a subject the table cannot store, writing nothing', async () => {
     await expect(sessions.start({ subject: uniqueSubject(), claims: { sid: 'mine' } })).rejects.toThrow(TypeError);
     await expect(sessions.start({ subject: '' })).rejects.toThrow(TypeError);

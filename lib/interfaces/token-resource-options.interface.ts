@@ -145,7 +145,8 @@ export interface TokenResourceSessionsOptions {
   accessTokenExpiresIn?: string | number;
   /**
    * Lifetime of each refresh token, counted from its issue: a session that is not refreshed
-   * within it ends. At most `logOutEverywhere.markerLifetime`. Default `'30d'`.
+   * within it ends. At most `logOutEverywhere.markerLifetime` (checked at start-up when given;
+   * with a shorter `markerLifetime` and this default, `start` throws `RangeError`). Default `'30d'`.
    */
   refreshTokenExpiresIn?: string | number;
   /**

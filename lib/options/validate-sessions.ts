@@ -40,7 +40,10 @@ export function resolveSessions(sessions: TokenResourceSessionsOptions, markerLi
       `sessions.accessTokenExpiresIn (${access} s) exceeds sessions.refreshTokenExpiresIn (${refresh} s): an access token would outlive its session. Shorten accessTokenExpiresIn or lengthen refreshTokenExpiresIn.`,
     );
   }
-  if (refresh > markerLifetimeSeconds) {
+  // Only a lifetime given on purpose fails the boot: an application that shortened
+  // markerLifetime and never starts a session must not need a sessions option.
+  // `SessionService.start` refuses the default when it is too long.
+  if (sessions.refreshTokenExpiresIn !== undefined && refresh > markerLifetimeSeconds) {
     fail(
       `sessions.refreshTokenExpiresIn (${refresh} s) exceeds logOutEverywhere.markerLifetime (${markerLifetimeSeconds} s): a log-out would be forgotten while a refresh token is still valid. Shorten refreshTokenExpiresIn or raise markerLifetime.`,
     );

@@ -98,6 +98,8 @@ export class SessionService {
    * @throws TypeError for a subject the token table cannot store (see `issueToken`), claims
    *   that are not an object or name a claim the service sets, or `claims`/`extraData` that
    *   `jsonb` refuses. Nothing is written.
+   * @throws RangeError when the default `sessions.refreshTokenExpiresIn` (`'30d'`) exceeds
+   *   `logOutEverywhere.markerLifetime` (a lifetime given explicitly fails the boot instead).
    * @throws TokenResourceConfigError when no signing key is configured.
    */
   async start(input: StartSessionInput): Promise<SessionTokens> {
@@ -111,6 +113,13 @@ export class SessionService {
     }
     const extraData = input.extraData ?? null;
     checkJsonb(extraData, 'extraData');
+    const { refreshTokenLifetimeSeconds } = this.options.sessions;
+    const { markerLifetimeSeconds } = this.options.logOutEverywhere;
+    if (refreshTokenLifetimeSeconds > markerLifetimeSeconds) {
+      throw new RangeError(
+        `sessions.refreshTokenExpiresIn (${refreshTokenLifetimeSeconds} s) exceeds logOutEverywhere.markerLifetime (${markerLifetimeSeconds} s): set sessions.refreshTokenExpiresIn to at most that, or raise markerLifetime.`,
+      );
+    }
     const sid = randomUUID();
     const now = Date.now();
     const state: SessionState = { ...this.timesFrom(now, 0), createdAt: now, claims, extraData };
