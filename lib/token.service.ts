@@ -348,8 +348,9 @@ export class TokenService {
   }
 
   /**
-   * The verdict on a token from its own row and its subject's marker.
+   * The verdict on a token from its own row, its subject's marker and its session's row.
    *
+   * @param session the row of the session named by its `sid` claim; `null` for none (or no `sid`).
    * @param nowMs judge whether a cached row is live by its expiry at this moment;
    *   `undefined` for a row just read, which says so itself (the database's clock).
    */

@@ -12,6 +12,7 @@ import {
   TokenAlreadyRevokedError,
   TokenService,
 } from '../lib/index.js';
+import { listenerSocketOf } from './support/revocation-cache-listener.js';
 import { guardAnswer } from './support/guard-answer.js';
 import { signToken, uniqueSubject } from './support/jwt-fixtures.js';
 import { createSessionApp, jtiOf } from './support/session-app.js';
@@ -262,7 +263,22 @@ describe('the guard', () => {
     expect(await guardAnswer(cached, pair.accessToken)).toEqual({ status: 200 });
     const statements = await statementsDuring(() => guardAnswer(cached, pair.accessToken));
     expect(statements.filter((s) => s.startsWith('ntr_'))).toEqual([]);
-    await service.revoke(pair.sessionId);
-    expect(await guardAnswer(cached, pair.accessToken)).toEqual({ status: 401, message: 'token revoked' });
+    // A rotation drops this instance's cached answer about the refresh token it revoked at
+    // once, not only when its announcement comes back (held up here, within maxStalenessMs).
+    const checks = cached.get(TokenService);
+    expect(await checks.tokenRevoked(pair.refreshToken)).toBe(false);
+    const socket = listenerSocketOf(cached);
+    socket.pause();
+    try {
+      const next = await service.refresh(pair.refreshToken);
+      expect(await checks.tokenRevoked(pair.refreshToken)).toBe(true);
+      expect(await guardAnswer(cached, next.accessToken)).toEqual({ status: 200 });
+      await service.revoke(pair.sessionId);
+      for (const token of [pair.accessToken, next.accessToken]) {
+        expect(await guardAnswer(cached, token)).toEqual({ status: 401, message: 'token revoked' });
+      }
+    } finally {
+      socket.resume();
+    }
   });
 });
