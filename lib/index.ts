@@ -8,12 +8,14 @@ export type {
   TokenResourceModuleOptions,
   TokenResourceOptionsFactory,
   TokenResourceRevocationCacheOptions,
+  TokenResourceSessionsOptions,
   TokenResourceFactoryOptions,
 } from './interfaces/token-resource-options.interface.js';
 export { TokenResourceModule } from './token-resource.module.js';
 export { EXPUNGE_JOB_NAME, REVOCATION_PURPOSE } from './token-resource.constants.js';
 export {
   InvalidTokenError,
+  RefreshTokenReusedError,
   TokenAlreadyRevokedError,
   TokenResourceConfigError,
   TokenResourceError,
@@ -32,6 +34,13 @@ export {
   type StoreTokenInput,
 } from './token.service.js';
 export { LogOutEverywhereService, type LogOutEverywhereOptions } from './log-out-everywhere/log-out-everywhere.service.js';
+export {
+  SessionService,
+  type RefreshSessionOptions,
+  type SessionSummary,
+  type SessionTokens,
+  type StartSessionInput,
+} from './sessions/session.service.js';
 export { RevocationCache } from './revocation-cache/revocation.cache.js';
 export { ExpungerService, type ExpungeRunResult } from './expunger/expunger.service.js';
 export { RevokedTokenGuard } from './guard/revoked-token.guard.js';

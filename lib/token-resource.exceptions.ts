@@ -24,3 +24,11 @@ export class TokenResourceConfigError extends TokenResourceError {}
  * state is unknown, so callers must fail closed: the guard answers `503`, never admits.
  */
 export class TokenResourceUnavailableError extends TokenResourceError {}
+
+/**
+ * A refresh token that was already rotated was presented again (outside
+ * `sessions.reuseIntervalSeconds`): it was probably stolen. Its whole session, every
+ * refresh and access token of it, was revoked before this was thrown; the subject's other
+ * sessions are untouched.
+ */
+export class RefreshTokenReusedError extends TokenResourceError {}

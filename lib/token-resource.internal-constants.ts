@@ -40,3 +40,15 @@ export const DEFAULT_CONFIRM_PURPOSE = 'confirm';
 
 /** Default lifetime of issued tokens. */
 export const DEFAULT_EXPIRES_IN = '7d';
+
+/**
+ * `jti` prefix of a session's row (`session:<sid>`), which the revoked-check reads with the
+ * token's own row and its subject's marker. `TokenService` refuses to write a token under it.
+ */
+export const SESSION_JTI_PREFIX = 'session:';
+
+/** Purpose of a live session's row; it becomes `'revocation'` when the session is revoked. */
+export const SESSION_PURPOSE = 'session';
+
+/** Purpose (claim and stored row) of a session's refresh tokens, which the guard refuses. */
+export const REFRESH_PURPOSE = 'refresh';

@@ -17,6 +17,7 @@ import {
   type ModuleWiring,
 } from './token-resource.providers.js';
 import { TOKEN_REPOSITORY, TOKEN_RESOURCE_OPTIONS } from './token-resource.internal-constants.js';
+import { SessionService } from './sessions/session.service.js';
 import { TokenService } from './token.service.js';
 import { TokenStore } from './token.store.js';
 
@@ -27,6 +28,7 @@ const SERVICES = [
   ExpiredTokenDeleter,
   TokenService,
   LogOutEverywhereService,
+  SessionService,
   ExpungerService,
   PasswordChangeSubscriber,
   RevokedTokenGuard,
@@ -39,6 +41,7 @@ const EXPORTS = [
   RevocationCache,
   TokenService,
   LogOutEverywhereService,
+  SessionService,
   ExpungerService,
   OutageLog,
   RevokedTokenGuard,

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Inject, Injectable } from '@nestjs/common';
-import { MoreThan, MoreThanOrEqual, Not, type EntityManager, type FindOptionsWhere } from 'typeorm';
+import { In, MoreThan, MoreThanOrEqual, Not, type EntityManager, type FindOptionsWhere } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
 import { ExpiredTokenDeleter, type ExpungeExpiredOptions } from './expunger/expired-token.deleter.js';
 import { durationToSeconds } from './jwt/duration.js';
@@ -17,8 +17,12 @@ import {
   EXPUNGER_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_PURPOSE,
+  REFRESH_PURPOSE,
+  SESSION_JTI_PREFIX,
+  SESSION_PURPOSE,
   TOKEN_RESOURCE_OPTIONS,
 } from './token-resource.internal-constants.js';
+import { isSessionId, sessionRowJti } from './sessions/session-jtis.js';
 import { InvalidTokenError, TokenAlreadyRevokedError } from './token-resource.exceptions.js';
 import { TokenStore, type OwnStateRow, type TokenStateRow } from './token.store.js';
 import { checkExpiresAt, checkJsonb, checkJti, checkPurpose, checkSubject, expiryOfExp } from './validation/token-values.js';
@@ -101,7 +105,7 @@ export interface StoreConfirmationChangesInput {
 
 /** Options of {@link TokenService.listTokens}. */
 export interface ListTokensOptions {
-  /** Only rows of this purpose. Default: every purpose except the internal marker rows. */
+  /** Only rows of this purpose. Default: every purpose except the internal marker and session rows. */
   purpose?: string;
   /** Also list rows whose `expiresAt` has passed. Default `false`. */
   includeExpired?: boolean;
@@ -142,6 +146,9 @@ function rejectMarkerJti(jti: string): void {
   }
   if (isExpungerJti(jti)) {
     throw new InvalidTokenError(`jti '${jti}' is reserved for the expunger's run record`);
+  }
+  if (jti.startsWith(SESSION_JTI_PREFIX)) {
+    throw new InvalidTokenError(`jti '${jti}' is reserved for session rows`);
   }
 }
 
@@ -247,7 +254,7 @@ export class TokenService {
     if (typeof jti !== 'string' || jti === '') throw new TypeError('getToken needs a jti or a token');
     checkJti(jti);
     if (query.purpose !== undefined) checkPurpose(query.purpose);
-    if (isExpungerJti(jti)) return null;
+    if (isExpungerJti(jti) || jti.startsWith(SESSION_JTI_PREFIX)) return null;
     const where: FindOptionsWhere<Token> = { jti, expiresAt: MoreThan(new Date()) };
     if (query.purpose !== undefined) where.purpose = query.purpose;
     return this.store.readPrimary((tokens) => tokens.findOne({ where }));
@@ -298,11 +305,18 @@ export class TokenService {
   async checkClaims(claims: TokenClaimsPayload): Promise<TokenCheck> {
     const jti = requireString(claims, 'jti');
     const subject = requireString(claims, 'sub');
+    const sessionJti = isSessionId(claims.sid) ? sessionRowJti(claims.sid) : null;
     let marker = this.cache.lookupMarker(subject);
     const cachedOwn = marker === undefined ? undefined : this.cache.lookupToken(jti);
-    if (cachedOwn !== undefined) return this.verdict(claims, jti, cachedOwn, marker!, Date.now());
+    const cachedSession = sessionJti === null ? null : cachedOwn === undefined ? undefined : this.cache.lookupToken(sessionJti);
+    if (cachedOwn !== undefined && cachedSession !== undefined) {
+      return this.verdict(claims, jti, cachedOwn, marker!, cachedSession, Date.now());
+    }
     let tokenState = this.store.tokenStateStatement();
     let ownRow: OwnStateRow | undefined;
+    let sessionRow: OwnStateRow | undefined;
+    // A session token's session row is read with the marker: the one-key probe cannot serve it.
+    if (sessionJti !== null) marker = undefined;
     if (marker !== undefined) {
       const ticket = this.cache.ticket();
       const started = performance.now();
@@ -320,18 +334,23 @@ export class TokenService {
     if (marker === undefined) {
       const ticket = this.cache.ticket();
       const markerJti = logOutMarkerJti(subject);
-      const { rows } = await this.store.query<TokenStateRow>(tokenState, [jti, markerJti]);
+      const { rows } = await this.store.query<TokenStateRow>(tokenState, [jti, markerJti, sessionJti]);
       ownRow = rows.find((row) => row.jti === jti);
       marker = rows.find((row) => row.jti === markerJti && row.purpose === LOG_OUT_EVERYWHERE_PURPOSE)?.marker ?? null;
       this.cache.rememberMarker(subject, marker, ticket);
       this.cache.rememberToken(jti, ownRow?.subject ?? subject, cachedOwnRow(ownRow), ticket);
+      if (sessionJti !== null) {
+        sessionRow = rows.find((row) => row.jti === sessionJti);
+        this.cache.rememberToken(sessionJti, sessionRow?.subject ?? subject, cachedOwnRow(sessionRow), ticket);
+      }
     }
-    return this.verdict(claims, jti, ownRow ?? null, marker, undefined);
+    return this.verdict(claims, jti, ownRow ?? null, marker, sessionRow ?? null, undefined);
   }
 
   /**
-   * The verdict on a token from its own row and its subject's marker.
+   * The verdict on a token from its own row, its subject's marker and its session's row.
    *
+   * @param session the row of the session named by its `sid` claim; `null` for none (or no `sid`).
    * @param nowMs judge whether a cached row is live by its expiry at this moment;
    *   `undefined` for a row just read, which says so itself (the database's clock).
    */
@@ -340,11 +359,18 @@ export class TokenService {
     jti: string,
     own: CachedOwnRow | OwnStateRow | null,
     marker: LogOutMarker | null,
+    session: CachedOwnRow | OwnStateRow | null,
     nowMs: number | undefined,
   ): TokenCheck {
-    // A marker row is never a token's own row, even when a token's jti names one.
-    if (own?.purpose === LOG_OUT_EVERYWHERE_PURPOSE) own = null;
-    const revoked = own?.purpose === REVOCATION_PURPOSE || (marker !== null && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
+    // A marker or session row is never a token's own row, even when a token's jti names one.
+    if (own?.purpose === LOG_OUT_EVERYWHERE_PURPOSE || own?.purpose === SESSION_PURPOSE) own = null;
+    // A refresh token is always stored and every log-out that covers it flips its row, which
+    // therefore decides alone: a "log out my other devices" keeps the current session's.
+    const markerApplies = marker !== null && !(claims.purpose === REFRESH_PURPOSE && own?.purpose === REFRESH_PURPOSE);
+    const revoked =
+      own?.purpose === REVOCATION_PURPOSE ||
+      session?.purpose === REVOCATION_PURPOSE ||
+      (markerApplies && logOutMarkerRevokes(marker, jti, claims.iat, own?.purpose));
     const live = own !== null && (nowMs === undefined ? (own as OwnStateRow).live : (own as CachedOwnRow).expiresMs > nowMs);
     const presentForAuthentication = live && own!.purpose === this.options.authenticationPurpose;
     return { revoked, presentForAuthentication };
@@ -434,7 +460,7 @@ export class TokenService {
   async listTokens(subject: string, opts: ListTokensOptions = {}): Promise<Token[]> {
     checkSubject(subject);
     if (opts.purpose !== undefined) checkPurpose(opts.purpose);
-    const where: FindOptionsWhere<Token> = { subject, purpose: opts.purpose ?? Not(LOG_OUT_EVERYWHERE_PURPOSE) };
+    const where: FindOptionsWhere<Token> = { subject, purpose: opts.purpose ?? Not(In([LOG_OUT_EVERYWHERE_PURPOSE, SESSION_PURPOSE])) };
     if (!opts.includeExpired) where.expiresAt = MoreThan(new Date());
     return this.store.readPrimary((tokens) => tokens.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));
   }

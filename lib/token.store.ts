@@ -420,9 +420,9 @@ export class TokenStore {
   }
 
   /**
-   * The SQL that reads a token's own row (`$1`) and its subject's log-out marker (`$2`)
-   * in one primary-key index scan; `extra_data` is read only from the marker. Two plain
-   * text parameters keep PostgreSQL's cached generic plan (an `= ANY($1::text[])` of
+   * The SQL that reads a token's own row (`$1`), its subject's log-out marker (`$2`) and its
+   * session's row (`$3`, `NULL` for a token of no session) in one primary-key index scan;
+   * `extra_data` is read only from the marker. Plain text parameters keep PostgreSQL's cached generic plan (an `= ANY($1::text[])` of
    * unknown length would be re-planned on every execution) and spare `pg` an array literal.
    */
   tokenStateStatement(): Statement {
@@ -432,7 +432,7 @@ export class TokenStore {
       SELECT jti, purpose, expires_at > now() AS live, (extract(epoch FROM expires_at) * 1000)::float8 AS expires_ms, subject,
              CASE WHEN purpose = '${LOG_OUT_EVERYWHERE_PURPOSE}' THEN extra_data END AS marker
         FROM ${this.table}
-       WHERE jti IN ($1, $2)`,
+       WHERE jti IN ($1, $2, $3)`,
     ));
   }
 }

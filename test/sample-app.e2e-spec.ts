@@ -3,7 +3,7 @@ import type { INestApplication } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { Test } from '@nestjs/testing';
 import request from 'supertest';
-import { EXPUNGE_JOB_NAME, ExpungerService } from '../lib/index.js';
+import { EXPUNGE_JOB_NAME, ExpungerService, SessionService } from '../lib/index.js';
 import { AppModule } from '../sample-app/app.module.js';
 import { DEMO_USER } from '../sample-app/users/demo-user.js';
 import { createTestDatabase, type TestDatabase } from './support/test-database.js';
@@ -19,10 +19,34 @@ let http: ReturnType<INestApplication['getHttpServer']>;
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
 
-async function login(email: string = DEMO_USER.email, password: string = DEMO_USER.password): Promise<string> {
+/** What login and refresh answer: a session's pair of tokens. */
+const SESSION_BODY = {
+  sessionId: expect.any(String),
+  accessToken: expect.any(String),
+  tokenType: 'Bearer',
+  expiresAt: expect.any(String),
+  refreshToken: expect.any(String),
+  refreshExpiresAt: expect.any(String),
+};
+
+interface SessionBody {
+  sessionId: string;
+  accessToken: string;
+  refreshToken: string;
+}
+
+async function startSession(email: string = DEMO_USER.email, password: string = DEMO_USER.password): Promise<SessionBody> {
   const res = await request(http).post('/auth/login').send({ email, password }).expect(200);
-  expect(res.body).toEqual({ token: expect.any(String), tokenType: 'Bearer', expiresAt: expect.any(String) });
-  return res.body.token;
+  expect(res.body).toEqual(SESSION_BODY);
+  return res.body as SessionBody;
+}
+
+async function login(email?: string, password?: string): Promise<string> {
+  return (await startSession(email, password)).accessToken;
+}
+
+function refresh(refreshToken: unknown) {
+  return request(http).post('/auth/refresh').send({ refreshToken });
 }
 
 function me(token: string) {
@@ -96,9 +120,11 @@ describe('the walkthrough', () => {
 
     const sessions = await request(http).get('/auth/sessions').set(bearer(laptop)).expect(200);
     const current = sessions.body.filter((s: { current: boolean }) => s.current);
-    expect(current).toEqual([expect.objectContaining({ jti: mine.body.claims.jti })]);
+    expect(current).toEqual([expect.objectContaining({ sessionId: mine.body.claims.sid })]);
     expect(sessions.body.length).toBeGreaterThanOrEqual(2);
-    for (const session of sessions.body) expect(Object.keys(session).sort()).toEqual(['createdAt', 'current', 'expiresAt', 'jti']);
+    for (const session of sessions.body) {
+      expect(Object.keys(session).sort()).toEqual(['createdAt', 'current', 'expiresAt', 'lastRefreshedAt', 'sessionId']);
+    }
 
     await request(http).post('/auth/logout').set(bearer(laptop)).expect(204);
     const refused = await me(laptop).expect(401);
@@ -107,7 +133,7 @@ describe('the walkthrough', () => {
     await me(phone).expect(200);
 
     const after = await request(http).get('/auth/sessions').set(bearer(phone)).expect(200);
-    expect(after.body.map((s: { jti: string }) => s.jti)).not.toContain(mine.body.claims.jti);
+    expect(after.body.map((s: { sessionId: string }) => s.sessionId)).not.toContain(mine.body.claims.sid);
   });
 
   it('logout-everywhere with keepCurrent keeps this token and revokes the others', async () => {
@@ -125,7 +151,8 @@ describe('the walkthrough', () => {
     expect(sessions.body).toEqual([expect.objectContaining({ current: true })]);
 
     // Without a body: every token, this one included.
-    await request(http).post('/auth/logout-everywhere').set(bearer(current)).expect(200, { revoked: 1, keptCurrent: false });
+    const all = await request(http).post('/auth/logout-everywhere').set(bearer(current)).expect(200);
+    expect(all.body).toEqual({ revoked: expect.any(Number), keptCurrent: false });
     await me(current).expect(401);
     await me(await login()).expect(200);
   });
@@ -149,10 +176,10 @@ describe('the walkthrough', () => {
       .set(bearer(current))
       .send({ currentPassword: DEMO_USER.password, newPassword })
       .expect(200);
-    expect(res.body).toEqual({ token: expect.any(String), tokenType: 'Bearer', expiresAt: expect.any(String) });
+    expect(res.body).toEqual(SESSION_BODY);
     await me(other).expect(401);
     await me(current).expect(401);
-    await me(res.body.token).expect(200);
+    await me(res.body.accessToken).expect(200);
 
     await request(http).post('/auth/login').send({ email: DEMO_USER.email, password: DEMO_USER.password }).expect(401);
     await login(DEMO_USER.email, newPassword);
@@ -160,10 +187,50 @@ describe('the walkthrough', () => {
     // Change it back, so that the other tests can log in with the demo password.
     const back = await request(http)
       .post('/auth/password')
-      .set(bearer(res.body.token))
+      .set(bearer(res.body.accessToken))
       .send({ currentPassword: newPassword, newPassword: DEMO_USER.password })
       .expect(200);
-    await me(back.body.token).expect(200);
+    await me(back.body.accessToken).expect(200);
+  });
+});
+
+describe('sessions', () => {
+  it('refresh rotates; a racing repeat gets the same pair; a stolen, replayed refresh token ends the session', async () => {
+    const first = await startSession();
+    const second = await refresh(first.refreshToken).expect(200);
+    expect(second.body).toEqual({ ...SESSION_BODY, sessionId: first.sessionId });
+    await me(second.body.accessToken).expect(200);
+    // Within the sample's 10 s reuse interval, the same refresh token is a racing tab.
+    expect((await refresh(first.refreshToken).expect(200)).body).toEqual(second.body);
+    const third = await refresh(second.body.refreshToken).expect(200);
+    // Two rotations back is no race: theft. The whole session ends, the newest tokens included.
+    const replay = await refresh(first.refreshToken).expect(401);
+    expect(replay.body.message).toBe('refresh token reused: the session is revoked');
+    expect((await me(third.body.accessToken).expect(401)).body.message).toBe('token revoked');
+    expect((await refresh(third.body.refreshToken).expect(401)).body.message).toBe('session revoked');
+  });
+
+  it('refuses an access token, garbage or no body as a refresh token', async () => {
+    const session = await startSession();
+    expect((await refresh(session.accessToken).expect(401)).body.message).toBe('invalid refresh token');
+    await refresh('garbage').expect(401);
+    await refresh(42).expect(400);
+    await request(http).post('/auth/refresh').send({}).expect(400);
+    expect((await me(session.refreshToken).expect(401)).body.message).toBe('token not for authentication');
+  });
+
+  it("DELETE /auth/sessions/:id logs one of the caller's devices out, and nobody else's", async () => {
+    const laptop = await startSession();
+    const phone = await startSession();
+    await request(http).delete(`/auth/sessions/${phone.sessionId}`).set(bearer(laptop.accessToken)).expect(204);
+    await me(phone.accessToken).expect(401);
+    await refresh(phone.refreshToken).expect(401);
+    await me(laptop.accessToken).expect(200);
+
+    const stranger = await app.get(SessionService).start({ subject: 'someone-else' });
+    await request(http).delete(`/auth/sessions/${stranger.sessionId}`).set(bearer(laptop.accessToken)).expect(404);
+    await request(http).delete('/auth/sessions/not-a-uuid').set(bearer(laptop.accessToken)).expect(400);
+    expect(await app.get(SessionService).list('someone-else')).toHaveLength(1);
   });
 });
 

@@ -94,7 +94,7 @@ async function login(port: number): Promise<string> {
     body: JSON.stringify({ email: DEMO_USER.email, password: DEMO_USER.password }),
   });
   expect(res.status).toBe(200);
-  return ((await res.json()) as { token: string }).token;
+  return ((await res.json()) as { accessToken: string }).accessToken;
 }
 
 async function meStatus(port: number, token: string): Promise<number> {

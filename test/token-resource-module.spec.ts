@@ -144,6 +144,7 @@ describe('forRootAsync', () => {
         markerLifetimeSeconds: 365 * 86_400,
       },
       revocationCache: { enabled: false, announce: false, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000 },
+      sessions: { accessTokenLifetimeSeconds: 15 * 60, refreshTokenLifetimeSeconds: 30 * 86_400, reuseIntervalSeconds: 0 },
     });
     expect(subjectOf({ id: 42 })).toBe('42');
     expect(() => subjectOf({})).toThrow(TypeError);
@@ -491,6 +492,27 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
       'a revocationCache.announce that is no boolean',
       { jwt: { secret: TEST_SECRET }, revocationCache: { announce: 'yes' } },
       /revocationCache\.announce must be true or false/,
+    ],
+    ['sessions that are no object', { jwt: { secret: TEST_SECRET }, sessions: 'long' }, /sessions must be an object/],
+    [
+      'a malformed sessions.refreshTokenExpiresIn',
+      { jwt: { secret: TEST_SECRET }, sessions: { refreshTokenExpiresIn: 'a month' } },
+      /sessions\.refreshTokenExpiresIn: expected seconds or a duration such as '15m'/,
+    ],
+    [
+      'access tokens that outlive refresh tokens',
+      { jwt: { secret: TEST_SECRET }, sessions: { accessTokenExpiresIn: '2d', refreshTokenExpiresIn: '1d' } },
+      /sessions\.accessTokenExpiresIn \(172800 s\) exceeds sessions\.refreshTokenExpiresIn.*Shorten accessTokenExpiresIn/,
+    ],
+    [
+      'refresh tokens that outlive the log-out marker',
+      { jwt: { secret: TEST_SECRET }, sessions: { refreshTokenExpiresIn: '400d' } },
+      /sessions\.refreshTokenExpiresIn .* exceeds logOutEverywhere\.markerLifetime.*raise markerLifetime/,
+    ],
+    [
+      'a negative sessions.reuseIntervalSeconds',
+      { jwt: { secret: TEST_SECRET }, sessions: { reuseIntervalSeconds: -1 } },
+      /sessions\.reuseIntervalSeconds must be a number from 0 to 300/,
     ],
   ];
 

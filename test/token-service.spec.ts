@@ -622,7 +622,7 @@ describe('each revoked-check is one indexed query', () => {
       // The test table is tiny, so forbid the sequential scan to see which index serves it.
       await runner.query('SET enable_seqscan = off');
       for (const [statement, values] of [
-        [store.tokenStateStatement(), ['a', 'b']],
+        [store.tokenStateStatement(), ['a', 'b', 'c']],
         [store.jtiRevokedStatement(), ['a']],
       ] as const) {
         let sql = statement.text;

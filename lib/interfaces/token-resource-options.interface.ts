@@ -133,6 +133,32 @@ export interface TokenResourceRevocationCacheOptions {
   maxEntryAgeMs?: number;
 }
 
+/**
+ * Options of `SessionService`: sessions of a short-lived access token and a rotating
+ * refresh token. Checked at start-up.
+ */
+export interface TokenResourceSessionsOptions {
+  /**
+   * Lifetime of a session's access tokens: seconds, or a duration string such as `'15m'`. At
+   * most `refreshTokenExpiresIn`. Default `'15m'`.
+   */
+  accessTokenExpiresIn?: string | number;
+  /**
+   * Lifetime of each refresh token, counted from its issue: a session that is not refreshed
+   * within it ends. At most `logOutEverywhere.markerLifetime` (checked at start-up when given;
+   * with a shorter `markerLifetime` and this default, `start` throws `RangeError`). Default `'30d'`.
+   */
+  refreshTokenExpiresIn?: string | number;
+  /**
+   * Seconds after a rotation during which presenting the refresh token it replaced again is
+   * taken for a racing request of the same client (two tabs, a retried call) rather than
+   * theft: it returns the same successor pair as the rotation did. Only the immediately
+   * previous refresh token qualifies. `0` treats every repeat as theft. From `0` to `300`.
+   * Default `0`.
+   */
+  reuseIntervalSeconds?: number;
+}
+
 /** Options of `TokenResourceModule.forRoot`. */
 export interface TokenResourceModuleOptions {
   /** Name of the TypeORM data source. Default `'default'`. */
@@ -158,6 +184,8 @@ export interface TokenResourceModuleOptions {
   logOutEverywhere?: TokenResourceLogOutEverywhereOptions;
   /** Answer revoked-checks from memory, with a bounded staleness. Default: off. */
   revocationCache?: TokenResourceRevocationCacheOptions;
+  /** `SessionService` options. Default: `{ accessTokenExpiresIn: '15m', refreshTokenExpiresIn: '30d', reuseIntervalSeconds: 0 }`. */
+  sessions?: TokenResourceSessionsOptions;
   /** Register the module globally. Default `false`. */
   isGlobal?: boolean;
 }

@@ -1,4 +1,5 @@
 import {
+  createHmac,
   createPrivateKey,
   createPublicKey,
   sign as cryptoSign,
@@ -207,6 +208,22 @@ export class TokenCodec {
     if (this.options.audience !== undefined) jwt.setAudience(this.options.audience);
     return jwt.sign(this.signKey);
   }
+
+  /**
+   * A key for `label`, derived from the signing key (HMAC-SHA256 of the label under it): as
+   * secret as the signing key and rotated with it, yet never usable to sign a token.
+   *
+   * @throws TokenResourceConfigError when no signing key is configured.
+   */
+  derivedKey(label: string): Buffer {
+    if (!this.signKey) fail('issuing tokens needs a signing key: set jwt.secret or jwt.privateKey.');
+    return createHmac('sha256', keyBytes(this.signKey)).update(label).digest();
+  }
+}
+
+/** The bytes of a signing key, for deriving keys of other uses from it. */
+function keyBytes(key: Uint8Array | KeyObject): Uint8Array {
+  return key instanceof Uint8Array ? key : key.export({ format: 'der', type: 'pkcs8' });
 }
 
 function describeJoseError(error: unknown): string {

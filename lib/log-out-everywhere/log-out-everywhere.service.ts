@@ -2,7 +2,13 @@ import { Inject, Injectable, Logger, type OnModuleDestroy, type OnModuleInit } f
 import type { DataSource, EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
-import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
+import {
+  LOG_OUT_EVERYWHERE_PURPOSE,
+  SESSION_JTI_PREFIX,
+  TOKEN_DATA_SOURCE,
+  TOKEN_RESOURCE_OPTIONS,
+} from '../token-resource.internal-constants.js';
+import { sessionOfJti } from '../sessions/session-jtis.js';
 import { RevocationCache } from '../revocation-cache/revocation.cache.js';
 import { SUBJECT_ANNOUNCEMENT } from '../revocation-cache/announcement.js';
 import { TokenStore } from '../token.store.js';
@@ -24,7 +30,12 @@ export interface LogOutEverywhereOptions {
    * internal marker rows are never touched, whatever the list says.
    */
   excludePurposes?: string[];
-  /** Keep this token valid ("log out my other devices"), stored or not. A `jti` of at most 255 bytes of UTF-8. */
+  /**
+   * Keep this token valid ("log out my other devices"), stored or not. A `jti` of at most 255
+   * bytes of UTF-8. The `jti` of a session's token (`SessionService`) keeps that whole
+   * session: its row and refresh token stay, so the device can go on refreshing; the
+   * session's other access tokens issued before the log-out are revoked.
+   */
   exceptJti?: string;
   /**
    * Run inside this manager's transaction (for example a password change's), so that
@@ -92,7 +103,8 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * current row), `revoked` flips the subject's unexpired stored rows that pass the filter, and
    * `announced` (with `revocationCache.announce` only) notifies the revocation caches if either
    * wrote. The marker is written first, so concurrent log-outs of one subject cannot
-   * deadlock. docs/internals.md explains its composition.
+   * deadlock. Session rows and refresh tokens are rows like any: flipping them ends the
+   * sessions, except the one `exceptJti` belongs to (`$10`, its `sid`). docs/internals.md explains its composition.
    */
   private readonly logOutStatement = this.store.statement(
     'log_out_everywhere',
@@ -138,6 +150,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
          AND ($3::text[] IS NULL OR purpose = ANY ($3::text[]))
          AND purpose <> ALL ($4::text[])
          AND ($5::text IS NULL OR jti <> $5::text)
+         AND ($10::text IS NULL OR (jti <> ('${SESSION_JTI_PREFIX}' || $10::text) AND NOT starts_with(jti, $10::text || '.')))
          AND expires_at > now() - make_interval(secs => $9::float8)
       RETURNING 1
     )
@@ -246,6 +259,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
         this.options.logOutEverywhere.markerLifetimeSeconds,
         args.revokeUnstored,
         this.options.jwt.clockToleranceSeconds,
+        args.exceptJti === null ? null : (sessionOfJti(args.exceptJti) ?? null),
       ],
       manager,
     );

@@ -38,4 +38,5 @@ export const DEFAULT_OPTIONS = {
     markerLifetime: '365d',
   },
   revocationCache: { enabled: false, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000 },
+  sessions: { accessTokenExpiresIn: '15m', refreshTokenExpiresIn: '30d', reuseIntervalSeconds: 0 },
 } as const;

@@ -9,6 +9,7 @@ import { DEFAULT_OPTIONS } from './defaults.js';
 import { atLeast, between, fail, flag, positive, purposeList, shown } from './option-checks.js';
 import { expungeCronOf } from './validate-expunge.js';
 import { resolveJwtOptions, type ResolvedJwtOptions } from './validate-jwt.js';
+import { resolveSessions, type ResolvedSessionsOptions } from './validate-sessions.js';
 
 /** Module options with every default filled in; what the services read. */
 export interface ResolvedTokenResourceOptions {
@@ -31,6 +32,7 @@ export interface ResolvedTokenResourceOptions {
     markerLifetimeSeconds: number;
   };
   revocationCache: { enabled: boolean; announce: boolean; maxStalenessMs: number; maxEntries: number; maxEntryAgeMs: number };
+  sessions: ResolvedSessionsOptions;
   isGlobal: boolean;
 }
 
@@ -110,6 +112,7 @@ export function resolveOptions(options: TokenResourceModuleOptions): ResolvedTok
     );
   }
   const expunge = options.expunge ?? {};
+  const logOutEverywhere = resolveLogOutEverywhere(options.logOutEverywhere ?? {});
   return {
     dataSource: options.dataSource ?? DEFAULT_OPTIONS.dataSource,
     entity: options.entity ?? DEFAULT_OPTIONS.entity,
@@ -125,8 +128,9 @@ export function resolveOptions(options: TokenResourceModuleOptions): ResolvedTok
         between(expunge.startupJitterSeconds, 0, 86_400, 'expunge.startupJitterSeconds') ?? DEFAULT_OPTIONS.expunge.startupJitterSeconds,
       batchSize: positive(expunge.batchSize, 'expunge.batchSize', true) ?? DEFAULT_OPTIONS.expunge.batchSize,
     },
-    logOutEverywhere: resolveLogOutEverywhere(options.logOutEverywhere ?? {}),
+    logOutEverywhere,
     revocationCache: resolveRevocationCache(options.revocationCache ?? {}),
+    sessions: resolveSessions(options.sessions ?? {}, logOutEverywhere.markerLifetimeSeconds),
     isGlobal: options.isGlobal ?? DEFAULT_OPTIONS.isGlobal,
   };
 }

@@ -4,11 +4,13 @@ import type { TokenClaimsPayload } from '../../lib/index.js';
 export interface SessionClaims {
   sub: string;
   jti: string;
+  /** The session of the token (every login token is a session's). */
+  sid: string;
   exp: number;
   iat?: number;
 }
 
 /** Narrows the guard's verified payload to {@link SessionClaims}. */
 export function sessionClaims(claims: TokenClaimsPayload): SessionClaims {
-  return { sub: String(claims.sub), jti: String(claims.jti), exp: Number(claims.exp), iat: claims.iat };
+  return { sub: String(claims.sub), jti: String(claims.jti), sid: String(claims.sid), exp: Number(claims.exp), iat: claims.iat };
 }

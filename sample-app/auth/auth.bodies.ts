@@ -6,6 +6,11 @@ export interface LoginBody {
   password: string;
 }
 
+/** Body of `POST /auth/refresh`. */
+export interface RefreshBody {
+  refreshToken: string;
+}
+
 /** Body of `POST /auth/logout-everywhere`. */
 export interface LogOutEverywhereBody {
   /** Keep the token of this request valid ("log out my other devices"). Default `false`. */
@@ -35,6 +40,12 @@ export const loginBody = new ParseBodyPipe<LoginBody>(
     password: stringField(body, 'password'),
   }),
   ['email', 'password'],
+);
+
+/** Validates {@link RefreshBody}. */
+export const refreshBody = new ParseBodyPipe<RefreshBody>(
+  (body) => ({ refreshToken: stringField(body, 'refreshToken', 1, 4096) }),
+  ['refreshToken'],
 );
 
 /** Validates {@link LogOutEverywhereBody}; an empty body is fine. */

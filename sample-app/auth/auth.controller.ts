@@ -1,13 +1,15 @@
-import { Body, Controller, Get, HttpCode, HttpStatus, Post } from '@nestjs/common';
+import { Body, Controller, Delete, Get, HttpCode, HttpStatus, Param, ParseUUIDPipe, Post } from '@nestjs/common';
 import { SkipTokenCheck, TokenClaims, type TokenClaimsPayload } from '../../lib/index.js';
 import { sessionClaims } from './auth-claims.js';
 import {
   changePasswordBody,
   loginBody,
   logOutEverywhereBody,
+  refreshBody,
   type ChangePasswordBody,
   type LoginBody,
   type LogOutEverywhereBody,
+  type RefreshBody,
 } from './auth.bodies.js';
 import { AuthService, type IssuedSession, type SessionView } from './auth.service.js';
 
@@ -19,7 +21,7 @@ import { AuthService, type IssuedSession, type SessionView } from './auth.servic
 export class AuthController {
   constructor(private readonly auth: AuthService) {}
 
-  /** `POST /auth/login {email, password}` → `{token, tokenType, expiresAt}`. */
+  /** `POST /auth/login {email, password}` → `{sessionId, accessToken, tokenType, expiresAt, refreshToken, refreshExpiresAt}`. */
   @Post('login')
   @SkipTokenCheck()
   @HttpCode(HttpStatus.OK)
@@ -27,7 +29,15 @@ export class AuthController {
     return this.auth.login(body.email, body.password);
   }
 
-  /** `POST /auth/logout` → `204`; the token of the request is revoked. */
+  /** `POST /auth/refresh {refreshToken}` → a new pair of the same session; a reused refresh token ends the session (`401`). */
+  @Post('refresh')
+  @SkipTokenCheck()
+  @HttpCode(HttpStatus.OK)
+  refresh(@Body(refreshBody) body: RefreshBody): Promise<IssuedSession> {
+    return this.auth.refresh(body.refreshToken);
+  }
+
+  /** `POST /auth/logout` → `204`; the session of the request ends (its access and refresh tokens). */
   @Post('logout')
   @HttpCode(HttpStatus.NO_CONTENT)
   logout(@TokenClaims() claims: TokenClaimsPayload): Promise<void> {
@@ -41,16 +51,23 @@ export class AuthController {
     return this.auth.logOutEverywhere(sessionClaims(claims), body.keepCurrent);
   }
 
-  /** `POST /auth/password {currentPassword, newPassword}` → a new token; every older one is revoked. */
+  /** `POST /auth/password {currentPassword, newPassword}` → a new session; every other one ends. */
   @Post('password')
   @HttpCode(HttpStatus.OK)
   changePassword(@TokenClaims() claims: TokenClaimsPayload, @Body(changePasswordBody) body: ChangePasswordBody): Promise<IssuedSession> {
     return this.auth.changePassword(sessionClaims(claims), body.currentPassword, body.newPassword);
   }
 
-  /** `GET /auth/sessions` → the user's active login tokens (never the tokens themselves). */
+  /** `GET /auth/sessions` → the user's live sessions (never their tokens), the current one marked. */
   @Get('sessions')
   sessions(@TokenClaims() claims: TokenClaimsPayload): Promise<SessionView[]> {
     return this.auth.sessions(sessionClaims(claims));
+  }
+
+  /** `DELETE /auth/sessions/:id` → `204`; logs one of the caller's devices out (`404` for anyone else's). */
+  @Delete('sessions/:id')
+  @HttpCode(HttpStatus.NO_CONTENT)
+  endSession(@TokenClaims() claims: TokenClaimsPayload, @Param('id', new ParseUUIDPipe()) id: string): Promise<void> {
+    return this.auth.endSession(sessionClaims(claims), id);
   }
 }

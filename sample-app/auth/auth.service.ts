@@ -1,23 +1,32 @@
-import { ForbiddenException, Injectable, UnauthorizedException } from '@nestjs/common';
-import { ConfigService } from '@nestjs/config';
+import { ForbiddenException, Injectable, NotFoundException, UnauthorizedException } from '@nestjs/common';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LogOutEverywhereService, TokenAlreadyRevokedError, TokenService } from '../../lib/index.js';
-import type { SampleEnv } from '../config/env.js';
+import {
+  InvalidTokenError,
+  LogOutEverywhereService,
+  RefreshTokenReusedError,
+  SessionService,
+  TokenAlreadyRevokedError,
+  type SessionTokens,
+} from '../../lib/index.js';
 import { UsersService } from '../users/users.service.js';
 import type { SessionClaims } from './auth-claims.js';
 
-/** A bearer token handed to a client. */
+/** A session's tokens handed to a client: the access token for `Authorization: Bearer`, the refresh token for `POST /auth/refresh`. */
 export interface IssuedSession {
-  token: string;
+  sessionId: string;
+  accessToken: string;
   tokenType: 'Bearer';
   expiresAt: Date;
+  refreshToken: string;
+  refreshExpiresAt: Date;
 }
 
-/** One stored login token of a user, as `GET /auth/sessions` shows it. */
+/** One signed-in device of a user, as `GET /auth/sessions` shows it. */
 export interface SessionView {
-  jti: string;
+  sessionId: string;
   current: boolean;
   createdAt: Date;
+  lastRefreshedAt: Date;
   expiresAt: Date;
 }
 
@@ -25,29 +34,44 @@ export interface SessionView {
 @Injectable()
 export class AuthService {
   constructor(
-    private readonly tokens: TokenService,
+    private readonly sessionService: SessionService,
     private readonly logOut: LogOutEverywhereService,
     private readonly users: UsersService,
-    private readonly config: ConfigService<SampleEnv, true>,
   ) {}
 
-  /** Checks the credentials and issues a login token (stored: `storeAllTokens` is on). */
+  /** Checks the credentials and starts a session (its tokens are stored: `storeAllTokens` is on). */
   async login(email: string, password: string): Promise<IssuedSession> {
     const user = await this.users.verifyCredentials(email, password);
     if (!user) throw new UnauthorizedException('wrong e-mail address or password');
     return this.issueSession(user.id);
   }
 
-  /** Revokes the token of this request. A concurrent log-out of the same token gets `401`. */
-  async logout(claims: SessionClaims): Promise<void> {
+  /**
+   * Rotates a session: the refresh token is spent and a new pair comes back. A refresh
+   * token used again after its rotation (outside the 10 s reuse interval) was probably
+   * stolen: the library revokes the whole session, and the client must log in again.
+   */
+  async refresh(refreshToken: string): Promise<IssuedSession> {
     try {
-      // The guard verified the token; revoking by jti avoids parsing it again. The row may be
-      // expunged once the token has expired anyway.
-      await this.tokens.revokeJti(claims.jti, claims.sub, { expiresAt: new Date(claims.exp * 1000) });
+      return issued(await this.sessionService.refresh(refreshToken));
     } catch (error) {
-      if (error instanceof TokenAlreadyRevokedError) throw new UnauthorizedException('token revoked');
+      if (error instanceof RefreshTokenReusedError) throw new UnauthorizedException('refresh token reused: the session is revoked');
+      if (error instanceof TokenAlreadyRevokedError) throw new UnauthorizedException('session revoked');
+      if (error instanceof InvalidTokenError) throw new UnauthorizedException('invalid refresh token');
       throw error;
     }
+  }
+
+  /** Ends the session of this request: its access and refresh tokens stop working. */
+  async logout(claims: SessionClaims): Promise<void> {
+    await this.sessionService.revoke(claims.sid);
+  }
+
+  /** Ends one of the caller's sessions (another device); someone else's session is "not found". */
+  async endSession(claims: SessionClaims, sessionId: string): Promise<void> {
+    const mine = await this.sessionService.list(claims.sub);
+    if (!mine.some((session) => session.sessionId === sessionId)) throw new NotFoundException('no such session');
+    await this.sessionService.revoke(sessionId);
   }
 
   /** Revokes all of the user's tokens, or all but this request's with `keepCurrent`. */
@@ -59,14 +83,14 @@ export class AuthService {
   /**
    * Changes the password and returns a fresh token for the caller.
    *
-   * Why a fresh token rather than keeping the current one: the password is saved with
+   * Why a fresh session rather than keeping the current one: the password is saved with
    * `Repository.save`, and the library's `applyOnPasswordChange` subscriber revokes every
-   * token of the user in that same transaction, the caller's included. We let it, rather
+   * token of the user in that same transaction, ending every session, the caller's included. We let it, rather
    * than turning it off and calling `logOutOnPasswordChange(user, manager, { exceptJti })`
    * in a transaction of our own, because the subscriber also covers every other path that
    * changes a password (an admin reset, a script, a future endpoint): none of them can
    * forget to log the user out. The caller has just proved the current password, so a new
-   * token is as good as a new login.
+   * session is as good as a new login.
    *
    * @throws ForbiddenException when `currentPassword` is wrong.
    */
@@ -82,14 +106,30 @@ export class AuthService {
     return this.issueSession(user.id);
   }
 
-  /** The user's stored, unrevoked, unexpired login tokens, newest first. */
+  /** The user's live sessions, newest first; the caller's own is marked `current`. */
   async sessions(claims: SessionClaims): Promise<SessionView[]> {
-    const rows = await this.tokens.listTokens(claims.sub, { purpose: 'user' });
-    return rows.map((row) => ({ jti: row.jti, current: row.jti === claims.jti, createdAt: row.createdAt, expiresAt: row.expiresAt }));
+    const sessions = await this.sessionService.list(claims.sub);
+    return sessions.map(({ sessionId, createdAt, lastRefreshedAt, expiresAt }) => ({
+      sessionId,
+      current: sessionId === claims.sid,
+      createdAt,
+      lastRefreshedAt,
+      expiresAt,
+    }));
   }
 
   private async issueSession(userId: string): Promise<IssuedSession> {
-    const issued = await this.tokens.issueToken({ subject: userId, expiresIn: this.config.get('TOKEN_TTL', { infer: true }) });
-    return { token: issued.token, tokenType: 'Bearer', expiresAt: issued.expiresAt };
+    return issued(await this.sessionService.start({ subject: userId }));
   }
+}
+
+function issued(tokens: SessionTokens): IssuedSession {
+  return {
+    sessionId: tokens.sessionId,
+    accessToken: tokens.accessToken,
+    tokenType: 'Bearer',
+    expiresAt: tokens.accessExpiresAt,
+    refreshToken: tokens.refreshToken,
+    refreshExpiresAt: tokens.refreshExpiresAt,
+  };
 }

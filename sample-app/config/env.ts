@@ -28,7 +28,7 @@ export interface SampleEnv {
   JWT_SECRET_IS_DEV_DEFAULT: boolean;
   /** `iss` of issued tokens, checked on every token. Default `'nestjs-token-resource-sample'`. */
   JWT_ISSUER: string;
-  /** Lifetime of login tokens, seconds or a duration like `'7d'`. Default `'7d'`. */
+  /** Lifetime of access tokens, seconds or a duration like `'15m'` (the refresh token lives 30 days). Default `'15m'`. */
   TOKEN_TTL: string;
   /** Lifetime of e-mail confirmation tokens. Default `'1h'`. */
   CONFIRM_TOKEN_TTL: string;
@@ -68,7 +68,7 @@ export function validateEnv(raw: Record<string, unknown>): SampleEnv {
     JWT_SECRET: secret ?? DEV_JWT_SECRET,
     JWT_SECRET_IS_DEV_DEFAULT: secret === undefined,
     JWT_ISSUER: str('JWT_ISSUER') ?? 'nestjs-token-resource-sample',
-    TOKEN_TTL: duration('TOKEN_TTL', str('TOKEN_TTL') ?? '7d'),
+    TOKEN_TTL: duration('TOKEN_TTL', str('TOKEN_TTL') ?? '15m'),
     CONFIRM_TOKEN_TTL: duration('CONFIRM_TOKEN_TTL', str('CONFIRM_TOKEN_TTL') ?? '1h'),
     EXPUNGE_INTERVAL_HOURS: positiveNumber('EXPUNGE_INTERVAL_HOURS', str('EXPUNGE_INTERVAL_HOURS') ?? '12'),
   };

@@ -8,6 +8,9 @@ import type { SampleEnv } from './env.js';
  * - every issued token is stored, and the guard admits only stored login tokens, so a
  *   confirmation token (same key, purpose `'confirm'`) cannot be used as a login;
  * - changing `User.hashedPassword` through TypeORM logs the user out everywhere;
+ * - a login is a session: an access token of `TOKEN_TTL` and a 30-day refresh token; a
+ *   refresh token presented twice within 10 s (two tabs refreshing at once) gets the same
+ *   new pair, later it counts as stolen and ends the session;
  * - the expunger runs every `EXPUNGE_INTERVAL_HOURS`.
  */
 export function tokenResourceOptions(config: ConfigService<SampleEnv, true>): TokenResourceFactoryOptions {
@@ -20,6 +23,7 @@ export function tokenResourceOptions(config: ConfigService<SampleEnv, true>): To
     storeAllTokens: true,
     requireTokenPresenceForAuthentication: true,
     authenticationPurpose: 'user',
+    sessions: { accessTokenExpiresIn: config.get('TOKEN_TTL', { infer: true }), reuseIntervalSeconds: 10 },
     expunge: { enabled: true, intervalHours: config.get('EXPUNGE_INTERVAL_HOURS', { infer: true }) },
     logOutEverywhere: {
       applyOnPasswordChange: true,
