@@ -59,6 +59,7 @@ const PUBLIC_VALUES = [
   'LogOutEverywhereService',
   'RevocationCache',
   'REVOCATION_PURPOSE',
+  'RevokedTokenCheck',
   'RevokedTokenGuard',
   'SkipTokenCheck',
   'Token',
@@ -69,6 +70,7 @@ const PUBLIC_VALUES = [
   'TokenResourceModule',
   'TokenResourceUnavailableError',
   'TokenService',
+  'TokenStoreHealthIndicator',
   'createTokensTableMigration',
   'getTokenClaims',
 ];
@@ -95,6 +97,7 @@ const PUBLIC_TYPES = [
   'TokenResourceModuleOptions',
   'TokenResourceOptionsFactory',
   'TokenResourceFactoryOptions',
+  'TokenStoreHealth',
 ];
 
 it('loads as an ES module under plain node and exports exactly the documented values', async () => {
