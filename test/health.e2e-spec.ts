@@ -93,7 +93,10 @@ describe('TokenStoreHealthIndicator through a real outage', () => {
     try {
       const down = await health();
       expect(down.status).toBe(503);
-      expect(down.body.error.tokenStore).toEqual({ status: 'down', message: `the token store gave no answer within ${STORE_TIMEOUT_MS} ms` });
+      expect(down.body.error.tokenStore).toEqual({
+        status: 'down',
+        message: `the token store gave no answer within ${STORE_TIMEOUT_MS} ms`,
+      });
     } finally {
       proxy.setMode('forward');
     }
@@ -123,7 +126,7 @@ describe('TokenStoreHealthIndicator with the revocation cache on', () => {
     await app?.close();
   });
 
-  it("reports whether the cache is fresh", async () => {
+  it('reports whether the cache is fresh', async () => {
     const cache = app.get(RevocationCache);
     await waitFor(() => cache.fresh, 10_000, 'the revocation cache to be fresh');
     const res = await request(app.getHttpServer()).get('/health').timeout(5000);

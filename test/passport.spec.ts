@@ -56,8 +56,7 @@ describe('RevokedTokenCheck in a @nestjs/passport + passport-jwt strategy', () =
     await db?.drop();
   });
 
-  const profile = (token: string) =>
-    request(app.getHttpServer()).get('/profile').set('Authorization', `Bearer ${token}`).timeout(5000);
+  const profile = (token: string) => request(app.getHttpServer()).get('/profile').set('Authorization', `Bearer ${token}`).timeout(5000);
 
   it('admits a valid token and hands the payload on as the user', async () => {
     const subject = uniqueSubject();
@@ -127,7 +126,9 @@ describe('RevokedTokenCheck with requireTokenPresenceForAuthentication', () => {
     const { token } = await app.get(TokenService).issueToken({ subject: uniqueSubject() });
     const server = app.getHttpServer();
     expect((await request(server).get('/profile').set('Authorization', `Bearer ${token}`)).status).toBe(200);
-    const unstored = await request(server).get('/profile').set('Authorization', `Bearer ${await signToken()}`);
+    const unstored = await request(server)
+      .get('/profile')
+      .set('Authorization', `Bearer ${await signToken()}`);
     expect(unstored.status).toBe(401);
     expect(unstored.body.message).toBe('token not recognised');
   });

@@ -80,7 +80,12 @@ it('documents every route, with bearer auth, 401 and 503 on every route the guar
 
   const routes = servedRoutes();
   // The sample app's own routes at least: a router that lists nothing would prove nothing.
-  expect(routes).toEqual(expect.arrayContaining([{ method: 'post', path: '/auth/login' }, { method: 'get', path: '/me' }]));
+  expect(routes).toEqual(
+    expect.arrayContaining([
+      { method: 'post', path: '/auth/login' },
+      { method: 'get', path: '/me' },
+    ]),
+  );
   const seen: string[] = [];
   for (const route of routes) {
     const openApiPath = route.path.replace(/:(\w+)/g, '{$1}');
@@ -88,15 +93,15 @@ it('documents every route, with bearer auth, 401 and 503 on every route the guar
     const name = `${route.method.toUpperCase()} ${route.path}`;
     expect({ name, documented: operation !== undefined }).toEqual({ name, documented: true });
     if (await checked(route)) {
-      expect({ name, security: operation!.security }).toEqual({ name, security: [{ [BEARER_SCHEME]: [] }] });
-      expect({ name, responses: Object.keys(operation!.responses) }).toEqual({
+      expect({ name, security: operation.security }).toEqual({ name, security: [{ [BEARER_SCHEME]: [] }] });
+      expect({ name, responses: Object.keys(operation.responses) }).toEqual({
         name,
         responses: expect.arrayContaining(['401', '503']),
       });
       seen.push(name);
     } else {
       // A public route asks for no token.
-      expect({ name, security: operation!.security ?? [] }).toEqual({ name, security: [] });
+      expect({ name, security: operation.security ?? [] }).toEqual({ name, security: [] });
     }
   }
   expect(seen).toEqual(expect.arrayContaining(['GET /me', 'POST /auth/logout']));
@@ -106,6 +111,8 @@ it('documents every route, with bearer auth, 401 and 503 on every route the guar
 });
 
 it('documents the health check and its 503', async () => {
-  const document = (await request(http).get(`/${API_DOCS_PATH}-json`).expect(200)).body as { paths: Record<string, Record<string, Operation>> };
+  const document = (await request(http).get(`/${API_DOCS_PATH}-json`).expect(200)).body as {
+    paths: Record<string, Record<string, Operation>>;
+  };
   expect(Object.keys(document.paths['/health'].get.responses)).toEqual(expect.arrayContaining(['200', '503']));
 });

@@ -21,7 +21,11 @@ export function claimsProblem(claims: TokenClaimsPayload, authenticationPurpose:
  *
  * @throws ServiceUnavailableException when the store cannot answer.
  */
-export async function checkStoreOrRefuse(tokenService: TokenService, outageLog: OutageLog, claims: TokenClaimsPayload): Promise<TokenCheck> {
+export async function checkStoreOrRefuse(
+  tokenService: TokenService,
+  outageLog: OutageLog,
+  claims: TokenClaimsPayload,
+): Promise<TokenCheck> {
   try {
     const check = await tokenService.checkClaims(claims);
     outageLog.answered('token store');

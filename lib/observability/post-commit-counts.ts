@@ -1,4 +1,10 @@
-import type { EntitySubscriberInterface, QueryRunner, TransactionCommitEvent, TransactionRollbackEvent, TransactionStartEvent } from 'typeorm';
+import type {
+  EntitySubscriberInterface,
+  QueryRunner,
+  TransactionCommitEvent,
+  TransactionRollbackEvent,
+  TransactionStartEvent,
+} from 'typeorm';
 
 /** A count made inside a transaction, and the savepoint level it was made at (`0`: the level of the first one). */
 interface PendingCount {

@@ -55,8 +55,8 @@ const MISS: Attributes = { result: 'miss' };
  * `@opentelemetry/api` installed, or without an SDK registered before the application is
  * created, every method does nothing.
  *
- * @internal The instruments are the public interface (README "Observability"); this class is
- *   how the library's own services record them.
+ * Not exported from the package root: the instruments are the public interface (README
+ * "Observability"); this class is how the library's own services record them.
  */
 export class TokenResourceMetrics implements OnModuleInit, OnModuleDestroy {
   private readonly checks: Counter;
@@ -94,7 +94,10 @@ export class TokenResourceMetrics implements OnModuleInit, OnModuleDestroy {
     this.expungeDeleted = counter(METRIC_NAMES.expungeDeleted, 'Expired token rows deleted');
     this.expungeDuration = seconds(METRIC_NAMES.expungeDuration, 'Time of one expunge run that was not skipped');
     this.reuseDetected = counter(METRIC_NAMES.refreshReuseDetected, 'Refresh tokens presented again after rotation');
-    this.cacheLookups = counter(METRIC_NAMES.cacheLookups, 'Revocation checks answered from the revocation cache (hit) or the store (miss)');
+    this.cacheLookups = counter(
+      METRIC_NAMES.cacheLookups,
+      'Revocation checks answered from the revocation cache (hit) or the store (miss)',
+    );
   }
 
   /** Starts counting revocations made inside transactions on their commit. */

@@ -40,12 +40,13 @@ export function setupApiDocs(app: INestApplication): void {
   const scanner = app.get(MetadataScanner);
   for (const wrapper of app.get(DiscoveryService).getControllers()) {
     const controller = wrapper.metatype as Type | undefined;
-    if (!controller?.prototype) continue;
-    for (const name of scanner.getAllMethodNames(controller.prototype)) {
-      const handler = (controller.prototype as Record<string, () => unknown>)[name];
+    const prototype = controller?.prototype as Record<string, () => unknown> | undefined;
+    if (!controller || !prototype) continue;
+    for (const name of scanner.getAllMethodNames(prototype)) {
+      const handler = prototype[name];
       if (Reflect.getMetadata(PATH_METADATA, handler) === undefined || documented.has(handler)) continue;
       if (reflector.getAllAndOverride<boolean | undefined>(SKIP_TOKEN_CHECK, [handler, controller]) === true) continue;
-      ApiTokenChecked()(controller.prototype, name, Object.getOwnPropertyDescriptor(controller.prototype, name)!);
+      ApiTokenChecked()(prototype, name, Object.getOwnPropertyDescriptor(prototype, name)!);
       documented.add(handler);
     }
   }
