@@ -101,6 +101,18 @@ describe('token_resource.checks and token_resource.check.duration (RevokedTokenG
     await expectCounted('invalid', 401, () => get(app));
   });
 
+  it('adds up the checks of two module instances in one process', async () => {
+    const { token } = await app.get(TokenService).issueToken({ subject: uniqueSubject() });
+    const { token: other } = await cached.get(TokenService).issueToken({ subject: uniqueSubject() });
+    const admitted = () => recorded.count(CHECKS, { outcome: 'admitted' });
+    expect(
+      await growth(admitted, async () => {
+        expect((await get(app, token)).status).toBe(200);
+        expect((await get(cached, other)).status).toBe(200);
+      }),
+    ).toBe(2);
+  });
+
   it('counts a check the store cannot answer as unavailable', async () => {
     const { token } = await app.get(TokenService).issueToken({ subject: uniqueSubject() });
     proxy.setMode('reset');

@@ -21,8 +21,15 @@ interface InstrumentOptions {
   unit?: string;
   advice?: { explicitBucketBoundaries?: number[] };
 }
+interface ObservableResult {
+  observe(value: number, attributes?: Attributes): void;
+}
+interface ObservableCounter {
+  addCallback(callback: (result: ObservableResult) => void): void;
+}
 interface Meter {
   createCounter(name: string, options?: InstrumentOptions): Counter;
+  createObservableCounter(name: string, options?: InstrumentOptions): ObservableCounter;
   createHistogram(name: string, options?: InstrumentOptions): Histogram;
 }
 interface OpenTelemetryApi {
@@ -48,6 +55,45 @@ const KINDS: Readonly<Record<RevocationKind, Attributes>> = {
 };
 const HIT: Attributes = { result: 'hit' };
 const MISS: Attributes = { result: 'miss' };
+const OUTCOME_NAMES = Object.keys(OUTCOMES) as CheckOutcome[];
+
+/**
+ * The counts of the two per-request counters, kept in memory and read by the SDK when it
+ * collects (observable counters): on the hot path a counter then costs an increment, not a
+ * second trip through the SDK's attribute handling after the histogram's. One set per meter,
+ * shared by every module instance of the process, as a synchronous counter's would be.
+ */
+interface HotCounts {
+  checks: Record<CheckOutcome, number>;
+  lookups: { hit: number; miss: number };
+}
+
+const hotCountsByMeter = new WeakMap<Meter, HotCounts>();
+
+function hotCountsOf(meter: Meter | undefined): HotCounts {
+  let counts = meter && hotCountsByMeter.get(meter);
+  if (counts) return counts;
+  counts = { checks: { admitted: 0, revoked: 0, not_recognised: 0, invalid: 0, unavailable: 0 }, lookups: { hit: 0, miss: 0 } };
+  if (!meter) return counts;
+  hotCountsByMeter.set(meter, counts);
+  const { checks, lookups } = counts;
+  meter
+    .createObservableCounter(METRIC_NAMES.checks, {
+      description: 'Bearer tokens checked by RevokedTokenGuard or RevokedTokenCheck, by outcome',
+    })
+    .addCallback((result) => {
+      for (const outcome of OUTCOME_NAMES) result.observe(checks[outcome], OUTCOMES[outcome]);
+    });
+  meter
+    .createObservableCounter(METRIC_NAMES.cacheLookups, {
+      description: 'Revocation checks answered from the revocation cache (hit) or the store (miss)',
+    })
+    .addCallback((result) => {
+      result.observe(lookups.hit, HIT);
+      result.observe(lookups.miss, MISS);
+    });
+  return counts;
+}
 
 /**
  * The library's OpenTelemetry instruments, on the meter `nestjs-token-resource` of the
@@ -59,13 +105,13 @@ const MISS: Attributes = { result: 'miss' };
  * "Observability"); this class is how the library's own services record them.
  */
 export class TokenResourceMetrics implements OnModuleInit, OnModuleDestroy {
-  private readonly checks: Counter;
+  private readonly checkCounts: HotCounts['checks'];
+  private readonly lookupCounts: HotCounts['lookups'];
   private readonly checkDuration: Histogram;
   private readonly revocations: Counter;
   private readonly expungeDeleted: Counter;
   private readonly expungeDuration: Histogram;
   private readonly reuseDetected: Counter;
-  private readonly cacheLookups: Counter;
   private readonly postCommit = new PostCommitCounts();
   private unregister?: () => void;
 
@@ -88,16 +134,12 @@ export class TokenResourceMetrics implements OnModuleInit, OnModuleDestroy {
     const counter = (name: string, description: string): Counter => meter?.createCounter(name, { description }) ?? NO_INSTRUMENT;
     const seconds = (name: string, description: string): Histogram =>
       meter?.createHistogram(name, { description, unit: 's', advice: { explicitBucketBoundaries: SECONDS_BUCKETS } }) ?? NO_INSTRUMENT;
-    this.checks = counter(METRIC_NAMES.checks, 'Bearer tokens checked by RevokedTokenGuard or RevokedTokenCheck, by outcome');
+    ({ checks: this.checkCounts, lookups: this.lookupCounts } = hotCountsOf(meter));
     this.checkDuration = seconds(METRIC_NAMES.checkDuration, 'Time to check one bearer token, verification and store included');
     this.revocations = counter(METRIC_NAMES.revocations, 'Committed revocations, by kind');
     this.expungeDeleted = counter(METRIC_NAMES.expungeDeleted, 'Expired token rows deleted');
     this.expungeDuration = seconds(METRIC_NAMES.expungeDuration, 'Time of one expunge run that was not skipped');
     this.reuseDetected = counter(METRIC_NAMES.refreshReuseDetected, 'Refresh tokens presented again after rotation');
-    this.cacheLookups = counter(
-      METRIC_NAMES.cacheLookups,
-      'Revocation checks answered from the revocation cache (hit) or the store (miss)',
-    );
   }
 
   /** Starts counting revocations made inside transactions on their commit. */
@@ -117,9 +159,8 @@ export class TokenResourceMetrics implements OnModuleInit, OnModuleDestroy {
    * @param startedMs `performance.now()` when the check started.
    */
   checked(outcome: CheckOutcome, startedMs: number): void {
-    const attributes = OUTCOMES[outcome];
-    this.checks.add(1, attributes);
-    this.checkDuration.record((performance.now() - startedMs) / 1000, attributes);
+    this.checkCounts[outcome]++;
+    this.checkDuration.record((performance.now() - startedMs) / 1000, OUTCOMES[outcome]);
   }
 
   /**
@@ -153,7 +194,8 @@ export class TokenResourceMetrics implements OnModuleInit, OnModuleDestroy {
 
   /** One revocation check with the revocation cache on: answered from memory (`hit`) or not. */
   cacheLookup(hit: boolean): void {
-    this.cacheLookups.add(1, hit ? HIT : MISS);
+    if (hit) this.lookupCounts.hit++;
+    else this.lookupCounts.miss++;
   }
 }
 
