@@ -10,8 +10,10 @@
  * is compared with a raw "jose jwtVerify + prepared SELECT" baseline as well; and because
  * it also honours log-out-everywhere (the subject's marker row), with a raw "jwtVerify +
  * SELECT of both keys" too. With `revocationCache` on, `tokenRevoked` and `jtiRevoked` run
- * over a working set of 10,000 live tokens, which the cache holds after the warm-up. See
- * bench/README.md.
+ * over a working set of 10,000 live tokens, which the cache holds after the warm-up.
+ * `RevokedTokenGuard.canActivate` runs over the same live tokens, with and without the cache,
+ * once recording its metrics into an OpenTelemetry SDK `MeterProvider` (with a reader, as in
+ * production) and once with none registered (the API's no-op meter). See bench/README.md.
  *
  * Environment: DATABASE_URL (else an embedded PostgreSQL), BENCH_ROWS (default
  * 1,000,000, 10% revoked), BENCH_POOL (default 32), BENCH_CONCURRENCY (default 32),
@@ -21,14 +23,18 @@
  * BENCH_ONLY (a regular expression: time only the variants it matches, for profiling).
  */
 import 'reflect-metadata';
-import { NestFactory } from '@nestjs/core';
+import { NestFactory, Reflector } from '@nestjs/core';
+import { metrics } from '@opentelemetry/api';
+import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
 import { jwtVerify } from 'jose';
 import type pg from 'pg';
 import { DataSource } from 'typeorm';
-import { RevocationCache, TokenService } from '../lib/index.js';
+import { RevocationCache, RevokedTokenGuard, TokenService } from '../lib/index.js';
 import { ExpiredTokenDeleter } from '../lib/expunger/expired-token.deleter.js';
 import { TokenCodec } from '../lib/jwt/token-codec.js';
+import { TokenResourceMetrics } from '../lib/observability/token-resource-metrics.js';
 import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
+import { OutageLog } from '../lib/outage-log.js';
 import {
   LOG_OUT_EVERYWHERE_JTI_PREFIX,
   LOG_OUT_EVERYWHERE_PURPOSE,
@@ -37,6 +43,7 @@ import {
 import { TokenStore } from '../lib/token.store.js';
 import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
 import { describeMachine, openBenchDatabase, printTable } from './support/bench-kit.js';
+import { guardCall } from './support/guard-call.js';
 import { runInterleaved, type Variant } from './support/interleaved-rounds.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
@@ -116,6 +123,25 @@ async function main(): Promise<void> {
     );
     markerCache.onApplicationBootstrap();
     const cachedService = new TokenService(options, codec, app.get(TokenStore), markerCache, app.get(ExpiredTokenDeleter));
+
+    // The guard without an OpenTelemetry SDK (the API's no-op meter), then with one registered,
+    // exporting every 10 s as a production SDK would; both load their meter as the module does.
+    const withoutSdk = await TokenResourceMetrics.load();
+    const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
+    const meterProvider = new MeterProvider({
+      readers: [new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 10_000 })],
+    });
+    metrics.setGlobalMeterProvider(meterProvider);
+    const withSdk = await TokenResourceMetrics.load();
+    const outageLog = new OutageLog();
+    const guardOf = (tokenService: TokenService, recorder: TokenResourceMetrics) =>
+      new RevokedTokenGuard(options, codec, tokenService, new Reflector(), outageLog, recorder);
+    const guards = {
+      plain: guardOf(service, withoutSdk),
+      plainSdk: guardOf(service, withSdk),
+      cached: guardOf(cachedService, withoutSdk),
+      cachedSdk: guardOf(cachedService, withSdk),
+    };
     while (!markerCache.fresh) await new Promise((resolve) => setTimeout(resolve, 10));
     const rows = probeRows();
     const jtis = rows.map(jtiOf);
@@ -149,6 +175,9 @@ async function main(): Promise<void> {
       ];
       if (answers.some((answer) => answer !== expected[k]))
         throw new Error(`wrong answer for ${jtis[k]}: ${answers.join(', ')} (expected ${expected[k]})`);
+    }
+    for (const guard of Object.values(guards)) {
+      if (!(await guardCall(guard, liveTokens[0]))) throw new Error('the guard refused a live token');
     }
 
     // Round trips: the library checks a connection out of its pool for each statement it sends.
@@ -190,6 +219,10 @@ async function main(): Promise<void> {
       { name: 'raw: jose verify only, 10k live', call: (i) => verify(at(liveTokens, i)) },
       { name: 'tokenRevoked, revocationCache on, 10k live', call: (i) => cachedService.tokenRevoked(at(liveTokens, i)) },
       { name: 'jtiRevoked, revocationCache on, 10k live', call: (i) => cachedService.jtiRevoked(at(liveJtis, i)) },
+      { name: 'guard, no metrics SDK, 10k live', call: (i) => guardCall(guards.plain, at(liveTokens, i)) },
+      { name: 'guard, metrics SDK, 10k live', call: (i) => guardCall(guards.plainSdk, at(liveTokens, i)) },
+      { name: 'guard, revocationCache on, no metrics SDK, 10k live', call: (i) => guardCall(guards.cached, at(liveTokens, i)) },
+      { name: 'guard, revocationCache on, metrics SDK, 10k live', call: (i) => guardCall(guards.cachedSdk, at(liveTokens, i)) },
     ];
 
     // BENCH_ONLY (a regular expression) times only the matching variants, for profiling.
@@ -234,6 +267,13 @@ async function main(): Promise<void> {
       ],
       ['jtiRevoked, revocation cache, vs bare SELECT', 'jtiRevoked, revocationCache on, 10k live', 'raw pg: prepared PK SELECT', 10],
       ['tokenRevoked vs bare SELECT (no verify)', 'TokenService.tokenRevoked', 'raw pg: prepared PK SELECT', undefined],
+      ['guard, metrics SDK vs none', 'guard, metrics SDK, 10k live', 'guard, no metrics SDK, 10k live', 0.95],
+      [
+        'guard, revocation cache, metrics SDK vs none',
+        'guard, revocationCache on, metrics SDK, 10k live',
+        'guard, revocationCache on, no metrics SDK, 10k live',
+        0.95,
+      ],
     ];
     for (const [label, ours, theirs, goal] of ratios) {
       if (!results.has(ours, 1) || !results.has(theirs, 1)) continue;
@@ -242,7 +282,49 @@ async function main(): Promise<void> {
       const verdict = goal === undefined ? '(informational)' : `(goal >= ${goal}x on the median: ${met ? 'met' : 'MISSED'})`;
       console.log(`ratio ${label}: ${parts.join(', ')} ${verdict}`);
     }
+    // Throughput on a loaded 2-core machine moves by more than the metrics cost, so the cost is
+    // also given as client CPU per check (which other load hardly moves) and as the SDK's own
+    // price of one recorded check, timed in a tight loop.
+    for (const [label, ours, theirs] of [
+      ['guard', 'guard, metrics SDK, 10k live', 'guard, no metrics SDK, 10k live'],
+      [
+        'guard, revocation cache',
+        'guard, revocationCache on, metrics SDK, 10k live',
+        'guard, revocationCache on, no metrics SDK, 10k live',
+      ],
+    ]) {
+      if (!results.has(ours, 1) || !results.has(theirs, 1)) continue;
+      const parts = [1, CONCURRENCY].map((c) => {
+        const [withSdkCpu, withoutCpu] = [ours, theirs].map((name) => {
+          const merged = results.merged(name, c);
+          return merged.cpuMicros / merged.ops;
+        });
+        return `c=${c}: ${withoutCpu.toFixed(1)} -> ${withSdkCpu.toFixed(1)} µs (${(withoutCpu / withSdkCpu).toFixed(2)}x)`;
+      });
+      console.log(`node CPU per check, ${label}, without -> with metrics SDK: ${parts.join(', ')}`);
+    }
     console.log(`revocation cache: ${markerCache.size} answers held at the end (tokens' and subjects')`);
+    await meterProvider.forceFlush();
+    const exported = exporter.getMetrics().at(-1);
+    const checks = exported?.scopeMetrics
+      .find((scope) => scope.scope.name === 'nestjs-token-resource')
+      ?.metrics.find((metric) => metric.descriptor.name === 'token_resource.checks');
+    const admitted = checks?.dataPoints.reduce((sum, point) => sum + (point.value as number), 0) ?? 0;
+    console.log(`metrics SDK: token_resource.checks recorded ${admitted} checks (the SDK guards' calls)`);
+    // Last: the tight loop holds the event loop, which the revocation cache's heartbeats need.
+    const recordCost = (recorder: TokenResourceMetrics) => {
+      const n = 1_000_000;
+      const started = performance.now();
+      for (let i = 0; i < n; i++) recorder.checked('admitted', started);
+      return ((performance.now() - started) * 1e6) / n;
+    };
+    recordCost(withSdk); // warm-up
+    console.log(
+      `one check's metrics, in a tight loop: ${recordCost(withoutSdk).toFixed(0)} ns without an SDK, ${recordCost(withSdk).toFixed(0)} ns with the SDK MeterProvider`,
+    );
+
+    metrics.disable();
+    await meterProvider.shutdown();
     await markerCache.onModuleDestroy();
   } finally {
     await app.close().catch(() => undefined);

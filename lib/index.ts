@@ -44,6 +44,8 @@ export {
 export { RevocationCache } from './revocation-cache/revocation.cache.js';
 export { ExpungerService, type ExpungeRunResult } from './expunger/expunger.service.js';
 export { RevokedTokenGuard } from './guard/revoked-token.guard.js';
+export { RevokedTokenCheck } from './guard/revoked-token.check.js';
+export { TokenStoreHealthIndicator, type TokenStoreHealth } from './observability/token-store-health.indicator.js';
 export { getTokenClaims, TokenClaims } from './guard/token-claims.decorator.js';
 export type { TokenClaimsPayload } from './jwt/token-codec.js';
 export { SkipTokenCheck } from './guard/skip-token-check.decorator.js';

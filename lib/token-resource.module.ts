@@ -2,11 +2,13 @@ import { Module, type DynamicModule, type Provider } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { ExpiredTokenDeleter } from './expunger/expired-token.deleter.js';
 import { ExpungerService } from './expunger/expunger.service.js';
+import { RevokedTokenCheck } from './guard/revoked-token.check.js';
 import { RevokedTokenGuard } from './guard/revoked-token.guard.js';
 import type { TokenResourceModuleAsyncOptions, TokenResourceModuleOptions } from './interfaces/token-resource-options.interface.js';
 import { TokenCodec } from './jwt/token-codec.js';
 import { LogOutEverywhereService } from './log-out-everywhere/log-out-everywhere.service.js';
 import { PasswordChangeSubscriber } from './log-out-everywhere/password-change.subscriber.js';
+import { createObservabilityProviders, observabilityExports } from './observability/observability.providers.js';
 import { DEFAULT_OPTIONS } from './options/defaults.js';
 import { OutageLog } from './outage-log.js';
 import { RevocationCache } from './revocation-cache/revocation.cache.js';
@@ -32,6 +34,7 @@ const SERVICES = [
   ExpungerService,
   PasswordChangeSubscriber,
   RevokedTokenGuard,
+  RevokedTokenCheck,
 ];
 const EXPORTS = [
   TOKEN_RESOURCE_OPTIONS,
@@ -45,6 +48,7 @@ const EXPORTS = [
   ExpungerService,
   OutageLog,
   RevokedTokenGuard,
+  RevokedTokenCheck,
 ];
 
 /**
@@ -86,8 +90,8 @@ export class TokenResourceModule {
       module: TokenResourceModule,
       global: wiring.isGlobal,
       imports: [...(imports ?? []), TypeOrmModule.forFeature([wiring.entity], wiring.dataSource)],
-      providers: [...optionsProviders, ...createCoreProviders(wiring), ...SERVICES],
-      exports: EXPORTS,
+      providers: [...optionsProviders, ...createCoreProviders(wiring), ...createObservabilityProviders(), ...SERVICES],
+      exports: [...EXPORTS, ...observabilityExports()],
     };
   }
 }

@@ -1,10 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, Optional } from '@nestjs/common';
 import { In, MoreThan, MoreThanOrEqual, Not, type EntityManager, type FindOptionsWhere } from 'typeorm';
 import type { Token } from './entities/token.entity.js';
 import { ExpiredTokenDeleter, type ExpungeExpiredOptions } from './expunger/expired-token.deleter.js';
 import { durationToSeconds } from './jwt/duration.js';
 import { TokenCodec, type TokenClaimsPayload } from './jwt/token-codec.js';
+import { NO_METRICS, TokenResourceMetrics } from './observability/token-resource-metrics.js';
+import type { RevocationKind } from './observability/metric-names.js';
 import { logOutMarkerJti, logOutMarkerRevokes, type LogOutMarker } from './log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
 import { RevocationCache, type CachedOwnRow } from './revocation-cache/revocation.cache.js';
@@ -177,6 +179,7 @@ export class TokenService {
     private readonly store: TokenStore,
     private readonly cache: RevocationCache,
     private readonly expiredTokens: ExpiredTokenDeleter,
+    @Optional() private readonly metrics: TokenResourceMetrics = NO_METRICS,
   ) {}
 
   /**
@@ -285,7 +288,9 @@ export class TokenService {
     checkJti(jti);
     const cached = this.cache.lookupToken(jti);
     // The expunger deletes expired rows without an announcement: an expired one is read again.
-    if (cached === null || (cached !== undefined && cached.expiresMs > Date.now())) return cached?.purpose === REVOCATION_PURPOSE;
+    const hit = cached === null || (cached !== undefined && cached.expiresMs > Date.now());
+    if (this.options.revocationCache.enabled) this.metrics.cacheLookup(hit);
+    if (hit) return cached?.purpose === REVOCATION_PURPOSE;
     if (!this.cache.fresh) {
       const { rowCount } = await this.store.query(this.store.jtiRevokedStatement(), [jti]);
       return rowCount > 0;
@@ -309,9 +314,9 @@ export class TokenService {
     let marker = this.cache.lookupMarker(subject);
     const cachedOwn = marker === undefined ? undefined : this.cache.lookupToken(jti);
     const cachedSession = sessionJti === null ? null : cachedOwn === undefined ? undefined : this.cache.lookupToken(sessionJti);
-    if (cachedOwn !== undefined && cachedSession !== undefined) {
-      return this.verdict(claims, jti, cachedOwn, marker!, cachedSession, Date.now());
-    }
+    const cached = cachedOwn !== undefined && cachedSession !== undefined;
+    if (this.options.revocationCache.enabled) this.metrics.cacheLookup(cached);
+    if (cached) return this.verdict(claims, jti, cachedOwn, marker!, cachedSession, Date.now());
     let tokenState = this.store.tokenStateStatement();
     let ownRow: OwnStateRow | undefined;
     let sessionRow: OwnStateRow | undefined;
@@ -388,7 +393,7 @@ export class TokenService {
    */
   async revoke(token: string, opts: RevokeOptions = {}): Promise<void> {
     const claims = await this.codec.verify(token, true);
-    await this.writeRevocation(requireString(claims, 'jti'), requireString(claims, 'sub'), expiryOf(claims), opts.manager);
+    await this.writeRevocation('token', requireString(claims, 'jti'), requireString(claims, 'sub'), expiryOf(claims), opts.manager);
   }
 
   /**
@@ -409,7 +414,7 @@ export class TokenService {
     checkSubject(subject);
     const expiresAt = opts.expiresAt === undefined ? undefined : checkExpiresAt(opts.expiresAt, 'opts.expiresAt');
     const bound = expiresAt ?? new Date(Date.now() + this.options.logOutEverywhere.markerLifetimeSeconds * 1000);
-    await this.writeRevocation(jti, subject, bound, opts.manager, expiresAt === undefined);
+    await this.writeRevocation('jti', jti, subject, bound, opts.manager, expiresAt === undefined);
   }
 
   /**
@@ -486,8 +491,12 @@ export class TokenService {
     if (announced) this.cache.written({ kind: 'jti', key: jti });
   }
 
-  /** @param keepStoredExpiry a stored row keeps its `expiresAt` rather than taking the later of the two. */
+  /**
+   * @param kind what the revocation counts as in `token_resource.revocations`.
+   * @param keepStoredExpiry a stored row keeps its `expiresAt` rather than taking the later of the two.
+   */
   private async writeRevocation(
+    kind: RevocationKind,
     jti: string,
     subject: string,
     expiresAt: Date,
@@ -498,6 +507,7 @@ export class TokenService {
     const { rowCount } = await this.store.execute(this.store.revokeStatement(), [jti, subject, expiresAt, keepStoredExpiry], manager);
     if (rowCount > 0) {
       this.cache.written({ kind: 'jti', key: jti }, manager);
+      this.metrics.revoked(kind, manager);
       return;
     }
     // The upsert left the row alone: revoked already, or another subject's. Only this

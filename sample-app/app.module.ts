@@ -1,7 +1,8 @@
 import { Module, type DynamicModule } from '@nestjs/common';
 import { ConfigModule, ConfigService } from '@nestjs/config';
-import { APP_GUARD } from '@nestjs/core';
+import { APP_GUARD, DiscoveryModule } from '@nestjs/core';
 import { ScheduleModule } from '@nestjs/schedule';
+import { TerminusModule } from '@nestjs/terminus';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { CreateTokensTable1763900000000, RevokedTokenGuard, Token, TokenResourceModule } from '../lib/index.js';
 import { AuthModule } from './auth/auth.module.js';
@@ -51,6 +52,9 @@ export class AppModule {
           inject: [ConfigService],
           useFactory: tokenResourceOptions,
         }),
+        TerminusModule.forRoot(),
+        // For setupApiDocs, which finds the routes the guard checks.
+        DiscoveryModule,
         AuthModule,
       ],
       controllers: [HealthController],

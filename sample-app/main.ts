@@ -6,6 +6,7 @@ import { Logger, type INestApplication } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module.js';
 import { validateEnv, type SampleEnv } from './config/env.js';
+import { API_DOCS_PATH, setupApiDocs } from './docs/api-docs.js';
 import { externalDatabase, startEmbeddedDatabase, type RunningDatabase } from './database/embedded-database.js';
 import { walkthrough } from './walkthrough.js';
 
@@ -25,6 +26,7 @@ async function openDatabase(): Promise<RunningDatabase> {
 /** Creates the Nest application and listens; returns the app and its URL. */
 async function startApp(database: RunningDatabase, env: SampleEnv): Promise<{ app: INestApplication; url: string }> {
   const app = await NestFactory.create(AppModule.forRoot({ databaseUrl: database.url }));
+  setupApiDocs(app);
   try {
     await app.listen(env.PORT, env.HOST);
   } catch (error) {
@@ -109,6 +111,7 @@ async function main(): Promise<void> {
       '',
       `nestjs-token-resource sample app listening on ${url}`,
       `database: ${db.description}`,
+      `API docs: ${url}/${API_DOCS_PATH}`,
       '',
       'Try it:',
       walkthrough(url),

@@ -60,6 +60,7 @@ const PUBLIC_VALUES = [
   'RefreshTokenReusedError',
   'RevocationCache',
   'REVOCATION_PURPOSE',
+  'RevokedTokenCheck',
   'RevokedTokenGuard',
   'SessionService',
   'SkipTokenCheck',
@@ -71,6 +72,7 @@ const PUBLIC_VALUES = [
   'TokenResourceModule',
   'TokenResourceUnavailableError',
   'TokenService',
+  'TokenStoreHealthIndicator',
   'createTokensTableMigration',
   'getTokenClaims',
 ];
@@ -102,6 +104,7 @@ const PUBLIC_TYPES = [
   'TokenResourceModuleOptions',
   'TokenResourceOptionsFactory',
   'TokenResourceFactoryOptions',
+  'TokenStoreHealth',
 ];
 
 it('loads as an ES module under plain node and exports exactly the documented values', async () => {

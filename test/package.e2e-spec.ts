@@ -41,7 +41,7 @@ import { NestFactory } from '@nestjs/core';
 import { ScheduleModule } from '@nestjs/schedule';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import {
-  CreateTokensTable1763900000000, InvalidTokenError, Token, TokenResourceModule, TokenService,
+  CreateTokensTable1763900000000, InvalidTokenError, Token, TokenResourceModule, TokenService, TokenStoreHealthIndicator,
   type TokenResourceModuleOptions,
 } from 'nestjs-token-resource';
 
@@ -67,8 +67,14 @@ const before = await tokens.tokenRevoked(token);
 await tokens.revoke(token);
 const after = await tokens.tokenRevoked(token);
 const rejected = await tokens.tokenRevoked('not-a-jwt').catch((error: unknown) => error instanceof InvalidTokenError);
+let healthIndicator = true;
+try {
+  app.get(TokenStoreHealthIndicator);
+} catch {
+  healthIndicator = false;
+}
 await app.close();
-console.log(JSON.stringify({ before, after, rejected }));
+console.log(JSON.stringify({ before, after, rejected, healthIndicator }));
 `;
 
 const TSCONFIG = {
@@ -105,13 +111,17 @@ afterAll(async () => {
   await db?.drop();
 });
 
-it("ships its licence and no @types/pg, and installs without the repository's dev dependencies", async () => {
+it("ships its licence and no @types/pg, and installs without the repository's dev dependencies or its optional peers", async () => {
   const installed = join(scratch, 'node_modules', 'nestjs-token-resource');
   expect(await readFile(join(installed, 'LICENSE'), 'utf8')).toContain('MIT License');
   await expect(readFile(join(scratch, 'node_modules', '@types', 'pg', 'package.json'))).rejects.toThrow();
+  // The application below runs without them: the library loads them only when they are there.
+  for (const optional of ['@nestjs/terminus', '@opentelemetry/api']) {
+    await expect(readFile(join(scratch, 'node_modules', optional, 'package.json'))).rejects.toThrow();
+  }
 });
 
-it('type-checks in a strict consumer project (exactOptionalPropertyTypes, skipLibCheck off) and runs', async () => {
+it('type-checks in a strict consumer project (exactOptionalPropertyTypes, skipLibCheck off) and runs without the optional peers', async () => {
   try {
     await run(process.execPath, [join(scratch, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', scratch], { cwd: scratch });
   } catch (error) {
@@ -121,5 +131,5 @@ it('type-checks in a strict consumer project (exactOptionalPropertyTypes, skipLi
     cwd: scratch,
     env: { ...process.env, DATABASE_URL: db.url },
   });
-  expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ before: false, after: true, rejected: true });
+  expect(JSON.parse(stdout.trim().split('\n').pop()!)).toEqual({ before: false, after: true, rejected: true, healthIndicator: false });
 }, 120_000);

@@ -1,5 +1,6 @@
-import { Inject, Injectable, Logger } from '@nestjs/common';
+import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
 import type { DataSource, QueryRunner } from 'typeorm';
+import { NO_METRICS, TokenResourceMetrics } from '../observability/token-resource-metrics.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
 import { TokenStore, type Statement, type StatementResult } from '../token.store.js';
@@ -97,6 +98,7 @@ export class ExpiredTokenDeleter {
     @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: ResolvedTokenResourceOptions,
     @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly store: TokenStore,
+    @Optional() private readonly metrics: TokenResourceMetrics = NO_METRICS,
   ) {
     const table = store.table;
     this.boundStatement = store.statement(
@@ -152,7 +154,14 @@ export class ExpiredTokenDeleter {
     const pass: Pass = {
       session,
       cutoff: new Date(Date.now() - this.options.jwt.clockToleranceSeconds * 1000),
-      opts,
+      // Counted per batch, as each commits: a pass that fails later has still deleted these.
+      opts: {
+        ...opts,
+        onBatch: (rows, durationMs) => {
+          this.metrics.expunged(rows);
+          opts.onBatch?.(rows, durationMs);
+        },
+      },
       refused: { count: 0, jtis: [] },
     };
     const batchSize = this.options.expunge.batchSize;
@@ -174,7 +183,7 @@ export class ExpiredTokenDeleter {
       try {
         const batch = await this.inBatch(pass, () => this.execute(pass, this.rangeStatement, [start, pass.cutoff, bound]));
         deleted += batch.rowCount;
-        opts.onBatch?.(batch.rowCount, performance.now() - started);
+        pass.opts.onBatch?.(batch.rowCount, performance.now() - started);
         from = bound;
       } catch (error) {
         if (!isLockConflict(error) && !isRowRefusal(error)) throw error;

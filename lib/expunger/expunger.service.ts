@@ -12,6 +12,7 @@ import {
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { CronJob } from 'cron';
 import type { DataSource, QueryRunner } from 'typeorm';
+import { NO_METRICS, TokenResourceMetrics } from '../observability/token-resource-metrics.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { EXPUNGE_JOB_NAME } from '../token-resource.constants.js';
 import { TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
@@ -66,6 +67,7 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
     private readonly deleter: ExpiredTokenDeleter,
     private readonly store: TokenStore,
     @Optional() private readonly schedulerRegistry?: SchedulerRegistry,
+    @Optional() private readonly metrics: TokenResourceMetrics = NO_METRICS,
   ) {
     this.record = new ExpungeRunRecord(store);
   }
@@ -169,6 +171,7 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
     try {
       const result = await running;
       if (!result.skipped) {
+        this.metrics.expungeRan(result.durationMs);
         this.logger.log(`expunged ${result.deleted} expired token rows from ${this.store.table} in ${Math.round(result.durationMs)} ms`);
       } else {
         this.logger.debug(
@@ -177,6 +180,7 @@ export class ExpungerService implements OnModuleInit, OnApplicationBootstrap, Be
       }
       return result;
     } catch (error) {
+      this.metrics.expungeRan(performance.now() - started);
       this.logger.error(
         `expunge of ${this.store.table} failed after ${Math.round(performance.now() - started)} ms; the next run will retry: ${(error as Error)?.message ?? error}`,
         (error as Error)?.stack,

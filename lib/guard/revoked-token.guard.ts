@@ -11,6 +11,8 @@ import {
 import { Reflector } from '@nestjs/core';
 import { errors as joseErrors } from 'jose';
 import { TokenCodec, type TokenClaimsPayload } from '../jwt/token-codec.js';
+import type { CheckOutcome } from '../observability/metric-names.js';
+import { NO_METRICS, TokenResourceMetrics } from '../observability/token-resource-metrics.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { OutageLog } from '../outage-log.js';
 import { TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
@@ -19,6 +21,7 @@ import { TokenService, type TokenCheck } from '../token.service.js';
 import { bearerChallenge } from './bearer-challenge.js';
 import { writeCallClaims } from './call-claims.js';
 import { requestOf } from './request-of.js';
+import { checkStoreOrRefuse, claimsProblem } from './verified-claims.js';
 import { SKIP_TOKEN_CHECK_KEY, TOKEN_GUARD_MESSAGES as MESSAGES } from './token-guard.constants.js';
 
 /** `Authorization: Bearer <token>`, scheme in any case; the token is one run of non-space characters. */
@@ -30,7 +33,9 @@ const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
  * is revoked (and, with `requireTokenPresenceForAuthentication`, whether it is stored).
  * A token it refuses gets `401` with an RFC 6750 challenge; a store that cannot answer within
  * `storeTimeoutMs`, or an unreachable JWKS, gets `503` (fail closed). The verified payload is
- * left for the admitted call alone (read it with `@TokenClaims()`).
+ * left for the admitted call alone (read it with `@TokenClaims()`). Each check it makes (not
+ * the calls `@SkipTokenCheck()` lets through) is counted in `token_resource.checks` and
+ * timed in `token_resource.check.duration`, by outcome.
  *
  * Its protected hooks take the `ExecutionContext` (`extractToken` takes the request), and
  * every `401` goes through {@link throwUnauthorized}. Recipes for cookies, RPC, WebSockets
@@ -51,6 +56,8 @@ export class RevokedTokenGuard implements CanActivate {
     protected readonly reflector: Reflector,
     /** Where store and key failures are logged: the module's; a guard built with `new` gets its own. */
     @Optional() protected readonly outageLog: OutageLog = new OutageLog(),
+    /** Where each check's outcome and duration are recorded (README "Observability"); nothing for a guard built with `new`. */
+    @Optional() protected readonly metrics: TokenResourceMetrics = NO_METRICS,
   ) {}
 
   /**
@@ -63,17 +70,33 @@ export class RevokedTokenGuard implements CanActivate {
     // written upstream), and a call skipped or refused must not get claims nobody verified.
     writeCallClaims(context, request, undefined);
     if (this.shouldSkip(context)) return true;
-    const token = this.extractToken(request);
-    // RFC 6750 §3.1: a request without credentials is challenged with no error code.
-    if (typeof token !== 'string' || token === '') return this.throwUnauthorized(context, MESSAGES.missingToken);
-    const claims = await this.verifyToken(context, token);
-    const check = await this.checkStore(context, claims);
-    if (check.revoked) return this.throwUnauthorized(context, MESSAGES.revoked, 'invalid_token');
-    if (this.options.requireTokenPresenceForAuthentication && !check.presentForAuthentication) {
-      return this.throwUnauthorized(context, MESSAGES.notRecognised, 'invalid_token');
+    const started = performance.now();
+    // What a refusal counts as: set before each step that may refuse, so that the metrics
+    // follow the hooks, overridden or not, without a second look at their errors.
+    let outcome: CheckOutcome = 'invalid';
+    try {
+      const token = this.extractToken(request);
+      // RFC 6750 §3.1: a request without credentials is challenged with no error code.
+      if (typeof token !== 'string' || token === '') return this.throwUnauthorized(context, MESSAGES.missingToken);
+      const claims = await this.verifyToken(context, token);
+      const check = await this.checkStore(context, claims);
+      if (check.revoked) {
+        outcome = 'revoked';
+        return this.throwUnauthorized(context, MESSAGES.revoked, 'invalid_token');
+      }
+      if (this.options.requireTokenPresenceForAuthentication && !check.presentForAuthentication) {
+        outcome = 'not_recognised';
+        return this.throwUnauthorized(context, MESSAGES.notRecognised, 'invalid_token');
+      }
+      writeCallClaims(context, request, claims);
+      outcome = 'admitted';
+      return true;
+    } catch (error) {
+      if (error instanceof ServiceUnavailableException) outcome = 'unavailable';
+      throw error;
+    } finally {
+      this.metrics.checked(outcome, started);
     }
-    writeCallClaims(context, request, claims);
-    return true;
   }
 
   /** Whether `@SkipTokenCheck()` applies; the handler's setting overrides the controller's. */
@@ -131,12 +154,8 @@ export class RevokedTokenGuard implements CanActivate {
       return this.throwUnauthorized(context, rejectionReason(error), 'invalid_token');
     }
     this.outageLog.answered('token keys');
-    if (!nonEmptyString(claims.jti) || !nonEmptyString(claims.sub)) {
-      return this.throwUnauthorized(context, MESSAGES.missingClaims, 'invalid_token');
-    }
-    if (claims.purpose !== undefined && claims.purpose !== this.options.authenticationPurpose) {
-      return this.throwUnauthorized(context, MESSAGES.wrongPurpose, 'invalid_token');
-    }
+    const problem = claimsProblem(claims, this.options.authenticationPurpose);
+    if (problem !== undefined) return this.throwUnauthorized(context, problem, 'invalid_token');
     return claims;
   }
 
@@ -145,15 +164,8 @@ export class RevokedTokenGuard implements CanActivate {
    * failure or timeout is answered `503` and counted in the {@link outageLog} (never with the
    * token).
    */
-  protected async checkStore(_context: ExecutionContext, claims: TokenClaimsPayload): Promise<TokenCheck> {
-    try {
-      const check = await this.tokenService.checkClaims(claims);
-      this.outageLog.answered('token store');
-      return check;
-    } catch (error) {
-      this.outageLog.refused('token store', error);
-      throw new ServiceUnavailableException(MESSAGES.storeUnavailable);
-    }
+  protected checkStore(_context: ExecutionContext, claims: TokenClaimsPayload): Promise<TokenCheck> {
+    return checkStoreOrRefuse(this.tokenService, this.outageLog, claims);
   }
 
   /**
@@ -182,10 +194,6 @@ export class RevokedTokenGuard implements CanActivate {
     if (typeof response?.setHeader === 'function') response.setHeader('WWW-Authenticate', challenge);
     else if (typeof response?.header === 'function') response.header('WWW-Authenticate', challenge);
   }
-}
-
-function nonEmptyString(value: unknown): value is string {
-  return typeof value === 'string' && value !== '';
 }
 
 function rejectionReason(error: unknown): string {

@@ -1,4 +1,4 @@
-import { Inject, Injectable, Logger, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
+import { Inject, Injectable, Logger, Optional, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
 import type { DataSource, EntityManager, ObjectLiteral, QueryRunner } from 'typeorm';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
@@ -9,6 +9,8 @@ import {
   TOKEN_RESOURCE_OPTIONS,
 } from '../token-resource.internal-constants.js';
 import { sessionOfJti } from '../sessions/session-jtis.js';
+import type { RevocationKind } from '../observability/metric-names.js';
+import { NO_METRICS, TokenResourceMetrics } from '../observability/token-resource-metrics.js';
 import { RevocationCache } from '../revocation-cache/revocation.cache.js';
 import { SUBJECT_ANNOUNCEMENT } from '../revocation-cache/announcement.js';
 import { TokenStore } from '../token.store.js';
@@ -168,6 +170,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
     @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     private readonly store: TokenStore,
     private readonly cache: RevocationCache,
+    @Optional() private readonly metrics: TokenResourceMetrics = NO_METRICS,
   ) {}
 
   /**
@@ -200,6 +203,11 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
    * @throws TokenResourceUnavailableError when PostgreSQL cannot be reached.
    */
   async logOutEverywhere(subject: string, opts: LogOutEverywhereOptions = {}): Promise<number> {
+    return this.logOut(subject, opts, 'log_out_everywhere');
+  }
+
+  /** {@link logOutEverywhere}, counted in `token_resource.revocations` as `kind`. */
+  private async logOut(subject: string, opts: LogOutEverywhereOptions, kind: RevocationKind): Promise<number> {
     checkSubject(subject);
     if (opts.exceptJti !== undefined) checkJti(opts.exceptJti, 'exceptJti');
     const defaults = this.options.logOutEverywhere;
@@ -217,6 +225,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
     const revoked = await this.run(args, opts.manager);
     // Other instances hear of it when it commits; this one must not wait for its own echo.
     this.cache.written({ kind: 'subject', key: subject }, opts.manager);
+    this.metrics.revoked(kind, opts.manager);
     const runner = opts.manager?.queryRunner;
     if (opts.repeatAfterCommit === true && runner && !runner.isReleased && runner.isTransactionActive) {
       this.postCommit.add(runner, subject, args);
@@ -289,6 +298,6 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
   ): Promise<number> {
     const subject = this.options.logOutEverywhere.subjectOf(user);
     checkSubject(subject, 'logOutEverywhere.subjectOf(user)');
-    return this.logOutEverywhere(subject, { ...opts, repeatAfterCommit: opts.repeatAfterCommit ?? true, manager });
+    return this.logOut(subject, { ...opts, repeatAfterCommit: opts.repeatAfterCommit ?? true, manager }, 'password_change');
   }
 }

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, Optional } from '@nestjs/common';
 import type { EntityManager } from 'typeorm';
 import { TokenCodec } from '../jwt/token-codec.js';
+import { NO_METRICS, TokenResourceMetrics } from '../observability/token-resource-metrics.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
 import { RevocationCache } from '../revocation-cache/revocation.cache.js';
 import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
@@ -89,6 +90,7 @@ export class SessionService {
     private readonly codec: TokenCodec,
     private readonly store: TokenStore,
     private readonly cache: RevocationCache,
+    @Optional() private readonly metrics: TokenResourceMetrics = NO_METRICS,
   ) {}
 
   /**
@@ -244,6 +246,7 @@ export class SessionService {
    * caller's transaction rolling back on the error cannot undo it.
    */
   private async reuseDetected(sid: string): Promise<never> {
+    this.metrics.refreshReuseDetected();
     await this.end(sid);
     throw new RefreshTokenReusedError(`refresh token of session ${sid} was used again after its rotation; the session is revoked`);
   }
@@ -251,7 +254,9 @@ export class SessionService {
   /** The one place a session is revoked (by `revoke` or a detected reuse), in autocommit. */
   private async end(sid: string): Promise<void> {
     const { rows } = await this.store.execute<{ subject: string }>(this.statements.end, [sessionRowJti(sid), `${sid}.`]);
-    if (rows.length > 0) this.cache.written({ kind: 'subject', key: rows[0].subject });
+    if (rows.length === 0) return;
+    this.cache.written({ kind: 'subject', key: rows[0].subject });
+    this.metrics.revoked('session');
   }
 
   /** The token times of generation `generation`, issued at `nowMs`. */

@@ -1,21 +1,27 @@
-import { Controller, Get, ServiceUnavailableException } from '@nestjs/common';
-import { DataSource } from 'typeorm';
-import { SkipTokenCheck } from '../../lib/index.js';
+import { Controller, Get } from '@nestjs/common';
+import { ApiOkResponse, ApiServiceUnavailableResponse } from '@nestjs/swagger';
+import { HealthCheck, HealthCheckService, type HealthCheckResult } from '@nestjs/terminus';
+import { SkipTokenCheck, TokenStoreHealthIndicator } from '../../lib/index.js';
 
-/** Liveness and database reachability, for load balancers and the start-up test. */
+/** Readiness for load balancers and the start-up test: can the app check tokens? */
 @Controller('health')
 @SkipTokenCheck()
 export class HealthController {
-  constructor(private readonly dataSource: DataSource) {}
+  constructor(
+    private readonly health: HealthCheckService,
+    private readonly tokenStore: TokenStoreHealthIndicator,
+  ) {}
 
-  /** `GET /health` → `{status: 'ok'}`, or `503` when the database does not answer. */
+  /**
+   * `GET /health` → `{status: 'ok', info: {tokenStore: {status: 'up'}}, ...}`, or `503` with
+   * `error.tokenStore: {status: 'down', message}` when the token store does not answer within
+   * `storeTimeoutMs`.
+   */
   @Get()
-  async health(): Promise<{ status: 'ok' }> {
-    try {
-      await this.dataSource.query('SELECT 1');
-    } catch {
-      throw new ServiceUnavailableException('database unavailable');
-    }
-    return { status: 'ok' };
+  @HealthCheck()
+  @ApiOkResponse({ description: 'The token store answers' })
+  @ApiServiceUnavailableResponse({ description: 'The token store does not answer in time; tokens cannot be checked' })
+  check(): Promise<HealthCheckResult> {
+    return this.health.check([() => this.tokenStore.isHealthy()]);
   }
 }
