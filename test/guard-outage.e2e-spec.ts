@@ -247,19 +247,21 @@ describe.each(PLATFORMS)('RevokedTokenGuard when the token store fails, on %s', 
   it('logs a long outage in a few lines rather than one per refused request, and its end in one', async () => {
     await cutConnections();
     proxy.setMode('reset');
-    // A few hundred requests over 2.5 s, sixteen at a time, as a busy instance gets them.
+    // At least a hundred requests over at least 2.5 s, sixteen at a time, as a busy instance
+    // gets them (a loaded machine takes longer for them, and may log a line more per second).
     const started = performance.now();
     const statuses: number[] = [];
-    while (performance.now() - started < 2500) {
+    while (performance.now() - started < 2500 || statuses.length < 100) {
       statuses.push(...(await Promise.all(Array.from({ length: 16 }, () => get()))).map((answer) => answer.status));
       await new Promise((resolve) => setTimeout(resolve, 40));
     }
-    expect(statuses.length).toBeGreaterThanOrEqual(100);
+    const seconds = Math.ceil((performance.now() - started) / 1000);
     expect(statuses.every((status) => status === 503)).toBe(true);
     // One line at once, then one a second with the count since the last.
     const { lines, counted } = outageLines();
     expect(lines.length).toBeGreaterThanOrEqual(2);
-    expect(lines.length).toBeLessThanOrEqual(5);
+    expect(lines.length).toBeLessThanOrEqual(seconds + 2);
+    expect(lines.length * 10).toBeLessThan(statuses.length);
     expect(counted).toBeLessThanOrEqual(refused);
     proxy.setMode('forward');
     expect(await recovered()).toBe(200);
