@@ -109,13 +109,19 @@ async function main(): Promise<void> {
     // store, so that both library variants share one pool: a second application would need
     // another BENCH_POOL connections, and PostgreSQL's default max_connections is 100.
     const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
-    const markerCache = new RevocationCache(
-      { ...options, revocationCache: { enabled: true, announce: true, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000 } },
-      app.get(TokenStore),
-      app.get(DataSource),
-    );
+    const cacheOptions = {
+      enabled: true,
+      announce: true,
+      maxStalenessMs: 1000,
+      maxEntries: 100_000,
+      maxEntryAgeMs: 60_000,
+      maxVerifiedTokens: 50_000,
+    };
+    const markerCache = new RevocationCache({ ...options, revocationCache: cacheOptions }, app.get(TokenStore), app.get(DataSource));
     markerCache.onApplicationBootstrap();
-    const cachedService = new TokenService(options, codec, app.get(TokenStore), markerCache, app.get(ExpiredTokenDeleter));
+    // Its own codec, built as the module builds it with the cache on: it remembers verified tokens.
+    const cachedCodec = new TokenCodec(options.jwt, cacheOptions.maxVerifiedTokens);
+    const cachedService = new TokenService(options, cachedCodec, app.get(TokenStore), markerCache, app.get(ExpiredTokenDeleter));
     while (!markerCache.fresh) await new Promise((resolve) => setTimeout(resolve, 10));
     const rows = probeRows();
     const jtis = rows.map(jtiOf);
@@ -242,7 +248,9 @@ async function main(): Promise<void> {
       const verdict = goal === undefined ? '(informational)' : `(goal >= ${goal}x on the median: ${met ? 'met' : 'MISSED'})`;
       console.log(`ratio ${label}: ${parts.join(', ')} ${verdict}`);
     }
-    console.log(`revocation cache: ${markerCache.size} answers held at the end (tokens' and subjects')`);
+    console.log(
+      `revocation cache: ${markerCache.size} answers held at the end (tokens' and subjects'), ${cachedCodec.verifiedTokenCount} verified tokens remembered`,
+    );
     await markerCache.onModuleDestroy();
   } finally {
     await app.close().catch(() => undefined);
