@@ -115,7 +115,7 @@ async function main(): Promise<void> {
       maxStalenessMs: 1000,
       maxEntries: 100_000,
       maxEntryAgeMs: 60_000,
-      maxVerifiedTokens: 50_000,
+      maxVerifiedTokens: 20_000,
     };
     const markerCache = new RevocationCache({ ...options, revocationCache: cacheOptions }, app.get(TokenStore), app.get(DataSource));
     markerCache.onApplicationBootstrap();

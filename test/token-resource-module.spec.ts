@@ -149,7 +149,7 @@ describe('forRootAsync', () => {
         maxStalenessMs: 1000,
         maxEntries: 100_000,
         maxEntryAgeMs: 60_000,
-        maxVerifiedTokens: 50_000,
+        maxVerifiedTokens: 20_000,
       },
     });
     expect(subjectOf({ id: 42 })).toBe('42');

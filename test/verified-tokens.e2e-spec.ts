@@ -188,7 +188,7 @@ describe('revocationCache.maxVerifiedTokens in the module', () => {
     return created;
   }
 
-  it('is on with the revocation cache (default 50000), off without it or at 0, and must be a whole number', async () => {
+  it('is on with the revocation cache (by default), off without it or at 0, and must be a whole number', async () => {
     const counts = [];
     for (const options of [{ revocationCache: { enabled: true } }, {}, { revocationCache: { enabled: true, maxVerifiedTokens: 0 } }]) {
       const instance = await app(options);

@@ -37,5 +37,5 @@ export const DEFAULT_OPTIONS = {
     subjectOf: defaultSubjectOf,
     markerLifetime: '365d',
   },
-  revocationCache: { enabled: false, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000, maxVerifiedTokens: 50_000 },
+  revocationCache: { enabled: false, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000, maxVerifiedTokens: 20_000 },
 } as const;
