@@ -27,7 +27,8 @@ export function createCoreProviders(wiring: ModuleWiring): Provider[] {
     },
     {
       provide: TokenCodec,
-      useFactory: (options: ResolvedTokenResourceOptions) => new TokenCodec(options.jwt),
+      useFactory: ({ jwt, revocationCache }: ResolvedTokenResourceOptions) =>
+        new TokenCodec(jwt, revocationCache.enabled ? revocationCache.maxVerifiedTokens : 0),
       inject: [TOKEN_RESOURCE_OPTIONS],
     },
     { provide: TOKEN_DATA_SOURCE, useExisting: getDataSourceToken(wiring.dataSource) },

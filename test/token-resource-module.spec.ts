@@ -143,7 +143,14 @@ describe('forRootAsync', () => {
         passwordField: 'hashedPassword',
         markerLifetimeSeconds: 365 * 86_400,
       },
-      revocationCache: { enabled: false, announce: false, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000 },
+      revocationCache: {
+        enabled: false,
+        announce: false,
+        maxStalenessMs: 1000,
+        maxEntries: 100_000,
+        maxEntryAgeMs: 60_000,
+        maxVerifiedTokens: 20_000,
+      },
       sessions: { accessTokenLifetimeSeconds: 15 * 60, refreshTokenLifetimeSeconds: 30 * 86_400, reuseIntervalSeconds: 0 },
     });
     expect(subjectOf({ id: 42 })).toBe('42');

@@ -131,6 +131,14 @@ export interface TokenResourceRevocationCacheOptions {
    * Default: the larger of `60000` and `maxStalenessMs`.
    */
   maxEntryAgeMs?: number;
+  /**
+   * How many verified tokens it remembers by their exact string, so that a token presented
+   * again costs no signature check (its `exp`, `nbf` and `iat` are judged again each time; a
+   * token that failed verification, or longer than 4096 characters, is never remembered).
+   * About 450 bytes per token of 250 characters. Not with `jwt.jwksUri`, whose keys may be
+   * withdrawn. `0` turns it off. Default `20000`.
+   */
+  maxVerifiedTokens?: number;
 }
 
 /**

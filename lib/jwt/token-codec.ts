@@ -22,6 +22,7 @@ import { fail } from '../options/option-checks.js';
 import { acceptedAlgorithms, secretBytes, type ResolvedJwtOptions } from '../options/validate-jwt.js';
 import { InvalidTokenError, TokenResourceUnavailableError } from '../token-resource.exceptions.js';
 import { checkVerifiedClaims } from '../validation/token-values.js';
+import { VerifiedTokens } from './verified-tokens.js';
 
 const RSA_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
 const EC_ALGORITHMS: Record<string, string> = { prime256v1: 'ES256', secp384r1: 'ES384', secp521r1: 'ES512' };
@@ -107,10 +108,22 @@ export class TokenCodec {
   private readonly signAlgorithm?: string;
   /** jose's options for every verification, built on first use. */
   private verifyOptions?: JWTVerifyOptions;
+  /** Tokens verified before, answered without a signature check; none with a remote JWKS or when off. */
+  private readonly verified?: VerifiedTokens;
 
-  /** @param options jwt options checked by `resolveOptions`; key material is read here. */
-  constructor(private readonly options: ResolvedJwtOptions) {
+  /**
+   * @param options jwt options checked by `resolveOptions`; key material is read here.
+   * @param maxVerifiedTokens how many verified tokens to remember (see {@link VerifiedTokens});
+   *   `0`, the default, remembers none. Ignored with `jwksUri`: a key the JWKS drops must stop
+   *   verifying the tokens it signed, and a remembered token would still pass.
+   */
+  constructor(
+    private readonly options: ResolvedJwtOptions,
+    maxVerifiedTokens = 0,
+  ) {
     const { secret, publicKey, jwksUri, privateKey, algorithms } = options;
+    if (maxVerifiedTokens > 0 && jwksUri === undefined)
+      this.verified = new VerifiedTokens(maxVerifiedTokens, options.clockToleranceSeconds);
     if (secret !== undefined) {
       const bytes = secretBytes(secret);
       this.verifyKey = hmacVerifyKeys(bytes);
@@ -146,7 +159,8 @@ export class TokenCodec {
    * Verifies the signature and the configured issuer, audience and time claims, and that
    * the claims can be stored as they are: a `jti` or `sub` that is well-formed, without NUL
    * and within its length limit, an `exp` before the year 10000, an `iat` no later than
-   * now plus `clockToleranceSeconds`.
+   * now plus `clockToleranceSeconds`. A token that passed all of this before is answered
+   * from memory when the codec remembers verified tokens, its time claims judged again.
    *
    * @param allowExpired accept a token whose `exp` has passed (every other check still applies).
    * @throws InvalidTokenError when the token cannot be trusted.
@@ -154,6 +168,8 @@ export class TokenCodec {
    */
   verify(token: string, allowExpired = false): Promise<TokenClaimsPayload> {
     if (typeof token !== 'string' || token.length === 0) return Promise.reject(new InvalidTokenError('token must be a non-empty string'));
+    const remembered = this.verified?.claimsOf(token);
+    if (remembered !== undefined) return Promise.resolve(remembered);
     // Written with then() rather than async/await: it runs on every request, and each
     // extra async frame shows in bench:check.
     this.verifyOptions ??= {
@@ -166,9 +182,21 @@ export class TokenCodec {
       requiredClaims: ['exp'],
     };
     return jwtVerify(token, this.verifyKey as Uint8Array, this.verifyOptions).then(
-      ({ payload }) => this.storable(payload),
+      ({ payload }) => this.trusted(token, payload),
       (error: unknown) => this.untrusted(error, allowExpired),
     );
+  }
+
+  /** How many verified tokens the codec remembers at the moment. */
+  get verifiedTokenCount(): number {
+    return this.verified?.size ?? 0;
+  }
+
+  /** The claims of a token jose verified, remembered once they are also fit to be stored. */
+  private trusted(token: string, payload: JWTPayload): TokenClaimsPayload {
+    const claims = this.storable(payload);
+    this.verified?.remember(token);
+    return claims;
   }
 
   /** Verified claims, once their `jti`, `sub`, `exp` and `iat` are fit to be stored and compared (see `checkVerifiedClaims`). */

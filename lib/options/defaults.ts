@@ -37,6 +37,6 @@ export const DEFAULT_OPTIONS = {
     subjectOf: defaultSubjectOf,
     markerLifetime: '365d',
   },
-  revocationCache: { enabled: false, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000 },
+  revocationCache: { enabled: false, maxStalenessMs: 1000, maxEntries: 100_000, maxEntryAgeMs: 60_000, maxVerifiedTokens: 20_000 },
   sessions: { accessTokenExpiresIn: '15m', refreshTokenExpiresIn: '30d', reuseIntervalSeconds: 0 },
 } as const;

@@ -25,6 +25,13 @@ export function positive(value: unknown, name: string, integer = false): number 
   return value;
 }
 
+/** A whole number of at least zero, or `undefined` when not given. */
+export function wholeNumber(value: unknown, name: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (!isNumber(value) || value < 0 || !Number.isInteger(value)) fail(`${name} must be a whole number >= 0, got ${shown(value)}.`);
+  return value;
+}
+
 /** A boolean, or `undefined` when not given. */
 export function flag(value: unknown, name: string): boolean | undefined {
   if (value === undefined) return undefined;

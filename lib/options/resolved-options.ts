@@ -6,7 +6,7 @@ import { durationToSeconds } from '../jwt/duration.js';
 import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
 import { isPurpose, MAX_PURPOSE_BYTES } from '../validation/token-values.js';
 import { DEFAULT_OPTIONS } from './defaults.js';
-import { atLeast, between, fail, flag, positive, purposeList, shown } from './option-checks.js';
+import { atLeast, between, fail, flag, positive, purposeList, shown, wholeNumber } from './option-checks.js';
 import { expungeCronOf } from './validate-expunge.js';
 import { resolveJwtOptions, type ResolvedJwtOptions } from './validate-jwt.js';
 import { resolveSessions, type ResolvedSessionsOptions } from './validate-sessions.js';
@@ -31,7 +31,14 @@ export interface ResolvedTokenResourceOptions {
     subjectOf: (user: any) => string;
     markerLifetimeSeconds: number;
   };
-  revocationCache: { enabled: boolean; announce: boolean; maxStalenessMs: number; maxEntries: number; maxEntryAgeMs: number };
+  revocationCache: {
+    enabled: boolean;
+    announce: boolean;
+    maxStalenessMs: number;
+    maxEntries: number;
+    maxEntryAgeMs: number;
+    maxVerifiedTokens: number;
+  };
   sessions: ResolvedSessionsOptions;
   isGlobal: boolean;
 }
@@ -86,6 +93,7 @@ function resolveRevocationCache(cache: RevocationCacheOptions): ResolvedTokenRes
     maxEntries: positive(cache.maxEntries, 'revocationCache.maxEntries', true) ?? defaults.maxEntries,
     maxEntryAgeMs:
       atLeast(cache.maxEntryAgeMs, maxStalenessMs, 'revocationCache.maxEntryAgeMs') ?? Math.max(defaults.maxEntryAgeMs, maxStalenessMs),
+    maxVerifiedTokens: wholeNumber(cache.maxVerifiedTokens, 'revocationCache.maxVerifiedTokens') ?? defaults.maxVerifiedTokens,
   };
 }
 

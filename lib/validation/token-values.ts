@@ -135,9 +135,12 @@ export function checkVerifiedClaims(claims: JWTPayload, nowMs: number, clockTole
   if (typeof exp === 'number' && !(exp >= 0 && exp <= MAX_EXPIRY_SECONDS)) {
     throw new InvalidTokenError('token claim exp is out of range');
   }
+  if (issuedInFuture(iat, nowMs, clockToleranceSeconds)) throw new InvalidTokenError('token claim iat is in the future');
+}
+
+/** Whether an `iat` claim is later than `nowMs` plus the clock tolerance (see {@link checkVerifiedClaims}). */
+export function issuedInFuture(iat: unknown, nowMs: number, clockToleranceSeconds: number): boolean {
   // Rounded like the log-out check rounds it: `issueToken`'s `Date.now() / 1000`, times
   // 1000, may exceed the millisecond it was taken in by a float rounding error.
-  if (typeof iat === 'number' && Math.round(iat * 1000) > nowMs + clockToleranceSeconds * 1000) {
-    throw new InvalidTokenError('token claim iat is in the future');
-  }
+  return typeof iat === 'number' && Math.round(iat * 1000) > nowMs + clockToleranceSeconds * 1000;
 }
