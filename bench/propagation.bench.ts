@@ -3,9 +3,10 @@
  * instance's revocation cache stops admitting the token. Two application contexts (A and
  * B, each with `revocationCache` on and its own pool and polling session) share one
  * database: A's commit wakes B, which polls the rows stamped since its previous poll. For
- * each sample B checks a fresh token (now cached as not revoked), A revokes it, and B checks it in a tight loop until it answers revoked; the delay is measured from
- * the moment A's `revoke` resolved (its commit acknowledged) and, for reference, from the
- * moment it was called.
+ * each sample B checks a fresh token (now cached as not revoked), A revokes it, and B checks
+ * it in a tight loop until it answers revoked; the delay is measured from the moment A's
+ * `revoke` resolved (its commit acknowledged) and, for reference, from the moment it was
+ * called.
  *
  *   npm run bench:propagation
  *

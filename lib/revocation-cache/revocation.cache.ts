@@ -8,6 +8,7 @@ import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS }
 import { TokenStore, type Statement } from '../token.store.js';
 import { registerSubscriber } from '../typeorm/register-subscriber.js';
 import type { Announcement } from './announcement.js';
+import { Pacer } from './pacer.js';
 import { PostCommitForgets } from './post-commit-forgets.js';
 
 /** The first and the longest wait before the poller connects again after losing its connection. */
@@ -18,6 +19,14 @@ export const LISTENER_APPLICATION_NAME = 'nestjs-token-resource revocation liste
 
 /** How long the poller may take to connect before it gives up and tries again later. */
 const CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * The shortest time between two wake-ups this instance sends, and between two polls: under a
+ * steady stream of writes each instance sends at most one `NOTIFY` and makes at most one poll
+ * per gap, and a write is still seen elsewhere within a few tens of milliseconds.
+ */
+const WAKE_GAP_MS = 10;
+const POLL_GAP_MS = 5;
 
 /** A transaction id above every real one: a connection's first poll reads no rows, only its snapshot. */
 const NO_XID = '9223372036854775807';
@@ -127,19 +136,16 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   private connecting?: PgClient;
   /** Where the next poll on {@link listener} starts; `undefined` before its first. */
   private cursor?: PollCursor;
-  /** The connection whose poll is on its way, if any; the next one waits for it rather than piling up. */
-  private pollingOn?: PgClient;
-  /** Whether a wake-up (or a tick) came while a poll was on its way: it polls again after it. */
-  private pollAgain = false;
+  /** The polls: one at a time, wake-ups that come meanwhile share the next. */
+  private readonly polls = new Pacer(() => this.poll(), POLL_GAP_MS);
   /** `performance.now()` when the latest poll was sent. */
   private pollSentAt = 0;
   private pollTimer?: NodeJS.Timeout;
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectDelayMs = RECONNECT_DELAYS_MS.first;
   private stopped = false;
-  /** Whether this instance's wake-up is on its way, and whether writes since want another after it. */
-  private waking = false;
-  private wakeAgain = false;
+  /** This instance's wake-ups: one at a time, writes made meanwhile share the next. */
+  private readonly wakeUps = new Pacer(() => this.store.query(this.wakeStatement, []), WAKE_GAP_MS);
   private readonly wakeStatement: Statement;
   /** Whether it has said that it polls through a pooler. */
   private saidPooled = false;
@@ -350,6 +356,7 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
 
   async onModuleDestroy(): Promise<void> {
     this.stopped = true;
+    this.wakeUps.reset();
     this.unregister?.();
     this.unregister = undefined;
     clearInterval(this.pollTimer);
@@ -362,29 +369,14 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   }
 
   /**
-   * Wakes every instance's cache to poll now, once this instance's write has committed: one
-   * `NOTIFY` at a time from the pool, in a transaction of its own that writes nothing, so no
-   * write waits for the cluster-wide lock `NOTIFY` takes at commit. Writes made while one is
-   * on its way share the next, sent after it: a wake-up sent before a write committed may
-   * have been heard before it.
+   * Wakes every instance's cache to poll now, once this instance's write has committed: a
+   * `NOTIFY` from the pool, in a transaction of its own that writes nothing, so no write waits
+   * for the cluster-wide lock `NOTIFY` takes at commit. Paced: writes made while one is on its
+   * way or waiting share the next, sent after it (one sent before a write committed may have
+   * been heard before it). A lost wake-up only delays the others until their next periodic poll.
    */
   private wake(): void {
-    if (!this.settings.announce || this.stopped) return;
-    if (this.waking) {
-      this.wakeAgain = true;
-      return;
-    }
-    this.waking = true;
-    // A lost wake-up only delays the other instances until their next periodic poll.
-    this.store
-      .query(this.wakeStatement, [])
-      .catch(() => undefined)
-      .finally(() => {
-        this.waking = false;
-        if (!this.wakeAgain) return;
-        this.wakeAgain = false;
-        this.wake();
-      });
+    if (this.settings.announce && !this.stopped) this.wakeUps.request();
   }
 
   /** Every quarter of `maxStalenessMs`: polls, and drops a connection whose poll went unanswered (a silent partition). */
@@ -392,12 +384,12 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     const listener = this.listener;
     if (!listener) return;
     const waited = performance.now() - this.pollSentAt;
-    if (this.pollingOn === listener && waited > 2 * this.settings.maxStalenessMs) {
+    if (this.polls.running && waited > 2 * this.settings.maxStalenessMs) {
       this.lose(listener, new Error(`a poll went unanswered for ${Math.round(waited)} ms`));
       void listener.end().catch(() => undefined);
       return;
     }
-    this.poll();
+    this.polls.request();
   }
 
   private async listen(): Promise<void> {
@@ -409,7 +401,7 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
       return;
     }
     client.on('notification', () => {
-      if (client === this.listener) this.poll();
+      if (client === this.listener) this.polls.request();
     });
     client.on('error', (error) => this.lose(client, error));
     client.on('end', () => this.lose(client, new Error('connection ended')));
@@ -439,7 +431,7 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     this.listener = client;
     this.cursor = undefined;
     this.reconnectDelayMs = RECONNECT_DELAYS_MS.first;
-    this.poll();
+    this.polls.request();
   }
 
   /**
@@ -468,57 +460,43 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   /**
    * Reads, on the listener's connection, every row stamped by a transaction the previous
    * poll could not see, and applies it; then the cache may answer for what committed before
-   * this poll was sent. One poll at a time: a wake-up heard meanwhile polls again after it.
-   * A connection's first poll only takes the snapshot it starts from and empties the cache,
-   * which could not vouch for what it held.
+   * this poll was sent. A connection's first poll only takes the snapshot it starts from and
+   * empties the cache, which could not vouch for what it held.
    */
-  private poll(): void {
+  private async poll(): Promise<void> {
     const listener = this.listener;
     if (!listener) return;
-    if (this.pollingOn === listener) {
-      this.pollAgain = true;
-      return;
-    }
-    this.pollingOn = listener;
-    this.pollAgain = false;
     const sentAt = performance.now();
     this.pollSentAt = sentAt;
     const cursor = this.cursor;
-    // Unnamed: a named statement would be prepared on one server connection of a pooler only.
-    listener
-      .query<PollRow>(this.store.pollStatement().text, cursor ? [cursor.xmax, cursor.xip] : [NO_XID, []])
-      .then(
-        ({ rows: [row] }) => {
-          if (listener !== this.listener) return;
-          if (cursor === undefined) this.forgetAll();
-          for (const [jti, subject, purpose] of row.changed ?? []) {
-            this.apply(purpose === LOG_OUT_EVERYWHERE_PURPOSE ? { kind: 'subject', key: subject } : { kind: 'jti', key: jti });
-          }
-          this.cursor = { xmax: row.xmax, xip: row.xip };
-          this.confirmedAt = Math.max(this.confirmedAt, sentAt);
-          if (this.deafSince !== undefined) {
-            this.logger.log(
-              `polling for revocations again after ${((performance.now() - this.deafSince) / 1000).toFixed(1)} s; the cache answers again`,
-            );
-            this.deafSince = undefined;
-          }
-        },
-        (error: Error) => {
-          this.lose(listener, error);
-          void listener.end().catch(() => undefined);
-        },
-      )
-      .finally(() => {
-        if (this.pollingOn !== listener) return;
-        this.pollingOn = undefined;
-        if (this.pollAgain) this.poll();
-      });
+    let row: PollRow;
+    try {
+      // Unnamed: a named statement would be prepared on one server connection of a pooler only.
+      [row] = (await listener.query<PollRow>(this.store.pollStatement().text, cursor ? [cursor.xmax, cursor.xip] : [NO_XID, []])).rows;
+    } catch (error) {
+      this.lose(listener, error as Error);
+      void listener.end().catch(() => undefined);
+      return;
+    }
+    if (listener !== this.listener) return;
+    if (cursor === undefined) this.forgetAll();
+    for (const [jti, subject, purpose] of row.changed ?? []) {
+      this.apply(purpose === LOG_OUT_EVERYWHERE_PURPOSE ? { kind: 'subject', key: subject } : { kind: 'jti', key: jti });
+    }
+    this.cursor = { xmax: row.xmax, xip: row.xip };
+    this.confirmedAt = Math.max(this.confirmedAt, sentAt);
+    if (this.deafSince !== undefined) {
+      this.logger.log(
+        `polling for revocations again after ${((performance.now() - this.deafSince) / 1000).toFixed(1)} s; the cache answers again`,
+      );
+      this.deafSince = undefined;
+    }
   }
 
   private lose(client: PgClient | undefined, error?: Error): void {
     if (client === undefined || client !== this.listener) return;
     this.listener = undefined;
-    this.pollingOn = undefined;
+    this.polls.reset();
     this.cursor = undefined;
     this.confirmedAt = -Infinity;
     this.forgetAll();
