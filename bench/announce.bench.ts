@@ -10,8 +10,10 @@
  *   and wakes the other instances with one coalesced `NOTIFY` after its commits) and the
  *   same with `announce: false` (it stamps only), sharing one pool.
  *
- * BENCH_INSTANCES other application instances with the cache on stand for the rest of the
- * fleet: each polls on every wake-up and every quarter of `maxStalenessMs`.
+ * BENCH_INSTANCES other application instances with the cache on, each in a process of its
+ * own, stand for the rest of the fleet: each polls on every wake-up and every quarter of
+ * `maxStalenessMs`. The "before" variant notifies a channel of its own, heard by as many
+ * plain listening sessions, as the caches' listeners heard every write before.
  *
  *   npm run bench:announce
  *
@@ -22,8 +24,10 @@
  * for `revoke`, default 300,000).
  */
 import 'reflect-metadata';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
 import { NestFactory } from '@nestjs/core';
-import type { INestApplicationContext } from '@nestjs/common';
 import pg from 'pg';
 import { DataSource } from 'typeorm';
 import { TokenService } from '../lib/index.js';
@@ -50,15 +54,10 @@ async function main(): Promise<void> {
   const app = await NestFactory.createApplicationContext(benchAppModule(database.url, { poolSize: CONCURRENCY, options: cached }), {
     logger: ['error', 'warn'],
   });
-  const others: INestApplicationContext[] = [];
-  let wakeUpListener: pg.Client | undefined;
+  const others: ChildProcess[] = [];
+  const listeners: pg.Client[] = [];
   try {
-    for (let k = 0; k < INSTANCES; k++)
-      others.push(
-        await NestFactory.createApplicationContext(benchAppModule(database.url, { poolSize: 2, options: cached }), {
-          logger: ['error', 'warn'],
-        }),
-      );
+    for (let k = 0; k < INSTANCES; k++) others.push(await otherInstance(database.url));
     const store = app.get(TokenStore);
     const service = app.get(TokenService);
     const codec = app.get(TokenCodec);
@@ -69,17 +68,21 @@ async function main(): Promise<void> {
     const quietCache = new RevocationCache(quietOptions, store, app.get(DataSource));
     const quietService = new TokenService(quietOptions, codec, store, quietCache, app.get(ExpiredTokenDeleter));
     const stamped = store.revokeStatement();
+    const beforeChannel = `${store.revocationChannel}_before`;
     const notifying = {
       name: 'raw_revoke_notify',
-      text: `WITH written AS (${stamped.text}) SELECT revoked, pg_notify('${store.revocationChannel}', 'j:' || $1::text) FROM written`,
+      text: `WITH written AS (${stamped.text}) SELECT revoked, pg_notify('${beforeChannel}', 'j:' || $1::text) FROM written`,
     };
 
     const raw = database.pool(CONCURRENCY);
-    wakeUpListener = new pg.Client({ connectionString: database.url });
-    await wakeUpListener.connect();
-    let notifications = 0;
-    wakeUpListener.on('notification', () => notifications++);
-    await wakeUpListener.query(`LISTEN ${store.revocationChannel}`);
+    const heard = new Map<string, number>();
+    for (const channel of [store.revocationChannel, ...Array<string>(INSTANCES).fill(beforeChannel)]) {
+      const listener = new pg.Client({ connectionString: database.url });
+      await listener.connect();
+      listener.on('notification', (message) => heard.set(message.channel, (heard.get(message.channel) ?? 0) + 1));
+      await listener.query(`LISTEN ${channel}`);
+      listeners.push(listener);
+    }
 
     console.log(`signing ${TOKENS} tokens for revoke ...`);
     const iat = Math.floor(Date.now() / 1000);
@@ -118,11 +121,11 @@ async function main(): Promise<void> {
 
     console.log(await describeMachine(database));
     console.log(
-      `each call revokes a new jti (INSERT ... ON CONFLICT, autocommit, synchronous_commit on); raw pool and library pool: ${CONCURRENCY} connections each; ${INSTANCES} other instances polling besides the application's own cache; ${ROUNDS} x ${SECONDS} s per variant and concurrency, interleaved`,
+      `each call revokes a new jti (INSERT ... ON CONFLICT, autocommit, synchronous_commit on); raw pool and library pool: ${CONCURRENCY} connections each; ${INSTANCES} other caching instances (processes of their own) besides the application's own cache; ${ROUNDS} x ${SECONDS} s per variant and concurrency, interleaved`,
     );
     printTable(results.tableRows(variants, [1, CONCURRENCY]));
     console.log(
-      `notifications heard on the channel: ${notifications} (library revocations with the cache on: ${announcedCalls}, each raw call with pg_notify sent one more)`,
+      `wake-ups sent: ${heard.get(store.revocationChannel) ?? 0} for ${announcedCalls} library revocations with the cache on; notifications of the before variant per listener: ${Math.round((heard.get(beforeChannel) ?? 0) / Math.max(1, INSTANCES))}`,
     );
     for (const [ours, theirs] of ratios) {
       const parts = [1, CONCURRENCY].map((c) => results.describeRatio(ours, theirs, c));
@@ -133,10 +136,33 @@ async function main(): Promise<void> {
       );
     }
   } finally {
-    await wakeUpListener?.end().catch(() => undefined);
-    await Promise.all([app, ...others].map((context) => context.close().catch(() => undefined)));
+    await Promise.all(listeners.map((listener) => listener.end().catch(() => undefined)));
+    await Promise.all(
+      others.map(async (other) => {
+        other.stdin?.end();
+        if (other.exitCode === null) await once(other, 'exit');
+      }),
+    );
+    await app.close().catch(() => undefined);
     await database.close();
   }
+}
+
+/** Starts another caching instance in a process of its own (bench/support/caching-instance.ts), once its cache is fresh. */
+async function otherInstance(url: string): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [fileURLToPath(new URL('./support/caching-instance.js', import.meta.url)), url], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  let output = '';
+  child.stdout!.setEncoding('utf8');
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (chunk: string) => {
+      output += chunk;
+      if (output.includes('ready')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`a caching instance exited (${code}) before it was ready`)));
+  });
+  return child;
 }
 
 main().catch((error) => {

@@ -481,7 +481,8 @@ describe('RevocationCache', () => {
           // Coalesced: one write at a time here, but a wake-up still on its way carries the next write's too.
           expect(wakeUps.length).toBeGreaterThanOrEqual(1);
           expect(wakeUps.length).toBeLessThanOrEqual(4);
-          expect(new Set(wakeUps)).toEqual(new Set(['']));
+          // Each names the instance that sent it, which does not poll on its own wake-ups.
+          expect(new Set(wakeUps).size).toBe(1);
         }
       }
     } finally {

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
 import type { Client as PgClient } from 'pg';
@@ -145,7 +146,9 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   private reconnectDelayMs = RECONNECT_DELAYS_MS.first;
   private stopped = false;
   /** This instance's wake-ups: one at a time, writes made meanwhile share the next. */
-  private readonly wakeUps = new Pacer(() => this.store.query(this.wakeStatement, []), WAKE_GAP_MS);
+  private readonly wakeUps = new Pacer(() => this.store.query(this.wakeStatement, [this.instanceId]), WAKE_GAP_MS);
+  /** The payload of this instance's wake-ups, so that it does not poll on its own (it applied its writes already). */
+  private readonly instanceId = randomBytes(8).toString('hex');
   private readonly wakeStatement: Statement;
   /** Whether it has said that it polls through a pooler. */
   private saidPooled = false;
@@ -163,7 +166,7 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   ) {
     this.settings = options.revocationCache;
     this.wakeStatement = {
-      ...store.statement('wake', `SELECT pg_notify('${store.revocationChannel}', '')`),
+      ...store.statement('wake', `SELECT pg_notify('${store.revocationChannel}', $1)`),
       timeoutMs: options.storeTimeoutMs,
     };
   }
@@ -400,8 +403,8 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
       this.reconnectLater();
       return;
     }
-    client.on('notification', () => {
-      if (client === this.listener) this.polls.request();
+    client.on('notification', ({ payload }) => {
+      if (client === this.listener && payload !== this.instanceId) this.polls.request();
     });
     client.on('error', (error) => this.lose(client, error));
     client.on('end', () => this.lose(client, new Error('connection ended')));
