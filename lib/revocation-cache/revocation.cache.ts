@@ -29,6 +29,9 @@ const CONNECT_TIMEOUT_MS = 10_000;
 const WAKE_GAP_MS = 10;
 const POLL_GAP_MS = 5;
 
+/** How many bytes of names a wake-up carries at most, below PostgreSQL's 8000-byte payload; the poll covers the rest. */
+const WAKE_UP_NAMES_BYTES = 7000;
+
 /** A transaction id above every real one: a connection's first poll reads no rows, only its snapshot. */
 const NO_XID = '9223372036854775807';
 
@@ -125,7 +128,7 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   private readonly settings: ResolvedTokenResourceOptions['revocationCache'];
   private readonly postCommit = new PostCommitForgets((announcement) => {
     this.apply(announcement);
-    this.wake();
+    this.wake(announcement);
   });
   private unregister?: () => void;
   private epoch = 0;
@@ -146,9 +149,12 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   private reconnectDelayMs = RECONNECT_DELAYS_MS.first;
   private stopped = false;
   /** This instance's wake-ups: one at a time, writes made meanwhile share the next. */
-  private readonly wakeUps = new Pacer(() => this.store.query(this.wakeStatement, [this.instanceId]), WAKE_GAP_MS);
-  /** The payload of this instance's wake-ups, so that it does not poll on its own (it applied its writes already). */
+  private readonly wakeUps = new Pacer(() => this.sendWakeUp(), WAKE_GAP_MS);
+  /** The first line of this instance's wake-ups, so that it does not poll on its own (it applied its writes already). */
   private readonly instanceId = randomBytes(8).toString('hex');
+  /** The lines the next wake-up names (`j:<jti>`, `s:<subject>`), and their size in bytes. */
+  private unsent: string[] = [];
+  private unsentBytes = 0;
   private readonly wakeStatement: Statement;
   /** Whether it has said that it polls through a pooler. */
   private saidPooled = false;
@@ -289,7 +295,7 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     if (runner && !runner.isReleased && runner.isTransactionActive) {
       if (this.unregister) this.postCommit.add(runner, announcement);
     } else {
-      this.wake();
+      this.wake(announcement);
     }
   }
 
@@ -360,6 +366,7 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   async onModuleDestroy(): Promise<void> {
     this.stopped = true;
     this.wakeUps.reset();
+    this.unsent = [];
     this.unregister?.();
     this.unregister = undefined;
     clearInterval(this.pollTimer);
@@ -376,10 +383,40 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
    * `NOTIFY` from the pool, in a transaction of its own that writes nothing, so no write waits
    * for the cluster-wide lock `NOTIFY` takes at commit. Paced: writes made while one is on its
    * way or waiting share the next, sent after it (one sent before a write committed may have
-   * been heard before it). A lost wake-up only delays the others until their next periodic poll.
+   * been heard before it). It also names what was written, as far as a payload holds, so that
+   * the others drop those answers on receipt, a round trip before their poll is answered.
+   * A lost wake-up only delays the others until their next periodic poll.
    */
-  private wake(): void {
-    if (this.settings.announce && !this.stopped) this.wakeUps.request();
+  private wake({ kind, key }: Announcement): void {
+    if (!this.settings.announce || this.stopped) return;
+    const line = `${kind === 'jti' ? 'j' : 's'}:${key}`;
+    const bytes = Buffer.byteLength(line) + 1;
+    if (this.unsentBytes + bytes <= WAKE_UP_NAMES_BYTES) {
+      this.unsent.push(line);
+      this.unsentBytes += bytes;
+    }
+    this.wakeUps.request();
+  }
+
+  private sendWakeUp(): Promise<unknown> {
+    const payload = [this.instanceId, ...this.unsent].join('\n');
+    this.unsent = [];
+    this.unsentBytes = 0;
+    return this.store.query(this.wakeStatement, [payload]);
+  }
+
+  /**
+   * Another instance's wake-up: drops the answers it names (dropping is always safe, so
+   * anyone who may `NOTIFY` can make a cache read more, never answer wrong), then polls.
+   */
+  private wokenBy(payload: string): void {
+    const [sender, ...names] = payload.split('\n');
+    if (sender === this.instanceId) return;
+    for (const name of names) {
+      if (name.startsWith('j:')) this.apply({ kind: 'jti', key: name.slice(2) });
+      else if (name.startsWith('s:')) this.apply({ kind: 'subject', key: name.slice(2) });
+    }
+    this.polls.request();
   }
 
   /** Every quarter of `maxStalenessMs`: polls, and drops a connection whose poll went unanswered (a silent partition). */
@@ -404,7 +441,7 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
       return;
     }
     client.on('notification', ({ payload }) => {
-      if (client === this.listener && payload !== this.instanceId) this.polls.request();
+      if (client === this.listener) this.wokenBy(payload ?? '');
     });
     client.on('error', (error) => this.lose(client, error));
     client.on('end', () => this.lose(client, new Error('connection ended')));
