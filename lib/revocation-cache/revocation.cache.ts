@@ -26,8 +26,8 @@ const CONNECT_TIMEOUT_MS = 10_000;
  * steady stream of writes each instance sends at most one `NOTIFY` and makes at most one poll
  * per gap, and a write is still seen elsewhere within a few tens of milliseconds.
  */
-const WAKE_GAP_MS = 10;
-const POLL_GAP_MS = 5;
+const WAKE_GAP_MS = 2;
+const POLL_GAP_MS = 2;
 
 /** How many bytes of names a wake-up carries at most, below PostgreSQL's 8000-byte payload; the poll covers the rest. */
 const WAKE_UP_NAMES_BYTES = 7000;
@@ -380,7 +380,7 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
 
   /**
    * Wakes every instance's cache to poll now, once this instance's write has committed: a
-   * `NOTIFY` from the pool, in a transaction of its own that writes nothing, so no write waits
+   * `NOTIFY` in a transaction of its own that writes nothing, so no write waits
    * for the cluster-wide lock `NOTIFY` takes at commit. Paced: writes made while one is on its
    * way or waiting share the next, sent after it (one sent before a write committed may have
    * been heard before it). It also names what was written, as far as a payload holds, so that
@@ -398,10 +398,16 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     this.wakeUps.request();
   }
 
+  /**
+   * Sends the next wake-up on the poll connection when there is one (no wait for a pooled
+   * connection, which the writes themselves compete for), else from the pool.
+   */
   private sendWakeUp(): Promise<unknown> {
     const payload = [this.instanceId, ...this.unsent].join('\n');
     this.unsent = [];
     this.unsentBytes = 0;
+    const listener = this.listener;
+    if (listener) return listener.query(this.wakeStatement.text, [payload]);
     return this.store.query(this.wakeStatement, [payload]);
   }
 
@@ -537,10 +543,13 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     if (client === undefined || client !== this.listener) return;
     this.listener = undefined;
     this.polls.reset();
+    // A wake-up on its way on the lost connection may never end; the next goes from the pool.
+    this.wakeUps.reset();
     this.cursor = undefined;
     this.confirmedAt = -Infinity;
     this.forgetAll();
     if (this.stopped) return;
+    if (this.unsent.length > 0) this.wakeUps.request();
     if (this.deafSince === undefined) {
       this.deafSince = performance.now();
       this.logger.warn(`stopped polling for revocations (${error?.message ?? 'closed'}); checking the database until it polls again`);
