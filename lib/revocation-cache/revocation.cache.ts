@@ -24,7 +24,7 @@ const CONNECT_TIMEOUT_MS = 10_000;
 /**
  * The shortest time between two wake-ups this instance sends, and between two polls: under a
  * steady stream of writes each instance sends at most one `NOTIFY` and makes at most one poll
- * per gap, and a write is still seen elsewhere within a few tens of milliseconds.
+ * per gap, and a write is still seen elsewhere within milliseconds.
  */
 const WAKE_GAP_MS = 2;
 const POLL_GAP_MS = 2;
