@@ -413,14 +413,14 @@ describe('RevocationCache', () => {
     await here.get(TokenService).storeToken({ token: await signToken({ jti, sub: owner }), purpose: 'user' });
     // Another token with the same jti: the check reads the owner's row for it.
     const token = await signToken({ jti, sub: claimed });
-    expect(await admits(there, token)).toBe(true);
-    expect(cache.lookupToken(jti)).not.toBeUndefined();
+    // The store's wake-up, heard after the first read, may keep that read out of the cache.
+    await waitFor(async () => (await admits(there, token)) && cache.lookupToken(jti) !== undefined, 5000, 'the row cached');
     await here.get(LogOutEverywhereService).logOutEverywhere(owner, { revokeUnstored: false });
     await waitFor(async () => !(await admits(there, token)), MAX_STALENESS_MS, "the log-out of the row's subject to be heard", 5);
     expect(cache.lookupMarker(claimed)).toBeNull();
   });
 
-  it('on a wake-up, drops only the answers it names, and polls: any session may NOTIFY, and must not make it answer wrong', async () => {
+  it('on a wake-up, drops only the answers it names: any session may NOTIFY, and must not make it answer wrong', async () => {
     const cache = await freshCache(there);
     const tokensThere = there.get(TokenService);
     const [kept, named, written] = await Promise.all([0, 1, 2].map(() => tokensThere.issueToken({ subject: uniqueSubject() })));

@@ -29,6 +29,9 @@ const CONNECT_TIMEOUT_MS = 10_000;
 const WAKE_GAP_MS = 2;
 const POLL_GAP_MS = 2;
 
+/** The line of a wake-up that says some names did not fit: poll at once. */
+const POLL_NOW = '*';
+
 /** How many bytes of names a wake-up carries at most, below PostgreSQL's 8000-byte payload; the poll covers the rest. */
 const WAKE_UP_NAMES_BYTES = 7000;
 
@@ -155,6 +158,14 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   /** The lines the next wake-up names (`j:<jti>`, `s:<subject>`), and their size in bytes. */
   private unsent: string[] = [];
   private unsentBytes = 0;
+  /** Whether some names did not fit the next wake-up. */
+  private unsentOverflowed = false;
+  /**
+   * Whether the poll connection may use named prepared statements (parsed and planned once):
+   * it reaches PostgreSQL directly. Behind a pooler a name would exist on one server
+   * connection only.
+   */
+  private sessionStatements = false;
   private readonly wakeStatement: Statement;
   /** Whether it has said that it polls through a pooler. */
   private saidPooled = false;
@@ -379,13 +390,13 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   }
 
   /**
-   * Wakes every instance's cache to poll now, once this instance's write has committed: a
-   * `NOTIFY` in a transaction of its own that writes nothing, so no write waits
-   * for the cluster-wide lock `NOTIFY` takes at commit. Paced: writes made while one is on its
-   * way or waiting share the next, sent after it (one sent before a write committed may have
-   * been heard before it). It also names what was written, as far as a payload holds, so that
-   * the others drop those answers on receipt, a round trip before their poll is answered.
-   * A lost wake-up only delays the others until their next periodic poll.
+   * Tells the other instances' caches what this instance's write changed, once it has
+   * committed: a `NOTIFY` in a transaction of its own that writes nothing, so no write waits
+   * for the cluster-wide lock `NOTIFY` takes at commit. It names what was written, and the
+   * others drop those answers on receipt; names that do not fit one payload are replaced by
+   * {@link POLL_NOW}, on which they poll at once. Paced: writes made while one is on its way
+   * or waiting share the next, sent after it (one sent before a write committed may have been
+   * heard before it). A lost wake-up only delays the others until their next periodic poll.
    */
   private wake({ kind, key }: Announcement): void {
     if (!this.settings.announce || this.stopped) return;
@@ -394,6 +405,8 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     if (this.unsentBytes + bytes <= WAKE_UP_NAMES_BYTES) {
       this.unsent.push(line);
       this.unsentBytes += bytes;
+    } else {
+      this.unsentOverflowed = true;
     }
     this.wakeUps.request();
   }
@@ -403,26 +416,36 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
    * connection, which the writes themselves compete for), else from the pool.
    */
   private sendWakeUp(): Promise<unknown> {
-    const payload = [this.instanceId, ...this.unsent].join('\n');
+    const lines = [this.instanceId, ...this.unsent];
+    if (this.unsentOverflowed) lines.push(POLL_NOW);
     this.unsent = [];
     this.unsentBytes = 0;
+    this.unsentOverflowed = false;
     const listener = this.listener;
-    if (listener) return listener.query(this.wakeStatement.text, [payload]);
-    return this.store.query(this.wakeStatement, [payload]);
+    if (!listener) return this.store.query(this.wakeStatement, [lines.join('\n')]);
+    return listener.query({
+      name: this.sessionStatements ? this.wakeStatement.name : undefined,
+      text: this.wakeStatement.text,
+      values: [lines.join('\n')],
+    });
   }
 
   /**
    * Another instance's wake-up: drops the answers it names (dropping is always safe, so
-   * anyone who may `NOTIFY` can make a cache read more, never answer wrong), then polls.
+   * anyone who may `NOTIFY` can make a cache read more, never answer wrong), and polls at
+   * once when it says some names did not fit or names nothing it knows.
    */
   private wokenBy(payload: string): void {
     const [sender, ...names] = payload.split('\n');
     if (sender === this.instanceId) return;
+    let named = false;
     for (const name of names) {
       if (name.startsWith('j:')) this.apply({ kind: 'jti', key: name.slice(2) });
       else if (name.startsWith('s:')) this.apply({ kind: 'subject', key: name.slice(2) });
+      else continue;
+      named = true;
     }
-    this.polls.request();
+    if (!named || names.includes(POLL_NOW)) this.polls.request();
   }
 
   /** Every quarter of `maxStalenessMs`: polls, and drops a connection whose poll went unanswered (a silent partition). */
@@ -458,7 +481,8 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
         rows: [session],
       } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
       // Checked before LISTEN, which would stay behind on a pooler's server connection.
-      if (!this.throughPooler(client, session.pid)) await client.query(`LISTEN "${this.store.revocationChannel}"`);
+      this.sessionStatements = !this.throughPooler(client, session.pid);
+      if (this.sessionStatements) await client.query(`LISTEN "${this.store.revocationChannel}"`);
     } catch (error) {
       if (!this.stopped && this.deafSince === undefined) {
         this.deafSince = performance.now();
@@ -517,8 +541,9 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     const cursor = this.cursor;
     let row: PollRow;
     try {
-      // Unnamed: a named statement would be prepared on one server connection of a pooler only.
-      [row] = (await listener.query<PollRow>(this.store.pollStatement().text, cursor ? [cursor.xmax, cursor.xip] : [NO_XID, []])).rows;
+      const { name, text } = this.store.pollStatement();
+      const values = cursor ? [cursor.xmax, cursor.xip] : [NO_XID, []];
+      [row] = (await listener.query<PollRow>({ name: this.sessionStatements ? name : undefined, text, values })).rows;
     } catch (error) {
       this.lose(listener, error as Error);
       void listener.end().catch(() => undefined);
