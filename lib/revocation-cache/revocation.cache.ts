@@ -26,7 +26,7 @@ const CONNECT_TIMEOUT_MS = 10_000;
  * steady stream of writes each instance sends at most one `NOTIFY` and makes at most one poll
  * per gap, and a write is still seen elsewhere within milliseconds.
  */
-const WAKE_GAP_MS = 2;
+const WAKE_GAP_MS = 5;
 const POLL_GAP_MS = 2;
 
 /** The line of a wake-up that says some names did not fit: poll at once. */
