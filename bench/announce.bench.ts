@@ -154,9 +154,9 @@ async function otherInstance(url: string): Promise<ChildProcess> {
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   let output = '';
-  child.stdout!.setEncoding('utf8');
+  child.stdout.setEncoding('utf8');
   await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (chunk: string) => {
+    child.stdout.on('data', (chunk: string) => {
       output += chunk;
       if (output.includes('ready')) resolve();
     });
