@@ -1,35 +1,40 @@
 /**
- * Announcement benchmark: what a `pg_notify` in the same statement costs a revoking
- * write. Revocations per second at concurrency 1 and BENCH_CONCURRENCY (one caller per
- * connection), side by side in one run:
+ * Announcement benchmark: what announcing revocations to the other instances' caches costs
+ * a revoking write. Revocations per second at concurrency 1 and BENCH_CONCURRENCY (one
+ * caller per connection), side by side in one run:
  *
- * - raw: the library's revoke statement (`TokenStore.revokeStatement()`) on a raw `pg`
- *   pool, as it is with `revocationCache.announce` (the upsert and its `pg_notify` in one
- *   statement) and without; for comparison only, the bare upsert followed by `pg_notify`
- *   in a second statement, after the commit;
- * - library: `TokenService.revoke` with `revocationCache: { enabled: true }` and the same
- *   with `announce: false`, sharing one pool and one cache.
+ * - raw: the library's revoke statement (`TokenStore.revokeStatement()`, which stamps its
+ *   row's `changed_xid`) on a raw `pg` pool; for comparison, the same statement with a
+ *   `pg_notify` of the `jti` in it, as every write announced itself before the poll;
+ * - library: `TokenService.revoke` with `revocationCache: { enabled: true }` (it stamps,
+ *   and wakes the other instances with one coalesced `NOTIFY` after its commits) and the
+ *   same with `announce: false` (it stamps only), sharing one pool.
  *
- * Listening sessions stand for the other instances: PostgreSQL serializes the commits of
- * notifying transactions, and every listener reads the queue they write.
+ * BENCH_INSTANCES other application instances with the cache on, each in a process of its
+ * own, stand for the rest of the fleet: each polls on every wake-up and every quarter of
+ * `maxStalenessMs`. The "before" variant notifies a channel of its own, heard by as many
+ * plain listening sessions, as the caches' listeners heard every write before.
  *
  *   npm run bench:announce
  *
  * Environment: DATABASE_URL (else an embedded PostgreSQL), BENCH_CONCURRENCY (default 32),
  * BENCH_SECONDS (per window, default 2), BENCH_ROUNDS (default 6; every round runs each
  * variant once, in alternating order, and a ratio is the median of per-round ratios),
- * BENCH_LISTENERS (sessions listening besides the application's cache, default 2),
- * BENCH_TOKENS (tokens signed ahead for `revoke`, default 300,000).
+ * BENCH_INSTANCES (other caching instances, default 2), BENCH_TOKENS (tokens signed ahead
+ * for `revoke`, default 300,000).
  */
 import 'reflect-metadata';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
 import { NestFactory } from '@nestjs/core';
 import pg from 'pg';
 import { DataSource } from 'typeorm';
-import { RevocationCache, TokenService } from '../lib/index.js';
+import { TokenService } from '../lib/index.js';
 import { ExpiredTokenDeleter } from '../lib/expunger/expired-token.deleter.js';
 import { TokenCodec } from '../lib/jwt/token-codec.js';
 import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
-import { TOKEN_ANNOUNCEMENT } from '../lib/revocation-cache/announcement.js';
+import { RevocationCache } from '../lib/revocation-cache/revocation.cache.js';
 import { TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
 import { TokenStore } from '../lib/token.store.js';
 import { benchAppModule } from './support/bench-app.js';
@@ -39,39 +44,43 @@ import { runInterleaved, type Variant } from './support/interleaved-rounds.js';
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
-const LISTENERS = Number(process.env.BENCH_LISTENERS ?? 2);
+const INSTANCES = Number(process.env.BENCH_INSTANCES ?? 2);
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 300_000);
 const GOAL = 0.8;
 
 async function main(): Promise<void> {
   const database = await openBenchDatabase();
-  const app = await NestFactory.createApplicationContext(
-    benchAppModule(database.url, { poolSize: CONCURRENCY, options: { revocationCache: { enabled: true } } }),
-    { logger: ['error', 'warn'] },
-  );
+  const cached = { revocationCache: { enabled: true } };
+  const app = await NestFactory.createApplicationContext(benchAppModule(database.url, { poolSize: CONCURRENCY, options: cached }), {
+    logger: ['error', 'warn'],
+  });
+  const others: ChildProcess[] = [];
   const listeners: pg.Client[] = [];
   try {
+    for (let k = 0; k < INSTANCES; k++) others.push(await otherInstance(database.url));
     const store = app.get(TokenStore);
     const service = app.get(TokenService);
     const codec = app.get(TokenCodec);
-    // The same library with announce: false, over the application's own pool and cache.
+    // The same library with announce: false, over the application's own pool; its cache
+    // is never started, as on an instance that does not cache.
     const options = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
-    const quietOptions = { ...options, revocationCache: { ...options.revocationCache, announce: false } };
-    const quietStore = new TokenStore(app.get(DataSource), store.repository, quietOptions);
-    const quietService = new TokenService(quietOptions, codec, quietStore, app.get(RevocationCache), app.get(ExpiredTokenDeleter));
-    const announced = store.revokeStatement();
-    const bare = quietStore.revokeStatement();
-    if (!announced.text.includes('pg_notify') || bare.text.includes('pg_notify'))
-      throw new Error('the announced revoke statement must notify and the bare one must not');
-    const announceAlone = { name: 'raw_announce', text: `SELECT ${store.announcement(TOKEN_ANNOUNCEMENT, '$1')}` };
+    const quietOptions = { ...options, revocationCache: { ...options.revocationCache, enabled: false, announce: false } };
+    const quietCache = new RevocationCache(quietOptions, store, app.get(DataSource));
+    const quietService = new TokenService(quietOptions, codec, store, quietCache, app.get(ExpiredTokenDeleter));
+    const stamped = store.revokeStatement();
+    const beforeChannel = `${store.revocationChannel}_before`;
+    const notifying = {
+      name: 'raw_revoke_notify',
+      text: `WITH written AS (${stamped.text}) SELECT revoked, pg_notify('${beforeChannel}', 'j:' || $1::text) FROM written`,
+    };
 
     const raw = database.pool(CONCURRENCY);
-    let notifications = 0;
-    for (let k = 0; k < LISTENERS; k++) {
+    const heard = new Map<string, number>();
+    for (const channel of [store.revocationChannel, ...Array<string>(INSTANCES).fill(beforeChannel)]) {
       const listener = new pg.Client({ connectionString: database.url });
       await listener.connect();
-      listener.on('notification', () => notifications++);
-      await listener.query(`LISTEN ${store.revocationChannel}`);
+      listener.on('notification', (message) => heard.set(message.channel, (heard.get(message.channel) ?? 0) + 1));
+      await listener.query(`LISTEN ${channel}`);
       listeners.push(listener);
     }
 
@@ -89,61 +98,71 @@ async function main(): Promise<void> {
     let written = 0;
     const values = () => [`raw-${written++}`, `user-${written % 50_000}`, new Date(Date.now() + 86_400_000), false];
     const variants: Variant[] = [
-      { name: 'raw pg: revoke upsert', call: () => raw.query({ name: bare.name, text: bare.text, values: values() }) },
+      { name: 'raw pg: revoke upsert', call: () => raw.query({ name: stamped.name, text: stamped.text, values: values() }) },
       {
-        name: 'raw pg: revoke upsert + pg_notify',
-        call: () => raw.query({ name: announced.name, text: announced.text, values: values() }),
-      },
-      {
-        // For comparison only: announced after the commit, in a transaction that writes no
-        // WAL, so it does not hold the notify lock across a commit flush. A crash between
-        // the two statements loses the announcement.
-        name: 'raw pg: revoke upsert, then pg_notify',
-        call: async () => {
-          const client = await raw.connect();
-          try {
-            const row = values();
-            await client.query({ name: bare.name, text: bare.text, values: row });
-            await client.query({ name: announceAlone.name, text: announceAlone.text, values: [row[0]] });
-          } finally {
-            client.release();
-          }
-        },
+        name: 'raw pg: revoke upsert + pg_notify (before)',
+        call: () => raw.query({ name: notifying.name, text: notifying.text, values: values() }),
       },
       { name: 'TokenService.revoke, announce: false', call: () => quietService.revoke(nextToken()) },
       { name: 'TokenService.revoke, revocationCache on', call: () => service.revoke(nextToken()) },
     ];
     const ratios: Array<[string, string]> = [
-      ['raw pg: revoke upsert + pg_notify', 'raw pg: revoke upsert'],
-      ['raw pg: revoke upsert, then pg_notify', 'raw pg: revoke upsert'],
       ['TokenService.revoke, revocationCache on', 'TokenService.revoke, announce: false'],
+      ['TokenService.revoke, revocationCache on', 'raw pg: revoke upsert'],
+      ['raw pg: revoke upsert + pg_notify (before)', 'raw pg: revoke upsert'],
     ];
 
     const results = await runInterleaved(variants, [1, CONCURRENCY], ROUNDS, SECONDS);
     await new Promise((resolve) => setTimeout(resolve, 500));
-    const announcedCalls = variants
-      .filter((variant) => variant.name.includes('pg_notify') || variant.name.includes('cache on'))
-      .reduce((sum, variant) => sum + results.merged(variant.name, 1).ops + results.merged(variant.name, CONCURRENCY).ops, 0);
+    const announcedCalls = ['TokenService.revoke, revocationCache on'].reduce(
+      (sum, name) => sum + results.merged(name, 1).ops + results.merged(name, CONCURRENCY).ops,
+      0,
+    );
 
     console.log(await describeMachine(database));
     console.log(
-      `each call revokes a new jti (INSERT ... ON CONFLICT, autocommit, synchronous_commit on); raw pool and library pool: ${CONCURRENCY} connections each; ${LISTENERS} listening sessions besides the cache's; ${ROUNDS} x ${SECONDS} s per variant and concurrency, interleaved`,
+      `each call revokes a new jti (INSERT ... ON CONFLICT, autocommit, synchronous_commit on); raw pool and library pool: ${CONCURRENCY} connections each; ${INSTANCES} other caching instances (processes of their own) besides the application's own cache; ${ROUNDS} x ${SECONDS} s per variant and concurrency, interleaved`,
     );
     printTable(results.tableRows(variants, [1, CONCURRENCY]));
-    if (LISTENERS > 0)
-      console.log(
-        `notifications received per listener: ${Math.round(notifications / LISTENERS)} (announced writes timed: ${announcedCalls})`,
-      );
+    console.log(
+      `wake-ups sent: ${heard.get(store.revocationChannel) ?? 0} for ${announcedCalls} library revocations with the cache on; notifications of the before variant per listener: ${Math.round((heard.get(beforeChannel) ?? 0) / Math.max(1, INSTANCES))}`,
+    );
     for (const [ours, theirs] of ratios) {
       const parts = [1, CONCURRENCY].map((c) => results.describeRatio(ours, theirs, c));
+      const goal = ours.includes('cache on') && theirs.includes('announce: false');
       const met = [1, CONCURRENCY].every((c) => results.medianRatio(ours, theirs, c) >= GOAL);
-      console.log(`ratio ${ours} / ${theirs}: ${parts.join(', ')} (goal >= ${GOAL}x on the median: ${met ? 'met' : 'MISSED'})`);
+      console.log(
+        `ratio ${ours} / ${theirs}: ${parts.join(', ')}${goal ? ` (goal >= ${GOAL}x on the median: ${met ? 'met' : 'MISSED'})` : ''}`,
+      );
     }
   } finally {
     await Promise.all(listeners.map((listener) => listener.end().catch(() => undefined)));
+    await Promise.all(
+      others.map(async (other) => {
+        other.stdin?.end();
+        if (other.exitCode === null) await once(other, 'exit');
+      }),
+    );
     await app.close().catch(() => undefined);
     await database.close();
   }
+}
+
+/** Starts another caching instance in a process of its own (bench/support/caching-instance.ts), once its cache is fresh. */
+async function otherInstance(url: string): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [fileURLToPath(new URL('./support/caching-instance.js', import.meta.url)), url], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  let output = '';
+  child.stdout.setEncoding('utf8');
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (chunk: string) => {
+      output += chunk;
+      if (output.includes('ready')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`a caching instance exited (${code}) before it was ready`)));
+  });
+  return child;
 }
 
 main().catch((error) => {

@@ -51,7 +51,7 @@ async function main(): Promise<void> {
     const expiresMs = Date.now() + 86_400_000;
     let subject = 0;
     while (cache.size < ENTRIES) {
-      // In slices, so that the heartbeats that keep the cache answering are received.
+      // In slices, so that the polls that keep the cache answering are answered.
       for (let n = 0; n < 2_000 && cache.size < ENTRIES; n++, subject++) {
         const sub = `user-${subject}`;
         cache.rememberMarker(sub, null, cache.ticket());

@@ -187,7 +187,7 @@ async function main(): Promise<void> {
             filled = true;
           }
           await app.listen(0, '127.0.0.1');
-          // The cache answers only once its first heartbeat has come back.
+          // The cache answers only once its first poll has been answered.
           while (scenario.options.revocationCache?.enabled && !app.get(RevocationCache).fresh)
             await new Promise((resolve) => setTimeout(resolve, 10));
           const { port } = app.getHttpServer().address() as AddressInfo;

@@ -212,7 +212,7 @@ export class TokenService {
     const token = await this.codec.sign({ ...input.claims, purpose, sub: input.subject, jti, iat: issuedAt, exp });
     const expiresAt = new Date(exp * 1000);
     if (this.options.storeAllTokens) {
-      // A new random jti: no cache can hold an answer about it yet, so nothing to announce.
+      // A new random jti: no cache can hold an answer about it yet, so nothing to stamp.
       await this.writeRow(jti, input.subject, expiresAt, purpose, input.extraData ?? null, false);
     }
     return { token, jti, expiresAt };
@@ -236,7 +236,7 @@ export class TokenService {
       expiryOf(claims),
       input.purpose,
       input.extraData ?? null,
-      this.store.announces,
+      true,
     );
   }
 
@@ -287,7 +287,7 @@ export class TokenService {
   async jtiRevoked(jti: string): Promise<boolean> {
     checkJti(jti);
     const cached = this.cache.lookupToken(jti);
-    // The expunger deletes expired rows without an announcement: an expired one is read again.
+    // The expunger deletes expired rows unstamped: an expired one is read again.
     const hit = cached === null || (cached !== undefined && cached.expiresMs > Date.now());
     if (this.options.revocationCache.enabled) this.metrics.cacheLookup(hit);
     if (hit) return cached?.purpose === REVOCATION_PURPOSE;
@@ -470,14 +470,14 @@ export class TokenService {
     return this.store.readPrimary((tokens) => tokens.find({ where, order: { createdAt: 'DESC', jti: 'ASC' } }));
   }
 
-  /** @param announced announce the write to the revocation caches (see `TokenStore.storeStatement`). */
+  /** @param stamped stamp the row for the revocation caches (see `TokenStore.storeStatement`). */
   private async writeRow(
     jti: string,
     subject: string,
     expiresAt: Date,
     purpose: string,
     extraData: Record<string, unknown> | null,
-    announced: boolean,
+    stamped: boolean,
   ): Promise<void> {
     if (purpose === REVOCATION_PURPOSE) throw new TypeError(`use revoke() to store a '${REVOCATION_PURPOSE}' row`);
     if (purpose === LOG_OUT_EVERYWHERE_PURPOSE)
@@ -486,9 +486,9 @@ export class TokenService {
       throw new TypeError(`the purpose '${EXPUNGE_RECORD_PURPOSE}' is reserved for the expunger's run record`);
     rejectMarkerJti(jti);
     checkJsonb(extraData, 'extraData');
-    const { rowCount } = await this.store.execute(this.store.storeStatement(announced), [jti, subject, expiresAt, purpose, extraData]);
+    const { rowCount } = await this.store.execute(this.store.storeStatement(stamped), [jti, subject, expiresAt, purpose, extraData]);
     if (rowCount === 0) throw new TokenAlreadyRevokedError(`token ${jti} is revoked and cannot be stored again`);
-    if (announced) this.cache.written({ kind: 'jti', key: jti });
+    if (stamped) this.cache.written({ kind: 'jti', key: jti });
   }
 
   /**

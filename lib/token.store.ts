@@ -14,7 +14,9 @@ import { TokenResourceUnavailableError } from './token-resource.exceptions.js';
 import { TokenStoreTimeoutError } from './token-store-timeout.error.js';
 import type { LogOutMarker } from './log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from './options/resolved-options.js';
-import { TOKEN_ANNOUNCEMENT } from './revocation-cache/announcement.js';
+
+/** The column that stamps a row with the id of the transaction that last wrote it (`Token.changedXid`). */
+const CHANGED_XID = 'changed_xid';
 
 /**
  * A SQL statement with a stable name, so that `pg` prepares it once per connection
@@ -82,18 +84,26 @@ export class TokenStore {
   private jtiRevoked?: Statement;
   private tokenState?: Statement;
   private ownState?: Statement;
+  private poll?: Statement;
   /**
-   * The PostgreSQL channel on which writes to this table that can revoke a token are
-   * announced, for the revocation caches of every application instance (`RevocationCache`).
+   * The PostgreSQL channel on which an instance that wrote wakes the revocation caches of
+   * every application instance (`RevocationCache`) to poll at once: a wake-up, never what
+   * was written, which the poll reads from the table itself.
    */
   readonly revocationChannel: string;
-  /** Whether writes announce themselves on {@link revocationChannel} (`revocationCache.announce`). */
-  readonly announces: boolean;
+  /**
+   * The `SET` item that stamps a row with the writing transaction's id (`changed_xid`),
+   * for every `UPDATE` (and `ON CONFLICT DO UPDATE`) of this library that can revoke a
+   * token or change a check's answer; an `INSERT` stamps by the column's default. The
+   * revocation caches of all instances poll stamped rows, so a write without it goes
+   * unseen for up to `revocationCache.maxEntryAgeMs`.
+   */
+  readonly changeStamp = `${CHANGED_XID} = DEFAULT`;
 
   constructor(
     @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
     @Inject(TOKEN_REPOSITORY) readonly repository: Repository<Token>,
-    @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: Pick<ResolvedTokenResourceOptions, 'storeTimeoutMs' | 'revocationCache'>,
+    @Inject(TOKEN_RESOURCE_OPTIONS) private readonly options: Pick<ResolvedTokenResourceOptions, 'storeTimeoutMs'>,
   ) {
     const { driver } = dataSource;
     this.table = repository.metadata.tablePath
@@ -101,21 +111,11 @@ export class TokenStore {
       .map((part) => driver.escape(part))
       .join('.');
     this.revocationChannel = `ntr_revoked_${createHash('sha1').update(this.table).digest('hex').slice(0, 16)}`;
-    this.announces = options.revocationCache.announce;
-  }
-
-  /**
-   * The SQL expression that announces a write on {@link revocationChannel}: `prefix`
-   * (`TOKEN_ANNOUNCEMENT` or `SUBJECT_ANNOUNCEMENT`) followed by the text parameter `param`. The notification is
-   * delivered when, and only if, the statement's transaction commits.
-   */
-  announcement(prefix: string, param: string): string {
-    return `pg_notify('${this.revocationChannel}', '${prefix}' || ${param}::text)`;
   }
 
   /**
    * A new, unconnected `pg` client with the pool's own class and connection options, for
-   * a session that must outlive a pooled checkout (`LISTEN`).
+   * a session that must outlive a pooled checkout (the revocation cache's poll and `LISTEN`).
    *
    * @param session.role appended to the pool's `application_name`.
    * @param session.connectionTimeoutMillis used when the pool sets none.
@@ -352,62 +352,65 @@ export class TokenStore {
   }
 
   /**
-   * The SQL that flips or inserts a revocation row; returns a row only if this call revoked,
-   * and then announces the `jti` when writes announce. A stored row's expiry is never
-   * shortened (its token must stay revoked as long as it lives), and with `$4` it is kept as
-   * it is. A stored row of another subject is never flipped: revoking is for the `jti`'s owner.
+   * The SQL that flips or inserts a revocation row, stamped for the revocation caches;
+   * returns a row only if this call revoked. A stored row's expiry is never shortened (its
+   * token must stay revoked as long as it lives), and with `$4` it is kept as it is. A
+   * stored row of another subject is never flipped: revoking is for the `jti`'s owner.
    */
   revokeStatement(): Statement {
     return this.statement(
       'revoke',
-      this.announcedWrite(
-        `
+      `
       INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose)
       VALUES ($1, $2, $3, '${REVOCATION_PURPOSE}')
       ON CONFLICT (jti) DO UPDATE
         SET purpose = '${REVOCATION_PURPOSE}',
             expires_at = CASE WHEN $4::boolean THEN t.expires_at ELSE GREATEST(t.expires_at, EXCLUDED.expires_at) END,
-            updated_at = now()
-        WHERE t.purpose <> '${REVOCATION_PURPOSE}' AND t.subject = EXCLUDED.subject`,
-        'revoked',
-        this.announces,
-      ),
+            updated_at = now(), ${this.changeStamp}
+        WHERE t.purpose <> '${REVOCATION_PURPOSE}' AND t.subject = EXCLUDED.subject
+      RETURNING 1 AS revoked`,
     );
   }
 
   /**
    * The SQL that upserts a token row unless it is revoked; returns a row only if it wrote.
    *
-   * @param announced announce the `jti` when it wrote: a cached "not stored" (or another
-   *   purpose, which a log-out's filter may treat otherwise) must not outlive the write.
+   * @param stamped stamp the row for the revocation caches: a cached "not stored" (or
+   *   another purpose, which a log-out's filter may treat otherwise) must not outlive the
+   *   write. Unstamped (`changed_xid` 0, which no poll reads) only for a `jti` no cache can
+   *   know yet: one `issueToken` has just drawn.
    */
-  storeStatement(announced: boolean): Statement {
+  storeStatement(stamped: boolean): Statement {
     return this.statement(
-      'store',
-      this.announcedWrite(
-        `
-      INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose, extra_data)
-      VALUES ($1, $2, $3, $4, $5)
+      stamped ? 'store' : 'store_new',
+      `
+      INSERT INTO ${this.table} AS t (jti, subject, expires_at, purpose, extra_data${stamped ? '' : `, ${CHANGED_XID}`})
+      VALUES ($1, $2, $3, $4, $5${stamped ? '' : ', 0'})
       ON CONFLICT (jti) DO UPDATE
         SET subject = EXCLUDED.subject, expires_at = EXCLUDED.expires_at, purpose = EXCLUDED.purpose,
-            extra_data = EXCLUDED.extra_data, updated_at = now()
-        WHERE t.purpose <> '${REVOCATION_PURPOSE}'`,
-        'stored',
-        announced,
-      ),
+            extra_data = EXCLUDED.extra_data, updated_at = now(), ${this.changeStamp}
+        WHERE t.purpose <> '${REVOCATION_PURPOSE}'
+      RETURNING 1 AS stored`,
     );
   }
 
   /**
-   * An upsert of the row of `jti` `$1` that returns one row, `column`, only if it wrote;
-   * with `announced`, in the same statement, the write announces `$1` (once, and only then).
+   * The SQL of the revocation cache's poll, on one snapshot: that snapshot's `xmax` and
+   * in-progress transaction ids (`xip`), and the `jti`, `subject` and `purpose` of every
+   * row stamped by a transaction the previous poll's snapshot did not see: one that had
+   * not started (`>= $1`, its `xmax`) or was in progress (`= ANY ($2)`, its `xip`). Every
+   * other id below that `xmax` had ended then, and its rows were read then. Ids are text:
+   * 64-bit, beyond a JavaScript number's exact range.
    */
-  private announcedWrite(upsert: string, column: string, announced: boolean): string {
-    if (!announced) return `${upsert}\n      RETURNING 1 AS ${column}`;
-    return `
-      WITH written AS (${upsert}
-      RETURNING 1)
-      SELECT 1 AS ${column}, ${this.announcement(TOKEN_ANNOUNCEMENT, '$1')} AS announced FROM written`;
+  pollStatement(): Statement {
+    return (this.poll ??= this.statement(
+      'poll',
+      `
+      SELECT pg_snapshot_xmax(s)::text AS xmax, ARRAY(SELECT pg_snapshot_xip(s)::text) AS xip,
+             (SELECT json_agg(json_build_array(jti, subject, purpose)) FROM ${this.table}
+               WHERE ${CHANGED_XID} >= $1::bigint OR ${CHANGED_XID} = ANY ($2::bigint[])) AS changed
+        FROM pg_current_snapshot() AS s`,
+    ));
   }
 
   /** The SQL of `jtiRevoked`: one primary-key probe. Built once: it runs on every check. */

@@ -45,6 +45,7 @@ describe('CreateTokensTable1763900000000', () => {
       SELECT column_name, data_type, is_nullable, column_default
         FROM information_schema.columns WHERE table_name = 'tokens' ORDER BY column_name`);
     expect(columns).toEqual([
+      { column_name: 'changed_xid', data_type: 'bigint', is_nullable: 'NO', column_default: 'txid_current()' },
       { column_name: 'created_at', data_type: 'timestamp with time zone', is_nullable: 'NO', column_default: 'now()' },
       { column_name: 'expires_at', data_type: 'timestamp with time zone', is_nullable: 'NO', column_default: null },
       { column_name: 'extra_data', data_type: 'jsonb', is_nullable: 'YES', column_default: null },
@@ -55,10 +56,10 @@ describe('CreateTokensTable1763900000000', () => {
     ]);
   });
 
-  it('makes jti the only primary key and indexes subject and expires_at', async () => {
+  it('makes jti the only primary key and indexes subject, expires_at and changed_xid', async () => {
     const indexes: Array<{ indexdef: string }> = await dataSource.query(`SELECT indexdef FROM pg_indexes WHERE tablename = 'tokens'`);
     const defs = indexes.map((row) => row.indexdef.replace(/^.* USING /, ''));
-    expect(defs.sort()).toEqual(['btree (expires_at)', 'btree (jti)', 'btree (subject)']);
+    expect(defs.sort()).toEqual(['btree (changed_xid)', 'btree (expires_at)', 'btree (jti)', 'btree (subject)']);
     const [{ columns }] = await dataSource.query(`
       SELECT array_agg(a.attname::text) AS columns FROM pg_index i
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
@@ -103,9 +104,9 @@ describe('synchronize, for comparison', () => {
     await dataSource.initialize();
     try {
       const columns = await dataSource.query(`SELECT count(*)::int AS count FROM information_schema.columns WHERE table_name = 'tokens'`);
-      expect(columns[0].count).toBe(7);
+      expect(columns[0].count).toBe(8);
       const indexes = await dataSource.query(`SELECT count(*)::int AS count FROM pg_indexes WHERE tablename = 'tokens'`);
-      expect(indexes[0].count).toBe(3);
+      expect(indexes[0].count).toBe(4);
     } finally {
       await dataSource.destroy();
       await other.drop();

@@ -491,11 +491,6 @@ describe('configuration errors fail at start-up with TokenResourceConfigError sa
       /revocationCache must be an object such as \{ enabled: true \}, got true/,
     ],
     [
-      'a revocationCache that caches without announcing',
-      { jwt: { secret: TEST_SECRET }, revocationCache: { enabled: true, announce: false } },
-      /revocationCache\.enabled needs revocationCache\.announce/,
-    ],
-    [
       'a revocationCache.announce that is no boolean',
       { jwt: { secret: TEST_SECRET }, revocationCache: { announce: 'yes' } },
       /revocationCache\.announce must be true or false/,

@@ -23,7 +23,7 @@ const MAX_LOOP_HOLD_MS = 5;
  * Calls `call(i)` back to back from `concurrency` workers for `durationMs` and times
  * each call. A call that is in flight when the window closes is awaited but not counted.
  * Workers let I/O run every {@link MAX_LOOP_HOLD_MS}: calls that resolve without I/O would
- * otherwise hold the event loop for the whole window (and a cache would miss its heartbeats).
+ * otherwise hold the event loop for the whole window (and a cache would miss its polls).
  */
 export async function closedLoop(call: (i: number) => Promise<unknown>, concurrency: number, durationMs: number): Promise<LoadResult> {
   const latenciesMs: number[] = [];

@@ -96,37 +96,39 @@ export interface TokenResourceLogOutEverywhereOptions {
  * Options of the in-process cache of revoked-check answers (`RevocationCache`).
  *
  * With it, a token seen before is checked without a round trip: each instance remembers
- * the token's own row and its subject's log-out marker, and drops them when a write that
- * can revoke the token is announced through PostgreSQL `LISTEN/NOTIFY` (one extra
- * connection per instance). A write takes effect at once on the instance that made it, and
- * on every other instance within `maxStalenessMs` of its commit; while an instance cannot
- * prove that bound (listener down, notifications delayed), it checks the database directly.
+ * the token's own row and its subject's log-out marker. Every write of this library that can
+ * revoke a token stamps its rows with its transaction's id (the `changed_xid` column), and
+ * each instance polls the rows stamped since its previous poll, on one extra connection to
+ * the primary, every quarter of `maxStalenessMs` and at once when another instance wakes it.
+ * A write takes effect at once on the instance that made it, and on every other instance
+ * within `maxStalenessMs` of its commit; while an instance cannot prove that bound (its poll
+ * connection down or silent), it checks the database directly.
  */
 export interface TokenResourceRevocationCacheOptions {
   /**
-   * Turn the cache on. It needs a direct PostgreSQL connection for `LISTEN`: through a
-   * pooler (PgBouncer or alike) it warns once at start-up and stays unused. It needs
-   * `announce`. Default `false`.
+   * Turn the cache on. Through a pooler (PgBouncer or alike), where `LISTEN` hears nothing,
+   * it polls without wake-ups, and says so once at start-up. Default `false`.
    */
   enabled?: boolean;
   /**
-   * Whether this instance's writes (revocations, stored tokens, log-outs) announce
-   * themselves with `pg_notify` in their own transaction. A fleet-wide setting: when any
-   * instance caches, every instance that writes must announce. Announcing rules out
-   * `PREPARE TRANSACTION` for transactions that write. Default: `enabled`.
+   * Whether this instance, after each of its writes that can revoke a token commits, wakes
+   * the other instances' caches to poll at once, with one `NOTIFY` in a transaction of its
+   * own (writes made while one is on its way share the next). A fleet-wide setting: on
+   * wherever any instance caches, or writes made here are seen elsewhere only at the next
+   * periodic poll (still within `maxStalenessMs`). Default: `enabled`.
    */
   announce?: boolean;
   /**
    * The longest time, in milliseconds, a write committed on another instance may go unseen
-   * here. Heartbeats sent every quarter of it must come back through `LISTEN` for the cache
-   * to answer. At least `100`. Default `1000`.
+   * here: the cache answers only while a poll sent within it has been applied, and polls
+   * every quarter of it. At least `100`. Default `1000`.
    */
   maxStalenessMs?: number;
   /** How many answers (tokens' rows and subjects' markers together) it keeps; beyond it the oldest go first. Default `100000`. */
   maxEntries?: number;
   /**
-   * How long, in milliseconds, it trusts one answer. Writes of this library are announced
-   * and need no expiry; this bounds writes made any other way (raw SQL, for example), to
+   * How long, in milliseconds, it trusts one answer. Writes of this library are stamped and
+   * polled, and need no expiry; this bounds writes made any other way (raw SQL, for example), to
    * this age plus the time a check may take (`storeTimeoutMs`). At least `maxStalenessMs`.
    * Default: the larger of `60000` and `maxStalenessMs`.
    */

@@ -12,7 +12,6 @@ import { sessionOfJti } from '../sessions/session-jtis.js';
 import type { RevocationKind } from '../observability/metric-names.js';
 import { NO_METRICS, TokenResourceMetrics } from '../observability/token-resource-metrics.js';
 import { RevocationCache } from '../revocation-cache/revocation.cache.js';
-import { SUBJECT_ANNOUNCEMENT } from '../revocation-cache/announcement.js';
 import { TokenStore } from '../token.store.js';
 import { registerSubscriber } from '../typeorm/register-subscriber.js';
 import { checkJti, checkPurpose, checkSubject } from '../validation/token-values.js';
@@ -84,9 +83,8 @@ function checkPurposeList(value: unknown, name: string): asserts value is string
  * Revokes all of a subject's tokens at once: "log out everywhere", "log out my other
  * devices", and the automatic log-out on password change.
  *
- * With `revocationCache.announce`, every log-out that changed anything runs `pg_notify`
- * for the revocation caches of all instances. The README ("Announcements") says what that
- * implies for two-phase commit and the cluster's notification queue.
+ * Every row a log-out writes is stamped for the revocation caches of all instances
+ * (`TokenStore.changeStamp`); with `revocationCache.announce` they are woken after the commit.
  */
 @Injectable()
 export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
@@ -102,11 +100,11 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
   /**
    * One statement does a whole log-out, so that it is atomic even in autocommit: `marker`
    * upserts the subject's marker row (one level per purpose filter, merged with the locked
-   * current row), `revoked` flips the subject's unexpired stored rows that pass the filter, and
-   * `announced` (with `revocationCache.announce` only) notifies the revocation caches if either
-   * wrote. The marker is written first, so concurrent log-outs of one subject cannot
-   * deadlock. Session rows and refresh tokens are rows like any: flipping them ends the
-   * sessions, except the one `exceptJti` belongs to (`$10`, its `sid`). docs/internals.md explains its composition.
+   * current row), `revoked` flips the subject's unexpired stored rows that pass the filter;
+   * both stamp what they write for the revocation caches. The marker is written first, so
+   * concurrent log-outs of one subject cannot deadlock. Session rows and refresh tokens are
+   * rows like any: flipping them ends the sessions, except the one `exceptJti` belongs to
+   * (`$10`, its `sid`). docs/internals.md explains its composition.
    */
   private readonly logOutStatement = this.store.statement(
     'log_out_everywhere',
@@ -142,10 +140,10 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
                     WHEN t.extra_data->'levels' IS NOT NULL THEN t.extra_data->'levels'
                     ELSE '{}'::jsonb END AS levels) AS prior
            CROSS JOIN LATERAL (SELECT prior.levels->fresh.key AS level) AS old),
-        updated_at = now()
+        updated_at = now(), ${this.store.changeStamp}
       RETURNING 1
     ), revoked AS (
-      UPDATE ${this.store.table} SET purpose = '${REVOCATION_PURPOSE}', updated_at = now()
+      UPDATE ${this.store.table} SET purpose = '${REVOCATION_PURPOSE}', updated_at = now(), ${this.store.changeStamp}
        WHERE subject = $1::text
          AND jti <> $2::text
          AND purpose <> '${REVOCATION_PURPOSE}' AND purpose <> '${LOG_OUT_EVERYWHERE_PURPOSE}'
@@ -156,13 +154,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
          AND expires_at > now() - make_interval(secs => $9::float8)
       RETURNING 1
     )
-    SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked${
-      this.store.announces
-        ? `,
-           (SELECT count(*) FROM (SELECT ${this.store.announcement(SUBJECT_ANNOUNCEMENT, '$1')}
-                                   WHERE EXISTS (SELECT FROM marker) OR EXISTS (SELECT FROM revoked)) AS announced)::int AS announced`
-        : ''
-    }`,
+    SELECT (SELECT count(*) FROM marker)::int AS marked, (SELECT count(*) FROM revoked)::int AS revoked`,
   );
 
   constructor(
@@ -223,7 +215,7 @@ export class LogOutEverywhereService implements OnModuleInit, OnModuleDestroy {
       revokeUnstored: opts.revokeUnstored ?? purposePasses(this.options.authenticationPurpose, includePurposes, excludePurposes),
     };
     const revoked = await this.run(args, opts.manager);
-    // Other instances hear of it when it commits; this one must not wait for its own echo.
+    // Other instances poll it once it commits; this one must not wait for its own poll.
     this.cache.written({ kind: 'subject', key: subject }, opts.manager);
     this.metrics.revoked(kind, opts.manager);
     const runner = opts.manager?.queryRunner;

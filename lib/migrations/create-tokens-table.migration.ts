@@ -1,8 +1,8 @@
 import { Table, TableIndex, type MigrationInterface, type QueryRunner } from 'typeorm';
 
 /**
- * Builds a migration that creates a token table and its `subject` and `expires_at`
- * indexes. Index names come from the data source's naming strategy, so the schema
+ * Builds a migration that creates a token table and its `subject`, `expires_at` and
+ * `changed_xid` indexes. Index names come from the data source's naming strategy, so the schema
  * matches what `synchronize` would create for the same entity.
  *
  * @param tableName the table to create. Default `'tokens'`.
@@ -24,12 +24,13 @@ export function createTokensTableMigration(tableName = 'tokens'): new () => Migr
             { name: 'extra_data', type: 'jsonb', isNullable: true },
             { name: 'created_at', ...timestamp },
             { name: 'updated_at', ...timestamp },
+            { name: 'changed_xid', type: 'bigint', isNullable: false, default: 'txid_current()' },
           ],
         }),
         true,
       );
       const naming = queryRunner.connection.namingStrategy;
-      for (const column of ['subject', 'expires_at']) {
+      for (const column of ['subject', 'expires_at', 'changed_xid']) {
         await queryRunner.createIndex(tableName, new TableIndex({ name: naming.indexName(tableName, [column]), columnNames: [column] }));
       }
     }

@@ -80,11 +80,6 @@ function resolveRevocationCache(cache: RevocationCacheOptions): ResolvedTokenRes
   const defaults = DEFAULT_OPTIONS.revocationCache;
   const enabled = flag(cache.enabled, 'revocationCache.enabled') ?? defaults.enabled;
   const announce = flag(cache.announce, 'revocationCache.announce') ?? enabled;
-  if (enabled && !announce) {
-    fail(
-      "revocationCache.enabled needs revocationCache.announce: an instance that caches must announce its own writes, or other instances' caches would miss them. Drop revocationCache.announce: false.",
-    );
-  }
   const maxStalenessMs = atLeast(cache.maxStalenessMs, 100, 'revocationCache.maxStalenessMs') ?? defaults.maxStalenessMs;
   return {
     enabled,

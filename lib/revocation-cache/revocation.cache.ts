@@ -1,24 +1,55 @@
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Inject, Injectable, Logger, type OnApplicationBootstrap, type OnModuleDestroy, type OnModuleInit } from '@nestjs/common';
-import type { Client as PgClient, Notification } from 'pg';
+import type { Client as PgClient } from 'pg';
 import type { DataSource, EntityManager } from 'typeorm';
 import type { LogOutMarker } from '../log-out-everywhere/log-out-marker.js';
 import type { ResolvedTokenResourceOptions } from '../options/resolved-options.js';
-import { TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
-import { TokenStore } from '../token.store.js';
+import { LOG_OUT_EVERYWHERE_PURPOSE, TOKEN_DATA_SOURCE, TOKEN_RESOURCE_OPTIONS } from '../token-resource.internal-constants.js';
+import { TokenStore, type Statement } from '../token.store.js';
 import { registerSubscriber } from '../typeorm/register-subscriber.js';
-import { parseAnnouncement, type Announcement } from './announcement.js';
+import type { Announcement } from './announcement.js';
+import { Pacer } from './pacer.js';
 import { PostCommitForgets } from './post-commit-forgets.js';
 
-/** The first and the longest wait before the listener connects again after losing its connection. */
+/** The first and the longest wait before the poller connects again after losing its connection. */
 const RECONNECT_DELAYS_MS = { first: 250, max: 30_000 };
 
-/** How the listener's session shows in `pg_stat_activity.application_name`. */
+/** How the poller's session shows in `pg_stat_activity.application_name`. */
 export const LISTENER_APPLICATION_NAME = 'nestjs-token-resource revocation listener';
 
-/** How long the listener may take to connect before it gives up and tries again later. */
+/** How long the poller may take to connect before it gives up and tries again later. */
 const CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * The shortest time between two wake-ups this instance sends, and between two polls: under a
+ * steady stream of writes each instance sends at most one `NOTIFY` and makes at most one poll
+ * per gap, and a write is still seen elsewhere within milliseconds.
+ */
+const WAKE_GAP_MS = 5;
+const POLL_GAP_MS = 2;
+
+/** The line of a wake-up that says some names did not fit: poll at once. */
+const POLL_NOW = '*';
+
+/** How many bytes of names a wake-up carries at most, below PostgreSQL's 8000-byte payload; the poll covers the rest. */
+const WAKE_UP_NAMES_BYTES = 7000;
+
+/** A transaction id above every real one: a connection's first poll reads no rows, only its snapshot. */
+const NO_XID = '9223372036854775807';
+
+/** Where a poll starts: the previous poll's snapshot, whose `xmax` and in-progress ids bound what it could not see. */
+interface PollCursor {
+  xmax: string;
+  xip: string[];
+}
+
+/** What `TokenStore.pollStatement` returns: its snapshot, and `[jti, subject, purpose]` of each row stamped since the previous one. */
+interface PollRow {
+  xmax: string;
+  xip: string[];
+  changed: Array<[string, string, string]> | null;
+}
 
 /** What the cache keeps of a token's own row: the columns that decide a check. */
 export interface CachedOwnRow {
@@ -78,10 +109,12 @@ interface SubjectEntry {
  * purpose and expiry) and each subject's log-out-everywhere marker, so that a token seen
  * before is checked without a round trip. Off unless `revocationCache.enabled`.
  *
- * It listens for the writes announced on {@link TokenStore.revocationChannel} and answers
- * only while its own heartbeats, sent on the same connection, come back within
- * `maxStalenessMs`; a check that misses stores its answer only if nothing was invalidated
- * meanwhile (the epoch). docs/internals.md ("The revocation cache") proves both bounds.
+ * It polls the rows that writes stamped (`changed_xid`) since its previous poll, on a
+ * connection of its own to the primary, every quarter of `maxStalenessMs` and whenever a
+ * writer wakes it on {@link TokenStore.revocationChannel}; it answers only while a poll sent
+ * within `maxStalenessMs` was applied. A check that misses stores its answer only if nothing
+ * was invalidated meanwhile (the epoch). docs/internals.md ("The revocation cache") proves
+ * both bounds.
  */
 @Injectable()
 export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, OnModuleDestroy {
@@ -96,28 +129,50 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   /** The cached tokens of each subject, so that a log-out drops their answers too. */
   private readonly tokensOf = new Map<string, SubjectTokens>();
   private readonly settings: ResolvedTokenResourceOptions['revocationCache'];
-  private readonly postCommit = new PostCommitForgets((announcement) => this.apply(announcement));
+  private readonly postCommit = new PostCommitForgets((announcement) => {
+    this.apply(announcement);
+    this.wake(announcement);
+  });
   private unregister?: () => void;
-  /** A channel no other instance uses, so that each instance hears only its own heartbeats. */
-  private readonly heartbeatChannel = `ntr_heartbeat_${randomBytes(8).toString('hex')}`;
   private epoch = 0;
-  /** `performance.now()` at which the newest heartbeat that came back was sent. */
+  /** `performance.now()` at which the newest poll that was applied was sent. */
   private confirmedAt = -Infinity;
-  /** When the current listener started listening; older heartbeats vouch for nothing it missed. */
-  private listeningSince = Infinity;
+  /** The connection that polls and listens for wake-ups. */
   private listener?: PgClient;
   /** A client still connecting, so that shutdown can end it too. */
   private connecting?: PgClient;
-  /** Whether a heartbeat is on its way; the next one waits for it rather than piling up. */
-  private beating = false;
-  private heartbeatTimer?: NodeJS.Timeout;
+  /** Where the next poll on {@link listener} starts; `undefined` before its first. */
+  private cursor?: PollCursor;
+  /** The polls: one at a time, wake-ups that come meanwhile share the next. */
+  private readonly polls = new Pacer(() => this.poll(), POLL_GAP_MS);
+  /** `performance.now()` when the latest poll was sent. */
+  private pollSentAt = 0;
+  private pollTimer?: NodeJS.Timeout;
   private reconnectTimer?: NodeJS.Timeout;
   private reconnectDelayMs = RECONNECT_DELAYS_MS.first;
   private stopped = false;
+  /** This instance's wake-ups: one at a time, writes made meanwhile share the next. */
+  private readonly wakeUps = new Pacer(() => this.sendWakeUp(), WAKE_GAP_MS);
+  /** The first line of this instance's wake-ups, so that it does not poll on its own (it applied its writes already). */
+  private readonly instanceId = randomBytes(8).toString('hex');
+  /** The lines the next wake-up names (`j:<jti>`, `s:<subject>`), and their size in bytes. */
+  private unsent: string[] = [];
+  private unsentBytes = 0;
+  /** Whether some names did not fit the next wake-up. */
+  private unsentOverflowed = false;
   /**
-   * `performance.now()` when the cache last stopped hearing announcements (its listener
-   * lost or refused), until a heartbeat comes back: an outage is logged once when it starts
-   * and once when it ends, not at every attempt to listen again.
+   * Whether the poll connection may use named prepared statements (parsed and planned once):
+   * it reaches PostgreSQL directly. Behind a pooler a name would exist on one server
+   * connection only.
+   */
+  private sessionStatements = false;
+  private readonly wakeStatement: Statement;
+  /** Whether it has said that it polls through a pooler. */
+  private saidPooled = false;
+  /**
+   * `performance.now()` when the cache last stopped polling (its connection lost or
+   * refused), until a poll is answered again: an outage is logged once when it starts and
+   * once when it ends, not at every attempt to connect again.
    */
   private deafSince?: number;
 
@@ -127,9 +182,13 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     @Inject(TOKEN_DATA_SOURCE) private readonly dataSource: DataSource,
   ) {
     this.settings = options.revocationCache;
+    this.wakeStatement = {
+      ...store.statement('wake', `SELECT pg_notify('${store.revocationChannel}', $1)`),
+      timeoutMs: options.storeTimeoutMs,
+    };
   }
 
-  /** Whether the cache may answer now: enabled, listening, and a heartbeat came back within `maxStalenessMs`. */
+  /** Whether the cache may answer now: enabled, and a poll sent within `maxStalenessMs` was answered and applied. */
   get fresh(): boolean {
     return performance.now() - this.confirmedAt <= this.settings.maxStalenessMs;
   }
@@ -234,16 +293,21 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
   }
 
   /**
-   * Applies a write this instance made: at once, and, when `manager` is inside a
+   * Applies a stamped write this instance made: at once, and, when `manager` is inside a
    * transaction, again right after TypeORM commits it (a check in between may have cached
-   * the state before the write). Other instances apply its announcement.
+   * the state before the write). Then, with `announce`, it wakes the other instances to poll
+   * for it, which they would otherwise do within a quarter of their `maxStalenessMs`.
    *
    * @internal used by the services that write.
    */
   written(announcement: Announcement, manager?: EntityManager): void {
     this.apply(announcement);
     const runner = manager?.queryRunner;
-    if (this.settings.enabled && runner && !runner.isReleased && runner.isTransactionActive) this.postCommit.add(runner, announcement);
+    if (runner && !runner.isReleased && runner.isTransactionActive) {
+      if (this.unregister) this.postCommit.add(runner, announcement);
+    } else {
+      this.wake(announcement);
+    }
   }
 
   /** Drops every answer about the announced token, or about the announced subject and all its tokens. */
@@ -301,26 +365,100 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
 
   /** Follows the commits of the token table's data source, for {@link written}. */
   onModuleInit(): void {
-    if (this.settings.enabled) this.unregister = registerSubscriber(this.dataSource, this.postCommit);
+    if (this.settings.enabled || this.settings.announce) this.unregister = registerSubscriber(this.dataSource, this.postCommit);
   }
 
   onApplicationBootstrap(): void {
     if (!this.settings.enabled) return;
-    this.heartbeatTimer = setInterval(() => this.beat(), this.settings.maxStalenessMs / 4).unref();
+    this.pollTimer = setInterval(() => this.tick(), this.settings.maxStalenessMs / 4).unref();
     void this.listen();
   }
 
   async onModuleDestroy(): Promise<void> {
     this.stopped = true;
+    this.wakeUps.reset();
+    this.unsent = [];
     this.unregister?.();
     this.unregister = undefined;
-    clearInterval(this.heartbeatTimer);
+    clearInterval(this.pollTimer);
     clearTimeout(this.reconnectTimer);
     const clients = [this.listener, this.connecting];
     this.lose(this.listener);
     await Promise.all(
       clients.map((client) => (client ? client.end().catch(() => undefined) : undefined)).filter((ending) => ending !== undefined),
     );
+  }
+
+  /**
+   * Tells the other instances' caches what this instance's write changed, once it has
+   * committed: a `NOTIFY` in a transaction of its own that writes nothing, so no write waits
+   * for the cluster-wide lock `NOTIFY` takes at commit. It names what was written, and the
+   * others drop those answers on receipt; names that do not fit one payload are replaced by
+   * {@link POLL_NOW}, on which they poll at once. Paced: writes made while one is on its way
+   * or waiting share the next, sent after it (one sent before a write committed may have been
+   * heard before it). A lost wake-up only delays the others until their next periodic poll.
+   */
+  private wake({ kind, key }: Announcement): void {
+    if (!this.settings.announce || this.stopped) return;
+    const line = `${kind === 'jti' ? 'j' : 's'}:${key}`;
+    const bytes = Buffer.byteLength(line) + 1;
+    if (this.unsentBytes + bytes <= WAKE_UP_NAMES_BYTES) {
+      this.unsent.push(line);
+      this.unsentBytes += bytes;
+    } else {
+      this.unsentOverflowed = true;
+    }
+    this.wakeUps.request();
+  }
+
+  /**
+   * Sends the next wake-up on the poll connection when there is one (no wait for a pooled
+   * connection, which the writes themselves compete for), else from the pool.
+   */
+  private sendWakeUp(): Promise<unknown> {
+    const lines = [this.instanceId, ...this.unsent];
+    if (this.unsentOverflowed) lines.push(POLL_NOW);
+    this.unsent = [];
+    this.unsentBytes = 0;
+    this.unsentOverflowed = false;
+    const listener = this.listener;
+    if (!listener) return this.store.query(this.wakeStatement, [lines.join('\n')]);
+    return listener.query({
+      name: this.sessionStatements ? this.wakeStatement.name : undefined,
+      text: this.wakeStatement.text,
+      values: [lines.join('\n')],
+    });
+  }
+
+  /**
+   * Another instance's wake-up: drops the answers it names (dropping is always safe, so
+   * anyone who may `NOTIFY` can make a cache read more, never answer wrong), and polls at
+   * once when it says some names did not fit or names nothing it knows.
+   */
+  private wokenBy(payload: string): void {
+    const [sender, ...names] = payload.split('\n');
+    if (sender === this.instanceId) return;
+    let named = false;
+    for (const name of names) {
+      if (name.startsWith('j:')) this.apply({ kind: 'jti', key: name.slice(2) });
+      else if (name.startsWith('s:')) this.apply({ kind: 'subject', key: name.slice(2) });
+      else continue;
+      named = true;
+    }
+    if (!named || names.includes(POLL_NOW)) this.polls.request();
+  }
+
+  /** Every quarter of `maxStalenessMs`: polls, and drops a connection whose poll went unanswered (a silent partition). */
+  private tick(): void {
+    const listener = this.listener;
+    if (!listener) return;
+    const waited = performance.now() - this.pollSentAt;
+    if (this.polls.running && waited > 2 * this.settings.maxStalenessMs) {
+      this.lose(listener, new Error(`a poll went unanswered for ${Math.round(waited)} ms`));
+      void listener.end().catch(() => undefined);
+      return;
+    }
+    this.polls.request();
   }
 
   private async listen(): Promise<void> {
@@ -331,23 +469,24 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
       this.reconnectLater();
       return;
     }
-    client.on('notification', (message) => this.receive(client, message));
+    client.on('notification', ({ payload }) => {
+      if (client === this.listener) this.wokenBy(payload ?? '');
+    });
     client.on('error', (error) => this.lose(client, error));
     client.on('end', () => this.lose(client, new Error('connection ended')));
     this.connecting = client;
-    let pooled: boolean;
     try {
       await client.connect();
       const {
         rows: [session],
       } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
       // Checked before LISTEN, which would stay behind on a pooler's server connection.
-      pooled = this.throughPooler(client, session.pid);
-      if (!pooled) await client.query(`LISTEN "${this.store.revocationChannel}"; LISTEN "${this.heartbeatChannel}"`);
+      this.sessionStatements = !this.throughPooler(client, session.pid);
+      if (this.sessionStatements) await client.query(`LISTEN "${this.store.revocationChannel}"`);
     } catch (error) {
       if (!this.stopped && this.deafSince === undefined) {
         this.deafSince = performance.now();
-        this.logger.warn(`cannot listen for revocations (${(error as Error).message}); checking the database meanwhile`);
+        this.logger.warn(`cannot poll for revocations (${(error as Error).message}); checking the database meanwhile`);
       }
       await client.end().catch(() => undefined);
       this.reconnectLater();
@@ -355,95 +494,90 @@ export class RevocationCache implements OnModuleInit, OnApplicationBootstrap, On
     } finally {
       this.connecting = undefined;
     }
-    if (this.stopped || pooled) {
+    if (this.stopped) {
       await client.end().catch(() => undefined);
       return;
     }
-    // Answers read before LISTEN took effect may miss writes this listener never hears of.
-    this.forgetAll();
     this.listener = client;
-    this.listeningSince = performance.now();
+    this.cursor = undefined;
     this.reconnectDelayMs = RECONNECT_DELAYS_MS.first;
-    this.beat();
+    this.polls.request();
   }
 
   /**
    * Whether `client` may reach PostgreSQL through a pooler: the process id the connection
    * announced (a pooler announces its own key) is not the server process's. Behind a
-   * transaction pooler, LISTEN stays on one server connection while later statements,
-   * heartbeats too, run on it or on others, so heartbeats can come back while revocations go
-   * unheard: the cache must stay off. It stops trying then (a pooler stays) and warns once.
-   * The `pg-native` client announces no id and is refused too.
+   * transaction pooler, LISTEN would stay on one server connection and hear nothing, and
+   * fail silently: the cache then polls every quarter of `maxStalenessMs` without wake-ups,
+   * which keeps its bound but not its speed. Said once. The `pg-native` client announces no
+   * id and counts as pooled.
    */
   private throughPooler(client: PgClient, serverPid: number): boolean {
     const announcedPid = (client as unknown as { processID?: number | null }).processID;
     if (announcedPid === serverPid) return false;
-    this.logger.warn(
-      'the revocation cache is off: its connection may go through a pooler (PgBouncer or alike; the ' +
-        `process id it announced, ${String(announcedPid)}, is not the server's, ${serverPid}), where LISTEN cannot hear ` +
-        'revocations, so every check reads the database. Connect the data source to PostgreSQL directly ' +
-        'to use the cache, or drop revocationCache.enabled to silence this.',
-    );
+    if (!this.saidPooled) {
+      this.saidPooled = true;
+      this.logger.log(
+        'the revocation cache polls without wake-ups: its connection may go through a pooler (PgBouncer or alike; the ' +
+          `process id it announced, ${String(announcedPid)}, is not the server's, ${serverPid}), where LISTEN hears nothing. ` +
+          `Revocations made on other instances are seen within ${this.settings.maxStalenessMs / 4} ms rather than at once. ` +
+          'Connect the data source to PostgreSQL directly for wake-ups.',
+      );
+    }
     return true;
   }
 
-  private receive(client: PgClient, { channel, payload }: Notification): void {
-    if (client !== this.listener) return;
-    if (channel === this.heartbeatChannel) {
-      const sentAt = Number(payload);
-      // Anyone who may NOTIFY could send a heartbeat from the future and pin the cache fresh.
-      if (sentAt >= this.listeningSince && sentAt > this.confirmedAt && sentAt <= performance.now()) {
-        this.confirmedAt = sentAt;
-        if (this.deafSince !== undefined) {
-          this.logger.log(
-            `listening for revocations again after ${((performance.now() - this.deafSince) / 1000).toFixed(1)} s; the cache answers again`,
-          );
-          this.deafSince = undefined;
-        }
-      }
-    } else if (payload !== undefined) {
-      const announcement = parseAnnouncement(payload);
-      if (announcement) this.apply(announcement);
-    }
-  }
-
   /**
-   * Sends a heartbeat on the listener's own connection: the session receives its own
-   * notification in the same commit order as everyone else's, and needs no pool slot.
-   * Drops a listener whose heartbeats stopped coming back.
+   * Reads, on the listener's connection, every row stamped by a transaction the previous
+   * poll could not see, and applies it; then the cache may answer for what committed before
+   * this poll was sent. A connection's first poll only takes the snapshot it starts from and
+   * empties the cache, which could not vouch for what it held.
    */
-  private beat(): void {
+  private async poll(): Promise<void> {
     const listener = this.listener;
     if (!listener) return;
-    const now = performance.now();
-    const silentFor = now - Math.max(this.confirmedAt, this.listeningSince);
-    if (silentFor > 4 * this.settings.maxStalenessMs) {
-      this.lose(listener, new Error(`no heartbeat came back for ${Math.round(silentFor)} ms`));
+    const sentAt = performance.now();
+    this.pollSentAt = sentAt;
+    const cursor = this.cursor;
+    let row: PollRow;
+    try {
+      const { name, text } = this.store.pollStatement();
+      const values = cursor ? [cursor.xmax, cursor.xip] : [NO_XID, []];
+      [row] = (await listener.query<PollRow>({ name: this.sessionStatements ? name : undefined, text, values })).rows;
+    } catch (error) {
+      this.lose(listener, error as Error);
       void listener.end().catch(() => undefined);
       return;
     }
-    if (this.beating) return;
-    this.beating = true;
-    // A failed heartbeat needs no handling here: the connection reports its error, or the cache goes stale.
-    listener
-      .query('SELECT pg_notify($1, $2)', [this.heartbeatChannel, String(now)])
-      .catch(() => undefined)
-      .finally(() => {
-        this.beating = false;
-      });
+    if (listener !== this.listener) return;
+    if (cursor === undefined) this.forgetAll();
+    for (const [jti, subject, purpose] of row.changed ?? []) {
+      this.apply(purpose === LOG_OUT_EVERYWHERE_PURPOSE ? { kind: 'subject', key: subject } : { kind: 'jti', key: jti });
+    }
+    this.cursor = { xmax: row.xmax, xip: row.xip };
+    this.confirmedAt = Math.max(this.confirmedAt, sentAt);
+    if (this.deafSince !== undefined) {
+      this.logger.log(
+        `polling for revocations again after ${((performance.now() - this.deafSince) / 1000).toFixed(1)} s; the cache answers again`,
+      );
+      this.deafSince = undefined;
+    }
   }
 
   private lose(client: PgClient | undefined, error?: Error): void {
     if (client === undefined || client !== this.listener) return;
     this.listener = undefined;
-    this.beating = false;
-    this.listeningSince = Infinity;
+    this.polls.reset();
+    // A wake-up on its way on the lost connection may never end; the next goes from the pool.
+    this.wakeUps.reset();
+    this.cursor = undefined;
     this.confirmedAt = -Infinity;
     this.forgetAll();
     if (this.stopped) return;
+    if (this.unsent.length > 0) this.wakeUps.request();
     if (this.deafSince === undefined) {
       this.deafSince = performance.now();
-      this.logger.warn(`stopped listening for revocations (${error?.message ?? 'closed'}); checking the database until it listens again`);
+      this.logger.warn(`stopped polling for revocations (${error?.message ?? 'closed'}); checking the database until it polls again`);
     }
     this.reconnectLater();
   }

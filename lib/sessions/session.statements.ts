@@ -1,6 +1,5 @@
 import { REVOCATION_PURPOSE } from '../token-resource.constants.js';
 import { REFRESH_PURPOSE, SESSION_JTI_PREFIX, SESSION_PURPOSE } from '../token-resource.internal-constants.js';
-import { SUBJECT_ANNOUNCEMENT, TOKEN_ANNOUNCEMENT } from '../revocation-cache/announcement.js';
 import type { Statement, TokenStore } from '../token.store.js';
 
 /**
@@ -15,7 +14,7 @@ export class SessionStatements {
    * Inserts a session's row (`$1` jti, `$2` subject, `$3` expiry in s, `$4` state) and its
    * refresh token's (`$5`), with its access token's (`$6`, expiry `$7`, purpose `$8`) when
    * `$9`. Returns the state as stored, so that tokens are signed from what a re-derivation
-   * would read. New random keys: no cache can know them, nothing to announce.
+   * would read. New random keys: no cache can know them yet.
    */
   readonly start: Statement;
 
@@ -26,7 +25,7 @@ export class SessionStatements {
    * the presented refresh token must still be stored unrevoked (a log-out may have revoked
    * it alone). Only if it rotated is the presented refresh token (`$3`) revoked and the successors inserted
    * (refresh `$7` expiring `$6`; access `$8` expiring `$9` of purpose `$10` when `$11`).
-   * Returns the new state only if it rotated, and then announces the revoked refresh token.
+   * Returns the new state only if it rotated. Every row it writes is stamped for the revocation caches.
    */
   readonly rotate: Statement;
 
@@ -35,7 +34,8 @@ export class SessionStatements {
 
   /**
    * Revokes a live session (row `$1`) and every stored token of it (`jti` prefix `$2`); returns
-   * its subject only if it revoked, and then announces the subject, whose log-out state
+   * its subject only if it revoked. The rows it flips are stamped for the revocation caches; the
+   * caller forgets the subject here at once, whose log-out state
    * every cached answer about the session's tokens is kept under.
    */
   readonly end: Statement;
@@ -45,7 +45,6 @@ export class SessionStatements {
 
   constructor(store: TokenStore) {
     const table = store.table;
-    const announced = (expression: string) => (store.announces ? `, ${expression} AS announced` : '');
     this.start = store.statement(
       'session_start',
       `
@@ -67,13 +66,13 @@ export class SessionStatements {
       `
       WITH rotated AS (
         UPDATE ${table} AS t
-           SET extra_data = t.extra_data || $5::jsonb, expires_at = GREATEST(t.expires_at, to_timestamp($6::float8)), updated_at = now()
+           SET extra_data = t.extra_data || $5::jsonb, expires_at = GREATEST(t.expires_at, to_timestamp($6::float8)), updated_at = now(), ${store.changeStamp}
          WHERE t.jti = $1 AND t.subject = $2 AND t.purpose = '${SESSION_PURPOSE}' AND t.expires_at > now()
            AND t.extra_data->'generation' = to_jsonb($4::int)
            AND EXISTS (SELECT FROM ${table} AS r WHERE r.jti = $3 AND r.purpose = '${REFRESH_PURPOSE}')
         RETURNING t.extra_data
       ), spent AS (
-        UPDATE ${table} SET purpose = '${REVOCATION_PURPOSE}', updated_at = now()
+        UPDATE ${table} SET purpose = '${REVOCATION_PURPOSE}', updated_at = now(), ${store.changeStamp}
          WHERE jti = $3 AND purpose = '${REFRESH_PURPOSE}' AND EXISTS (SELECT FROM rotated)
         RETURNING 1
       ), issued AS (
@@ -84,7 +83,7 @@ export class SessionStatements {
         ON CONFLICT (jti) DO NOTHING
         RETURNING 1
       )
-      SELECT extra_data AS state${announced(store.announcement(TOKEN_ANNOUNCEMENT, '$3'))} FROM rotated`,
+      SELECT extra_data AS state FROM rotated`,
     );
     this.read = store.statement(
       'session_read',
@@ -95,15 +94,15 @@ export class SessionStatements {
       'session_end',
       `
       WITH ended AS (
-        UPDATE ${table} SET purpose = '${REVOCATION_PURPOSE}', updated_at = now()
+        UPDATE ${table} SET purpose = '${REVOCATION_PURPOSE}', updated_at = now(), ${store.changeStamp}
          WHERE jti = $1 AND purpose = '${SESSION_PURPOSE}'
         RETURNING subject
       ), tokens AS (
-        UPDATE ${table} SET purpose = '${REVOCATION_PURPOSE}', updated_at = now()
+        UPDATE ${table} SET purpose = '${REVOCATION_PURPOSE}', updated_at = now(), ${store.changeStamp}
          WHERE subject = (SELECT subject FROM ended) AND starts_with(jti, $2::text) AND purpose <> '${REVOCATION_PURPOSE}'
         RETURNING 1
       )
-      SELECT subject${announced(store.announcement(SUBJECT_ANNOUNCEMENT, 'subject'))} FROM ended`,
+      SELECT subject FROM ended`,
     );
     this.list = store.statement(
       'session_list',

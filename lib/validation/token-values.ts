@@ -9,8 +9,7 @@ import { InvalidTokenError } from '../token-resource.exceptions.js';
 export const MAX_JTI_BYTES = 255;
 
 /**
- * The longest subject (`sub`), in UTF-8 bytes: it fits the `subject` index, its marker's
- * `jti` and the log-out announcement (`pg_notify` payloads end at 8000 bytes).
+ * The longest subject (`sub`), in UTF-8 bytes: it fits the `subject` index and its marker's `jti`.
  */
 export const MAX_SUBJECT_BYTES = 1024;
 
@@ -55,16 +54,6 @@ export function checkSubject(value: unknown, name = 'subject'): asserts value is
 /** @throws TypeError unless `value` is a storable purpose (see {@link MAX_PURPOSE_BYTES}). */
 export function checkPurpose(value: unknown, name = 'purpose'): asserts value is string {
   check(value, name, MAX_PURPOSE_BYTES);
-}
-
-/** Whether `value` is a storable `jti` (see {@link MAX_JTI_BYTES}). */
-export function isJti(value: unknown): value is string {
-  return unstorable(value, MAX_JTI_BYTES) === undefined;
-}
-
-/** Whether `value` is a subject this library could have logged out (see {@link MAX_SUBJECT_BYTES}). */
-export function isSubject(value: unknown): value is string {
-  return unstorable(value, MAX_SUBJECT_BYTES) === undefined;
 }
 
 /** Whether `value` is a storable purpose (see {@link MAX_PURPOSE_BYTES}). */
