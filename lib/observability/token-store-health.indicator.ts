@@ -11,8 +11,8 @@ export interface TokenStoreHealth {
   /** The error code behind a `down` (`ECONNREFUSED`, a SQLSTATE), when there is one. */
   code?: string;
   /**
-   * With the revocation cache on: whether it may answer checks from memory now (its
-   * heartbeats come back within `maxStalenessMs`). A cache that is not fresh sends every
+   * With the revocation cache on: whether it may answer checks from memory now (a poll
+   * sent within `maxStalenessMs` has been answered). A cache that is not fresh sends every
    * check to the store, which stays correct but costs a round trip each.
    */
   revocationCache?: { fresh: boolean };
