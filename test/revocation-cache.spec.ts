@@ -55,6 +55,20 @@ async function statementsDuring(app: INestApplication, work: () => Promise<unkno
   }
 }
 
+/**
+ * Expects `work` to be answered from memory. A check whose database read raced a poll that
+ * applied some other write keeps no answer (it may predate that write), so the first few
+ * repeats may still read; a cache that never answers fails.
+ */
+async function expectAnsweredFromMemory(app: INestApplication, work: () => Promise<unknown>): Promise<void> {
+  let statements: string[] = [];
+  for (let attempt = 0; attempt < 5; attempt++) {
+    statements = await statementsDuring(app, work);
+    if (statements.length === 0) return;
+  }
+  expect(statements).toEqual([]);
+}
+
 async function freshCache(app: INestApplication): Promise<RevocationCache> {
   const cache = app.get(RevocationCache);
   await waitFor(() => cache.fresh, 10_000, 'the revocation cache to be fresh');
@@ -156,7 +170,7 @@ describe('RevocationCache', () => {
     expect(await admits(here, (await tokens.issueToken({ subject })).token)).toBe(true);
     const { token } = await tokens.issueToken({ subject });
     expect(await statementsDuring(here, async () => expect(await admits(here, token)).toBe(true))).toEqual(['ntr_own_state']);
-    expect(await statementsDuring(here, async () => expect(await admits(here, token)).toBe(true))).toEqual([]);
+    await expectAnsweredFromMemory(here, async () => expect(await admits(here, token)).toBe(true));
   });
 
   const WRITES: Array<[string, (subject: string, token: string, jti: string) => Promise<unknown>]> = [
@@ -181,7 +195,7 @@ describe('RevocationCache', () => {
       const subject = label.startsWith('a password change') ? await newUser(here) : uniqueSubject();
       const { token, jti } = await there.get(TokenService).issueToken({ subject });
       expect(await admits(there, token)).toBe(true);
-      expect(await statementsDuring(there, async () => expect(await admits(there, token)).toBe(true))).toEqual([]);
+      await expectAnsweredFromMemory(there, async () => expect(await admits(there, token)).toBe(true));
 
       await write(subject, token, jti);
       await waitFor(async () => !(await admits(there, token)), MAX_STALENESS_MS, `the other instance to see the ${label}`, 5);
@@ -193,7 +207,7 @@ describe('RevocationCache', () => {
     await freshCache(there);
     const token = await signToken({ sub: uniqueSubject() });
     expect(await admits(there, token)).toBe(false);
-    expect(await statementsDuring(there, async () => expect(await admits(there, token)).toBe(false))).toEqual([]);
+    await expectAnsweredFromMemory(there, async () => expect(await admits(there, token)).toBe(false));
 
     await here.get(TokenService).storeToken({ token, purpose: 'user' });
     await waitFor(async () => admits(there, token), MAX_STALENESS_MS, 'the other instance to see the stored token', 5);
@@ -205,7 +219,7 @@ describe('RevocationCache', () => {
     const { jti } = await tokensThere.issueToken({ subject: uniqueSubject() });
     for (const seen of [jti, `never-stored-${uniqueSubject()}`]) {
       expect(await tokensThere.jtiRevoked(seen)).toBe(false);
-      expect(await statementsDuring(there, async () => expect(await tokensThere.jtiRevoked(seen)).toBe(false))).toEqual([]);
+      await expectAnsweredFromMemory(there, async () => expect(await tokensThere.jtiRevoked(seen)).toBe(false));
     }
   });
 
@@ -217,7 +231,7 @@ describe('RevocationCache', () => {
     const unstored = `never-stored-${uniqueSubject()}`;
     for (const seen of [jti, unstored]) {
       expect(await tokensThere.jtiRevoked(seen)).toBe(false);
-      expect(await statementsDuring(there, () => tokensThere.jtiRevoked(seen))).toEqual([]);
+      await expectAnsweredFromMemory(there, () => tokensThere.jtiRevoked(seen));
     }
     const revokedAt = Date.now();
     await here.get(TokenService).revokeJti(jti, subject);
@@ -227,7 +241,7 @@ describe('RevocationCache', () => {
     expect(Date.now() - revokedAt).toBeLessThanOrEqual(MAX_STALENESS_MS + MARGIN_MS);
     // A read in flight when an announcement was heard is not kept: the next call may read once more.
     expect(await bothRevoked()).toBe(true);
-    expect(await statementsDuring(there, async () => expect(await bothRevoked()).toBe(true))).toEqual([]);
+    await expectAnsweredFromMemory(there, async () => expect(await bothRevoked()).toBe(true));
   });
 
   it("reads an expired revocation row's jti from the database again in jtiRevoked: the expunger deletes it unannounced", async () => {
@@ -360,7 +374,7 @@ describe('RevocationCache', () => {
       expect(await admits(there, committed.token)).toBe(true);
     });
     await waitFor(async () => !(await admits(there, committed.token)), MAX_STALENESS_MS, 'the committed revocation to be heard', 5);
-    expect(await statementsDuring(there, async () => expect(await admits(there, rolledBack.token)).toBe(true))).toEqual([]);
+    await expectAnsweredFromMemory(there, async () => expect(await admits(there, rolledBack.token)).toBe(true));
   });
 
   it.each([
@@ -519,7 +533,7 @@ describe('RevocationCache', () => {
     await waitFor(async () => !(await admits(there, token)), MAX_STALENESS_MS, 'the late commit to be polled', 5);
     expect(cache.fresh).toBe(true);
     // Refused from memory: the poll applied the late commit (the database was not asked).
-    expect(await statementsDuring(there, async () => expect(await admits(there, token)).toBe(false))).toEqual([]);
+    await expectAnsweredFromMemory(there, async () => expect(await admits(there, token)).toBe(false));
   });
 
   it('stops answering when its listener connection is killed, and listens again', async () => {
@@ -598,7 +612,7 @@ describe('RevocationCache', () => {
       await freshCache(strict);
       expect(listenerSocketOf(strict)).not.toBe(socket);
       expect(await statementsDuring(strict, async () => expect(await tokensThere.tokenRevoked(token)).toBe(true))).toHaveLength(1);
-      expect(await statementsDuring(strict, async () => expect(await tokensThere.tokenRevoked(token)).toBe(true))).toEqual([]);
+      await expectAnsweredFromMemory(strict, async () => expect(await tokensThere.tokenRevoked(token)).toBe(true));
     } finally {
       socket.resume();
     }
@@ -643,7 +657,7 @@ describe('RevocationCache', () => {
     }
     expect(cache.size).toBe(3);
     const last = issued.at(-1)!;
-    expect(await statementsDuring(small, async () => expect(await tokens.tokenRevoked(last.token)).toBe(false))).toEqual([]);
+    await expectAnsweredFromMemory(small, async () => expect(await tokens.tokenRevoked(last.token)).toBe(false));
     expect(cache.lookupToken(issued[0].jti)).toBeUndefined();
   });
 
