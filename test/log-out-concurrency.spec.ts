@@ -72,8 +72,12 @@ async function race(issued: Array<{ token: string }>, logOutCall: (i: number) =>
   // The log-outs start staggered over a few milliseconds, so that they land in the
   // middle of the revokes rather than all before them.
   const logOuts = Array.from({ length: LOG_OUTS }, (_, i) => gate.then(() => sleep(2 * i)).then(() => logOutCall(i)));
-  // Every token is revoked twice, so revoke races revoke as well as the log-outs.
-  const revokes = issued.flatMap(({ token }) => [0, 1].map(() => gate.then(() => tokens.revoke(token))));
+  // Every token is revoked twice, so revoke races revoke as well as the log-outs. The
+  // revokes start spread over the same milliseconds: all at once, they could all be done
+  // before the first log-out starts.
+  const revokes = issued.flatMap(({ token }, i) =>
+    [0, 1].map(() => gate.then(() => sleep(i % (2 * LOG_OUTS))).then(() => tokens.revoke(token))),
+  );
   open();
   const logOutResults = await Promise.allSettled(logOuts);
   const revokeResults = await Promise.allSettled(revokes);

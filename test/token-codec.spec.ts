@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { INestApplication } from '@nestjs/common';
 import { JwtService } from '@nestjs/jwt';
-import { decodeProtectedHeader, SignJWT, type JWK } from 'jose';
+import { decodeJwt, decodeProtectedHeader, jwtVerify, SignJWT, type JWK } from 'jose';
 import { InvalidTokenError, TokenResourceUnavailableError, TokenService, type TokenResourceJwtOptions } from '../lib/index.js';
 import { TokenCodec } from '../lib/jwt/token-codec.js';
 import { resolveJwtOptions } from '../lib/options/validate-jwt.js';
@@ -110,6 +110,48 @@ describe('HMAC secrets', () => {
     expect(await accepted(32)).toEqual(['HS256']);
     expect(await accepted(48)).toEqual(['HS256', 'HS384']);
     expect(await accepted(64)).toEqual(['HS256', 'HS384', 'HS512']);
+  });
+
+  it.each(['HS256', 'HS384', 'HS512'])('signs %s tokens byte for byte as jose SignJWT does, issuer and audience included', async (alg) => {
+    const secret = 'k'.repeat(64);
+    const payload = {
+      sub: 'ålice ☃',
+      jti: randomUUID(),
+      iat: nowSeconds() + 0.123,
+      exp: nowSeconds() + 600,
+      nested: { list: [1, 'two', null] },
+    };
+    const ours = await codec({ secret, algorithms: [alg], issuer: 'https://issuer.example', audience: ['api', 'web'] }).sign(payload);
+    const theirs = await new SignJWT(payload)
+      .setProtectedHeader({ alg, typ: 'JWT' })
+      .setIssuer('https://issuer.example')
+      .setAudience(['api', 'web'])
+      .sign(new TextEncoder().encode(secret));
+    expect(ours).toBe(theirs);
+    const { payload: verified } = await jwtVerify(ours, new TextEncoder().encode(secret), { algorithms: [alg], audience: 'web' });
+    expect(verified).toMatchObject({ ...payload, iss: 'https://issuer.example' });
+  });
+
+  it("keeps a claim's own iss when only an audience is configured, as jose does", async () => {
+    const payload = { ...claims(), iss: 'set-by-caller' };
+    const ours = await codec({ secret: TEST_SECRET, audience: 'api' }).sign(payload);
+    const theirs = await new SignJWT(payload)
+      .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+      .setAudience('api')
+      .sign(new TextEncoder().encode(TEST_SECRET));
+    expect(ours).toBe(theirs);
+    expect(decodeJwt(ours).iss).toBe('set-by-caller');
+  });
+
+  it.each([
+    ['an infinite exp', { exp: Number.POSITIVE_INFINITY }],
+    ['a NaN iat', { iat: Number.NaN }],
+    ['an infinite nbf', { nbf: Number.NEGATIVE_INFINITY }],
+  ])('refuses to sign %s, as jose does', async (_label, bad) => {
+    await expect(codec({ secret: TEST_SECRET }).sign({ ...claims(), ...bad })).rejects.toThrow(/must be a finite number/);
+    await expect(
+      new SignJWT({ ...claims(), ...bad }).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(TEST_SECRET)),
+    ).rejects.toThrow(/must be a finite number/);
   });
 
   it('issues with the first configured algorithm and accepts only the configured ones', async () => {
