@@ -1,29 +1,11 @@
 import type { LoggerService } from '@nestjs/common';
-import type {
-  EntitySubscriberInterface,
-  QueryRunner,
-  TransactionCommitEvent,
-  TransactionRollbackEvent,
-  TransactionStartEvent,
-} from 'typeorm';
+import type { QueryRunner } from 'typeorm';
+import { HeldUntilCommit } from '../typeorm/held-until-commit.js';
 
 /** A log-out made inside a transaction with `repeatAfterCommit`, to be made again once it commits. */
 interface PendingLogOut<Args> {
   subject: string;
   args: Args;
-  /**
-   * The savepoint level it was made at, counted from the level the first pending log-out
-   * of its query runner was made at (`0`). Rolling back to a savepoint below it undoes it.
-   */
-  depth: number;
-}
-
-/** What is pending on one query runner. */
-interface RunnerState<Args> {
-  /** The current savepoint level, on the same scale as {@link PendingLogOut.depth}. */
-  depth: number;
-  /** Keyed by arguments, so that repeated log-outs of one transaction are made again once. */
-  logOuts: Map<string, PendingLogOut<Args>>;
 }
 
 /** What {@link PostCommitLogOuts} does once a transaction with log-outs commits. */
@@ -46,9 +28,7 @@ export interface PostCommitActions<Args> {
  *
  * @typeParam Args what `repeat` needs to make a log-out again.
  */
-export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
-  private readonly pending = new WeakMap<QueryRunner, RunnerState<Args>>();
-
+export class PostCommitLogOuts<Args> extends HeldUntilCommit<PendingLogOut<Args>> {
   /**
    * @param actions what to do after the commit.
    * @param logger where a failed repeat is reported; it is never thrown out of the commit.
@@ -58,35 +38,20 @@ export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
     private readonly actions: PostCommitActions<Args>,
     private readonly logger: LoggerService,
     private readonly lockBudgetMs: number,
-  ) {}
+  ) {
+    super();
+  }
 
-  /** Remembers a log-out of `subject` made in `runner`'s current transaction, to make it again after the commit. */
+  /**
+   * Remembers a log-out of `subject` made in `runner`'s current transaction, to make it again
+   * after the commit; repeated log-outs of one transaction with the same arguments, once.
+   */
   add(runner: QueryRunner, subject: string, args: Args): void {
-    let state = this.pending.get(runner);
-    if (!state) this.pending.set(runner, (state = { depth: 0, logOuts: new Map() }));
-    const key = JSON.stringify(args);
-    // One made earlier is at the same savepoint level or an enclosing one: it covers this one.
-    if (!state.logOuts.has(key)) state.logOuts.set(key, { subject, args, depth: state.depth });
+    this.hold(runner, { subject, args }, JSON.stringify(args));
   }
 
-  /** TypeORM: a transaction or a savepoint started. */
-  afterTransactionStart({ queryRunner }: TransactionStartEvent): void {
-    const state = this.pending.get(queryRunner);
-    if (state) state.depth += 1;
-  }
-
-  /** TypeORM: the transaction committed (or a savepoint was released). */
-  afterTransactionCommit({ queryRunner }: TransactionCommitEvent): Promise<void> | void {
-    const state = this.pending.get(queryRunner);
-    if (!state) return;
-    if (queryRunner.isTransactionActive) {
-      // A savepoint was released: its log-outs now stand or fall with the enclosing level.
-      state.depth -= 1;
-      for (const logOut of state.logOuts.values()) logOut.depth = Math.min(logOut.depth, state.depth);
-      return;
-    }
-    this.pending.delete(queryRunner);
-    if (state.logOuts.size > 0) return this.holdingConnection(queryRunner, this.repeatAll(state.logOuts.values(), queryRunner));
+  protected committed(runner: QueryRunner, logOuts: Array<PendingLogOut<Args>>): Promise<void> {
+    return this.holdingConnection(runner, this.repeatAll(logOuts, runner));
   }
 
   /**
@@ -108,20 +73,6 @@ export class PostCommitLogOuts<Args> implements EntitySubscriberInterface {
       await work;
     } finally {
       if (runner.release !== release) runner.release = release;
-    }
-  }
-
-  /** TypeORM: the transaction rolled back (or rolled back to a savepoint). */
-  afterTransactionRollback({ queryRunner }: TransactionRollbackEvent): void {
-    const state = this.pending.get(queryRunner);
-    if (!state) return;
-    if (!queryRunner.isTransactionActive) {
-      this.pending.delete(queryRunner);
-      return;
-    }
-    state.depth -= 1;
-    for (const [key, logOut] of state.logOuts) {
-      if (logOut.depth > state.depth) state.logOuts.delete(key);
     }
   }
 
