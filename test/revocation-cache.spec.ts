@@ -363,6 +363,33 @@ describe('RevocationCache', () => {
     expect(sent).toEqual([]);
   });
 
+  it('forgets at the commit only what the transaction kept: not a revocation rolled back to a savepoint', async () => {
+    const cache = await freshCache(here);
+    const tokensHere = here.get(TokenService);
+    const kept = await tokensHere.issueToken({ subject: uniqueSubject() });
+    const undone = await tokensHere.issueToken({ subject: uniqueSubject() });
+    await dataSourceOf(here).transaction(async (manager) => {
+      await tokensHere.revoke(kept.token, { manager });
+      await expect(
+        manager.transaction(async (savepoint) => {
+          await tokensHere.revoke(undone.token, { manager: savepoint });
+          throw new Error('roll back');
+        }),
+      ).rejects.toThrow('roll back');
+      // Checked on another connection while the transaction is open, and cached again: the
+      // revocation that was rolled back to the savepoint never happened.
+      await waitFor(
+        async () => !(await tokensHere.tokenRevoked(undone.token)) && cache.lookupToken(undone.jti) !== undefined,
+        5000,
+        'the cache to hold an answer about the token',
+        5,
+      );
+    });
+    expect(await tokensHere.tokenRevoked(kept.token)).toBe(true);
+    const sent = await statementsDuring(here, async () => expect(await tokensHere.tokenRevoked(undone.token)).toBe(false));
+    expect(sent).toEqual([]);
+  });
+
   it('announces a revocation inside a transaction when it commits, and never when it rolls back', async () => {
     await freshCache(there);
     const tokensThere = there.get(TokenService);
