@@ -34,8 +34,8 @@ const BEARER = /^Bearer[ \t]+(\S+)[ \t]*$/i;
  * A token it refuses gets `401` with an RFC 6750 challenge; a store that cannot answer within
  * `storeTimeoutMs`, or an unreachable JWKS, gets `503` (fail closed). The verified payload is
  * left for the admitted call alone (read it with `@TokenClaims()`). Each check it makes (not
- * the calls `@SkipTokenCheck()` lets through) is counted in `token_resource.checks` and
- * timed in `token_resource.check.duration`, by outcome.
+ * the calls `@SkipTokenCheck()` lets through) is counted in `token_resource.checks`, by
+ * outcome, and timed in `token_resource.check.duration`.
  *
  * Its protected hooks take the `ExecutionContext` (`extractToken` takes the request), and
  * every `401` goes through {@link throwUnauthorized}. Recipes for cookies, RPC, WebSockets

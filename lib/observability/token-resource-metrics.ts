@@ -38,7 +38,7 @@ interface OpenTelemetryApi {
 
 const NO_INSTRUMENT: Counter & Histogram = { add: () => undefined, record: () => undefined };
 
-/** Attribute objects made once: the guard records one per request, and must not allocate one each time. */
+/** Attribute objects made once, rather than one per call. */
 const OUTCOMES: Readonly<Record<CheckOutcome, Attributes>> = {
   admitted: { outcome: 'admitted' },
   revoked: { outcome: 'revoked' },
@@ -160,7 +160,10 @@ export class TokenResourceMetrics implements OnModuleInit, OnModuleDestroy {
    */
   checked(outcome: CheckOutcome, startedMs: number): void {
     this.checkCounts[outcome]++;
-    this.checkDuration.record((performance.now() - startedMs) / 1000, OUTCOMES[outcome]);
+    // Without attributes: the SDK hashes an attribute set on every record, which took the
+    // cheapest check (one answered by the revocation cache) from 1.00x to 0.88x-0.96x of
+    // its throughput without an SDK. The outcomes are counted in `token_resource.checks`.
+    this.checkDuration.record((performance.now() - startedMs) / 1000);
   }
 
   /**

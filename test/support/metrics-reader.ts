@@ -11,8 +11,11 @@ class CollectingReader extends MetricReader {
 export interface RecordedMetrics {
   /** The sum of counter `name` over the data points whose attributes include `attributes`. */
   count(name: string, attributes?: Record<string, string>): Promise<number>;
-  /** How many values histogram `name` recorded (points matching `attributes`), and their sum. */
-  histogram(name: string, attributes?: Record<string, string>): Promise<{ count: number; sum: number }>;
+  /**
+   * How many values histogram `name` recorded (points matching `attributes`), their sum, and
+   * in how many series (attribute sets).
+   */
+  histogram(name: string, attributes?: Record<string, string>): Promise<{ count: number; sum: number; series: number }>;
   /** Unregisters the global provider and shuts it down. */
   stop(): Promise<void>;
 }
@@ -45,10 +48,14 @@ export function recordMetrics(): RecordedMetrics {
     },
     async histogram(name, attributes = {}) {
       const data = await metric(name);
-      if (!data) return { count: 0, sum: 0 };
+      if (!data) return { count: 0, sum: 0, series: 0 };
       if (data.dataPointType !== DataPointType.HISTOGRAM) throw new Error(`${name} is no histogram`);
       const points = data.dataPoints.filter((p) => matches(p, attributes));
-      return { count: points.reduce((n, p) => n + p.value.count, 0), sum: points.reduce((n, p) => n + (p.value.sum ?? 0), 0) };
+      return {
+        count: points.reduce((n, p) => n + p.value.count, 0),
+        sum: points.reduce((n, p) => n + (p.value.sum ?? 0), 0),
+        series: points.length,
+      };
     },
     async stop() {
       metrics.disable();
