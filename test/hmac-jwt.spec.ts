@@ -132,6 +132,14 @@ describe('HMAC tokens verified with node:crypto agree with jose', () => {
 });
 
 describe('HMAC tokens signed with node:crypto', () => {
+  it('treat claims jose cannot clone, or that write their own JSON, as jose does', async () => {
+    const withFunction = { ...goodClaims(), callback: () => 1 };
+    await expect(codec.sign(withFunction)).rejects.toThrow(/could not be cloned/);
+    expect(() => new SignJWT(withFunction)).toThrow(/could not be cloned/);
+    const withBuffer = { ...goodClaims(), raw: Buffer.from('abc') };
+    expect(await codec.sign(withBuffer)).toBe(await new SignJWT(withBuffer).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).sign(SECRET));
+  });
+
   it('never reach WebCrypto, and are the bytes jose signs', async () => {
     const webCryptoSign = jest.spyOn(globalThis.crypto.subtle, 'sign');
     try {

@@ -71,6 +71,7 @@ export class HmacJwt {
    *
    * @throws TypeError when `claims` is not an object, `iat`, `nbf` or `exp` is a number that
    *   is not finite, or a claim cannot be written as JSON (a `BigInt`).
+   * @throws DOMException (`DataCloneError`) for a claim that cannot be cloned, such as a function.
    */
   sign(claims: JWTPayload): string {
     if (typeof claims !== 'object' || claims === null || Array.isArray(claims)) throw new TypeError('JWT Claims Set MUST be an object');
@@ -78,7 +79,9 @@ export class HmacJwt {
       const value = claims[claim];
       if (typeof value === 'number' && !Number.isFinite(value)) throw new TypeError(`"${claim}" claim must be a finite number`);
     }
-    const signingInput = `${this.signedHeader}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
+    // Cloned first, as jose clones them: a claim that cannot be cloned (a function) is refused
+    // rather than dropped, and one whose class writes its own JSON is written as jose writes it.
+    const signingInput = `${this.signedHeader}.${Buffer.from(JSON.stringify(structuredClone(claims))).toString('base64url')}`;
     return `${signingInput}.${this.mac(this.signAlgorithm, signingInput).toString('base64url')}`;
   }
 
