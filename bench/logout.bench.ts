@@ -14,6 +14,8 @@ import 'reflect-metadata';
 import type { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { LogOutEverywhereService } from '../lib/index.js';
+import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
+import { TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
 import { benchAppModule } from './support/bench-app.js';
 import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';
 
@@ -111,7 +113,20 @@ async function main(): Promise<void> {
     );
     const subjectIndex = indexes[0]?.indexname;
     const statementText = (logOut as unknown as { logOutStatement: { text: string } }).logOutStatement.text;
-    const values = [OURS, `log-out-everywhere:${OURS}`, null, ['revocation'], null, Date.now(), 365 * 86400, true];
+    const { logOutEverywhere, jwt } = app.get<ResolvedTokenResourceOptions>(TOKEN_RESOURCE_OPTIONS);
+    // The values `logOutEverywhere(OURS)` sends (see LogOutEverywhereService.run).
+    const values = [
+      OURS,
+      `log-out-everywhere:${OURS}`,
+      null,
+      ['revocation'],
+      null,
+      Date.now(),
+      logOutEverywhere.markerLifetimeSeconds,
+      true,
+      jwt.clockToleranceSeconds,
+      null,
+    ];
     const planOf = async (text: string, params: unknown[]) =>
       (await admin.query<{ 'QUERY PLAN': string }>(`EXPLAIN (COSTS OFF) ${text}`, params)).rows.map((row) => row['QUERY PLAN']);
     const ourPlan = await planOf(statementText, values);
