@@ -38,7 +38,7 @@ import { RevocationCache } from '../lib/revocation-cache/revocation.cache.js';
 import { TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
 import { TokenStore } from '../lib/token.store.js';
 import { benchAppModule } from './support/bench-app.js';
-import { describeMachine, openBenchDatabase, printTable } from './support/bench-kit.js';
+import { describeMachine, openBenchDatabase, printTable, runBench } from './support/bench-kit.js';
 import { runInterleaved, type Variant } from './support/interleaved-rounds.js';
 
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32);
@@ -165,7 +165,4 @@ async function otherInstance(url: string): Promise<ChildProcess> {
   return child;
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exitCode = 1;
-});
+runBench(main);

@@ -17,7 +17,7 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { NestFactory } from '@nestjs/core';
 import { RevocationCache } from '../lib/index.js';
 import { benchAppModule } from './support/bench-app.js';
-import { describeMachine, openBenchDatabase } from './support/bench-kit.js';
+import { describeMachine, openBenchDatabase, runBench } from './support/bench-kit.js';
 
 const ENTRIES = Number(process.env.BENCH_ENTRIES ?? 1_000_000);
 const TOKENS_PER_SUBJECT = Number(process.env.BENCH_TOKENS_PER_SUBJECT ?? 10);
@@ -86,7 +86,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exitCode = 1;
-});
+runBench(main);

