@@ -37,7 +37,7 @@ function plainHeaderAlgorithm(segment: string): string | undefined {
  *
  * Why not jose alone: in Node.js, jose 6 signs and verifies through WebCrypto, which runs
  * every HMAC as a job on libuv's thread pool. For a MAC of a few hundred bytes that hop, a
- * thread woken and the event loop woken back, costs ten times the MAC itself, and it is paid
+ * thread woken and the event loop woken back, costs far more than the MAC itself, and it is paid
  * on every request the guard checks and three times per session refresh. Here:
  *
  * - {@link sign} writes the same bytes as jose's `SignJWT` with the header `{ alg, typ: 'JWT' }`;
